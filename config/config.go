@@ -1,0 +1,494 @@
+// Package config loads netshim's TOML configuration: the default network
+// `bridge` (daemon.json's keys in snake_case), user-defined networks under
+// [networks.NAME], and global settings. Loading is decode → defaults →
+// canonicalize → validate; every rejection names the key and the value.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where the config is read from when none is named.
+const DefaultPath = "/etc/netshim/netshim.toml"
+
+// DefaultStateDir is the state directory when neither flag, environment nor
+// config names one. It is on tmpfs: container state does not outlive a boot.
+const DefaultStateDir = "/run/netshim"
+
+// DefaultNetwork is the name of the default network, as in Docker.
+const DefaultNetwork = "bridge"
+
+// DefaultBridgeDevice is the bridge device of the default network. It is not
+// docker0 so that netshim and a Docker daemon can live on one host.
+const DefaultBridgeDevice = "netshim0"
+
+// Firewall backend names.
+const (
+	FirewallNftables = "nftables"
+	FirewallIptables = "iptables"
+)
+
+// File is the TOML document as written by the user.
+type File struct {
+	StateDir         string                  `toml:"state_dir"`
+	Firewall         string                  `toml:"firewall"`
+	IPLocalPortRange string                  `toml:"ip_local_port_range"`
+	Bridge           BridgeFile              `toml:"bridge"`
+	Networks         map[string]*NetworkFile `toml:"networks"`
+}
+
+// BridgeFile holds daemon.json's bridge keys in snake_case.
+type BridgeFile struct {
+	Bridge              string     `toml:"bridge"`
+	BIP                 string     `toml:"bip"`
+	FixedCIDR           string     `toml:"fixed_cidr"`
+	MTU                 int        `toml:"mtu"`
+	DefaultGateway      string     `toml:"default_gateway"`
+	DNS                 []string   `toml:"dns"`
+	DNSSearch           []string   `toml:"dns_search"`
+	DNSOptions          []string   `toml:"dns_opts"`
+	ICC                 *bool      `toml:"icc"`
+	IPMasquerade        *bool      `toml:"ip_masquerade"`
+	DefaultAddressPools []PoolFile `toml:"default_address_pools"`
+}
+
+// PoolFile is one entry of default_address_pools: subnets of prefix length
+// Size carved out of Base.
+type PoolFile struct {
+	Base string `toml:"base"`
+	Size int    `toml:"size"`
+}
+
+// NetworkFile is a user-defined network as written in [networks.NAME].
+type NetworkFile struct {
+	Subnet   string   `toml:"subnet"`
+	Gateway  string   `toml:"gateway"`
+	IPRange  string   `toml:"ip_range"`
+	Internal bool     `toml:"internal"`
+	MTU      int      `toml:"mtu"`
+	Bridge   string   `toml:"bridge"`
+	ICC      *bool    `toml:"icc"`
+	DNS      []string `toml:"dns"`
+}
+
+// Pool is a canonical address pool.
+type Pool struct {
+	Base netip.Prefix
+	Size int
+}
+
+// Network is a canonical network definition, ready for setup.
+type Network struct {
+	Name string
+	// Bridge is the bridge device name.
+	Bridge string
+	// Subnet is the masked subnet; invalid when it is to be chosen from Pools
+	// at first use (the default network without bip).
+	Subnet netip.Prefix
+	// Gateway is the bridge's address; invalid together with Subnet.
+	Gateway netip.Addr
+	// IPRange restricts allocation (fixed_cidr, ip_range); invalid means the
+	// whole subnet.
+	IPRange netip.Prefix
+	// DefaultGateway, when valid, is the containers' default route instead of
+	// Gateway (daemon.json default_gateway).
+	DefaultGateway netip.Addr
+	MTU            int
+	DNS            []netip.Addr
+	DNSSearch      []string
+	DNSOptions     []string
+	ICC            bool
+	Masquerade     bool
+	Internal       bool
+	// Default marks the default network `bridge`.
+	Default bool
+}
+
+// Config is the canonical configuration.
+type Config struct {
+	// Path is the file it was read from; empty for built-in defaults.
+	Path     string
+	StateDir string
+	Firewall string
+	// PortRange is the range random host ports come from; zero means the
+	// kernel's net.ipv4.ip_local_port_range.
+	PortRange [2]int
+	// Bridge is the default network.
+	Bridge Network
+	// Pools are the candidate subnets for networks created without one.
+	Pools []Pool
+	// Networks are the user-defined networks of the file, by name.
+	Networks map[string]Network
+}
+
+// Error is a configuration error naming the file, key and value.
+type Error struct {
+	File   string
+	Key    string
+	Value  string
+	Reason string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("config")
+	if e.File != "" {
+		b.WriteString(" " + e.File)
+	}
+	b.WriteString(": ")
+	if e.Key != "" {
+		b.WriteString(e.Key)
+		if e.Value != "" {
+			fmt.Fprintf(&b, " = %q", e.Value)
+		}
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Reason)
+	return b.String()
+}
+
+// DockerPools is Docker's default-address-pools list.
+func DockerPools() []Pool {
+	var pools []Pool
+	for i := 17; i <= 31; i++ {
+		pools = append(pools, Pool{Base: netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(i), 0, 0}), 16), Size: 16})
+	}
+	pools = append(pools, Pool{Base: netip.MustParsePrefix("192.168.0.0/16"), Size: 20})
+	return pools
+}
+
+// Load reads the config at path. A missing file is an error only when
+// explicit is set (the user named it); otherwise built-in defaults apply.
+func Load(path string, explicit bool) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && !explicit {
+			return Parse("", nil)
+		}
+		return nil, &Error{File: path, Reason: fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes, defaults, canonicalizes and validates a TOML document. path
+// is used in error messages only.
+func Parse(path string, data []byte) (*Config, error) {
+	var f File
+	md, err := toml.Decode(string(data), &f)
+	if err != nil {
+		return nil, &Error{File: path, Reason: oneLine(err)}
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		sort.Strings(keys)
+		return nil, &Error{File: path, Key: keys[0], Reason: "unknown key"}
+	}
+	c, err := canonicalize(&f)
+	if err != nil {
+		var ce *Error
+		if errors.As(err, &ce) {
+			ce.File = path
+		}
+		return nil, err
+	}
+	c.Path = path
+	return c, nil
+}
+
+func oneLine(err error) string {
+	s := err.Error()
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return strings.TrimPrefix(s, "toml: ")
+}
+
+func canonicalize(f *File) (*Config, error) {
+	c := &Config{
+		StateDir: f.StateDir,
+		Firewall: f.Firewall,
+		Networks: map[string]Network{},
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	} else if !strings.HasPrefix(c.StateDir, "/") {
+		return nil, &Error{Key: "state_dir", Value: f.StateDir, Reason: "must be an absolute path"}
+	}
+	switch c.Firewall {
+	case "":
+		c.Firewall = FirewallNftables
+	case FirewallNftables, FirewallIptables:
+	default:
+		return nil, &Error{Key: "firewall", Value: f.Firewall, Reason: `must be "nftables" or "iptables"`}
+	}
+	if f.IPLocalPortRange != "" {
+		var lo, hi int
+		if n, err := fmt.Sscanf(f.IPLocalPortRange, "%d-%d", &lo, &hi); n != 2 || err != nil || lo < 1 || hi > 65535 || lo > hi {
+			return nil, &Error{Key: "ip_local_port_range", Value: f.IPLocalPortRange, Reason: `must be "LOW-HIGH" within 1-65535`}
+		}
+		c.PortRange = [2]int{lo, hi}
+	}
+
+	pools, err := canonPools(f.Bridge.DefaultAddressPools)
+	if err != nil {
+		return nil, err
+	}
+	c.Pools = pools
+
+	br, err := canonBridge(&f.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	c.Bridge = br
+
+	names := make([]string, 0, len(f.Networks))
+	for name := range f.Networks {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	devices := map[string]string{br.Bridge: DefaultNetwork}
+	for _, name := range names {
+		n, err := canonNetwork(name, f.Networks[name])
+		if err != nil {
+			return nil, err
+		}
+		if other, ok := devices[n.Bridge]; ok {
+			return nil, &Error{Key: "networks." + name + ".bridge", Value: n.Bridge, Reason: "already used by network " + other}
+		}
+		devices[n.Bridge] = name
+		for _, o := range c.Networks {
+			if o.Subnet.Overlaps(n.Subnet) {
+				return nil, &Error{Key: "networks." + name + ".subnet", Value: n.Subnet.String(), Reason: "overlaps network " + o.Name}
+			}
+		}
+		if br.Subnet.IsValid() && br.Subnet.Overlaps(n.Subnet) {
+			return nil, &Error{Key: "networks." + name + ".subnet", Value: n.Subnet.String(), Reason: "overlaps the default network's bip"}
+		}
+		c.Networks[name] = n
+	}
+	return c, nil
+}
+
+func canonPools(in []PoolFile) ([]Pool, error) {
+	if len(in) == 0 {
+		return DockerPools(), nil
+	}
+	out := make([]Pool, 0, len(in))
+	for i, p := range in {
+		key := fmt.Sprintf("bridge.default_address_pools[%d]", i)
+		base, err := netip.ParsePrefix(p.Base)
+		if err != nil || !base.Addr().Is4() {
+			return nil, &Error{Key: key + ".base", Value: p.Base, Reason: "not an IPv4 CIDR"}
+		}
+		if p.Size < base.Bits() || p.Size > 30 {
+			return nil, &Error{Key: key + ".size", Value: fmt.Sprint(p.Size), Reason: fmt.Sprintf("must be between %d and 30", base.Bits())}
+		}
+		out = append(out, Pool{Base: base.Masked(), Size: p.Size})
+	}
+	return out, nil
+}
+
+func canonBridge(b *BridgeFile) (Network, error) {
+	n := Network{
+		Name:       DefaultNetwork,
+		Bridge:     b.Bridge,
+		MTU:        b.MTU,
+		DNSSearch:  b.DNSSearch,
+		DNSOptions: b.DNSOptions,
+		ICC:        boolOr(b.ICC, true),
+		Masquerade: boolOr(b.IPMasquerade, true),
+		Default:    true,
+	}
+	if n.Bridge == "" {
+		n.Bridge = DefaultBridgeDevice
+	}
+	if err := checkIfName("bridge.bridge", n.Bridge); err != nil {
+		return n, err
+	}
+	if err := checkMTU("bridge.mtu", &n.MTU); err != nil {
+		return n, err
+	}
+	dns, err := parseAddrs("bridge.dns", b.DNS)
+	if err != nil {
+		return n, err
+	}
+	n.DNS = dns
+	if b.BIP != "" {
+		p, err := netip.ParsePrefix(b.BIP)
+		if err != nil || !p.Addr().Is4() {
+			return n, &Error{Key: "bridge.bip", Value: b.BIP, Reason: "not an IPv4 address with prefix length (like 172.17.0.1/16)"}
+		}
+		if p.Bits() > 30 {
+			return n, &Error{Key: "bridge.bip", Value: b.BIP, Reason: "prefix too long: a /30 is the smallest usable subnet"}
+		}
+		n.Subnet, n.Gateway = p.Masked(), p.Addr()
+		if n.Gateway == n.Subnet.Addr() || n.Gateway == broadcast(n.Subnet) {
+			return n, &Error{Key: "bridge.bip", Value: b.BIP, Reason: "the bridge address cannot be the network or broadcast address"}
+		}
+	}
+	if b.FixedCIDR != "" {
+		p, err := netip.ParsePrefix(b.FixedCIDR)
+		if err != nil || !p.Addr().Is4() {
+			return n, &Error{Key: "bridge.fixed_cidr", Value: b.FixedCIDR, Reason: "not an IPv4 CIDR"}
+		}
+		p = p.Masked()
+		if !n.Subnet.IsValid() {
+			return n, &Error{Key: "bridge.fixed_cidr", Value: b.FixedCIDR, Reason: "needs bridge.bip to be set"}
+		}
+		if !within(p, n.Subnet) {
+			return n, &Error{Key: "bridge.fixed_cidr", Value: b.FixedCIDR, Reason: "outside bip " + n.Subnet.String()}
+		}
+		n.IPRange = p
+	}
+	if b.DefaultGateway != "" {
+		a, err := netip.ParseAddr(b.DefaultGateway)
+		if err != nil || !a.Is4() {
+			return n, &Error{Key: "bridge.default_gateway", Value: b.DefaultGateway, Reason: "not an IPv4 address"}
+		}
+		if !n.Subnet.IsValid() {
+			return n, &Error{Key: "bridge.default_gateway", Value: b.DefaultGateway, Reason: "needs bridge.bip to be set"}
+		}
+		if !n.Subnet.Contains(a) {
+			return n, &Error{Key: "bridge.default_gateway", Value: b.DefaultGateway, Reason: "outside bip " + n.Subnet.String()}
+		}
+		n.DefaultGateway = a
+	}
+	return n, nil
+}
+
+var netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+// CheckNetworkName validates a user-defined network's name as Docker does.
+func CheckNetworkName(name string) error {
+	switch {
+	case !netNameRE.MatchString(name) || len(name) > 64:
+		return fmt.Errorf("invalid network name %q: use letters, digits, '_', '.', '-', at most 64", name)
+	case name == DefaultNetwork || name == "host" || name == "none":
+		return fmt.Errorf("network name %q is reserved", name)
+	}
+	return nil
+}
+
+func canonNetwork(name string, f *NetworkFile) (Network, error) {
+	key := "networks." + name
+	if err := CheckNetworkName(name); err != nil {
+		return Network{}, &Error{Key: key, Reason: err.Error()}
+	}
+	n := Network{
+		Name:       name,
+		Bridge:     f.Bridge,
+		MTU:        f.MTU,
+		Internal:   f.Internal,
+		ICC:        boolOr(f.ICC, true),
+		Masquerade: !f.Internal,
+	}
+	if f.Subnet == "" {
+		return n, &Error{Key: key + ".subnet", Reason: "required"}
+	}
+	p, err := netip.ParsePrefix(f.Subnet)
+	if err != nil || !p.Addr().Is4() {
+		return n, &Error{Key: key + ".subnet", Value: f.Subnet, Reason: "not an IPv4 CIDR"}
+	}
+	if p.Bits() > 30 {
+		return n, &Error{Key: key + ".subnet", Value: f.Subnet, Reason: "prefix too long: a /30 is the smallest usable subnet"}
+	}
+	n.Subnet = p.Masked()
+	n.Gateway = n.Subnet.Addr().Next()
+	if f.Gateway != "" {
+		a, err := netip.ParseAddr(f.Gateway)
+		if err != nil || !a.Is4() {
+			return n, &Error{Key: key + ".gateway", Value: f.Gateway, Reason: "not an IPv4 address"}
+		}
+		if !n.Subnet.Contains(a) || a == n.Subnet.Addr() || a == broadcast(n.Subnet) {
+			return n, &Error{Key: key + ".gateway", Value: f.Gateway, Reason: "outside subnet " + n.Subnet.String()}
+		}
+		n.Gateway = a
+	}
+	if f.IPRange != "" {
+		r, err := netip.ParsePrefix(f.IPRange)
+		if err != nil || !r.Addr().Is4() {
+			return n, &Error{Key: key + ".ip_range", Value: f.IPRange, Reason: "not an IPv4 CIDR"}
+		}
+		r = r.Masked()
+		if !within(r, n.Subnet) {
+			return n, &Error{Key: key + ".ip_range", Value: f.IPRange, Reason: "outside subnet " + n.Subnet.String()}
+		}
+		n.IPRange = r
+	}
+	if n.Bridge == "" {
+		n.Bridge = BridgeNameFor(NetworkID(name))
+	}
+	if err := checkIfName(key+".bridge", n.Bridge); err != nil {
+		return n, err
+	}
+	if err := checkMTU(key+".mtu", &n.MTU); err != nil {
+		return n, err
+	}
+	dns, err := parseAddrs(key+".dns", f.DNS)
+	if err != nil {
+		return n, err
+	}
+	n.DNS = dns
+	return n, nil
+}
+
+func checkIfName(key, name string) error {
+	if len(name) == 0 || len(name) > 15 || strings.ContainsAny(name, "/ \t\n:") {
+		return &Error{Key: key, Value: name, Reason: "not a valid interface name (1-15 characters, no '/', ':' or spaces)"}
+	}
+	return nil
+}
+
+func checkMTU(key string, mtu *int) error {
+	if *mtu == 0 {
+		*mtu = 1500
+		return nil
+	}
+	if *mtu < 68 || *mtu > 65535 {
+		return &Error{Key: key, Value: fmt.Sprint(*mtu), Reason: "must be between 68 and 65535"}
+	}
+	return nil
+}
+
+func parseAddrs(key string, in []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range in {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, &Error{Key: key, Value: s, Reason: "not an IP address"}
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func boolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}
+
+// within reports whether inner lies entirely inside outer.
+func within(inner, outer netip.Prefix) bool {
+	return inner.Bits() >= outer.Bits() && outer.Contains(inner.Addr())
+}
+
+func broadcast(p netip.Prefix) netip.Addr {
+	a := p.Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= (1 << (32 - p.Bits())) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
