@@ -1,0 +1,163 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"path/filepath"
+)
+
+// Net is the persisted state of one network: its subnet once chosen (so the
+// default network's pool stays stable) and its address allocations.
+type Net struct {
+	Name    string       `json:"name"`
+	Bridge  string       `json:"bridge"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
+	// Allocated maps an address to the container id holding it.
+	Allocated map[netip.Addr]string `json:"allocated"`
+	// Low is a hint: every address of the allocation range below it is
+	// taken, so the lowest free address is found from here, in O(1) when
+	// addresses are handed out and returned in order.
+	Low netip.Addr `json:"low,omitzero"`
+	// RulesInstalled is true while the network-level firewall rules exist.
+	RulesInstalled bool `json:"rules_installed,omitempty"`
+	// Firewall is the backend that installed the network rules.
+	Firewall string `json:"firewall,omitempty"`
+}
+
+func (s *Store) netPath(name string) string {
+	return filepath.Join(s.Dir, "networks", name+".json")
+}
+
+// GetNet returns the state of network name, or nil when it has none yet.
+func (s *Store) GetNet(name string) (*Net, error) {
+	n := &Net{}
+	if err := readJSON(s.netPath(name), n); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if n.Allocated == nil {
+		n.Allocated = map[netip.Addr]string{}
+	}
+	return n, nil
+}
+
+// PutNet writes a network's state atomically.
+func (s *Store) PutNet(n *Net) error {
+	return writeJSON(s.netPath(n.Name), n)
+}
+
+// DeleteNet removes a network's state.
+func (s *Store) DeleteNet(name string) error {
+	if err := removeIfExists(s.netPath(name)); err != nil {
+		return fmt.Errorf("remove state of network %s: %w", name, err)
+	}
+	return nil
+}
+
+// ErrAddressInUse is returned for a static address another container holds.
+var ErrAddressInUse = errors.New("address already in use")
+
+// ErrPoolExhausted is returned when no address is free.
+var ErrPoolExhausted = errors.New("no free address")
+
+// AddressError explains why an address cannot be had.
+type AddressError struct {
+	Network string
+	Addr    netip.Addr
+	Holder  string
+	Err     error
+	Reason  string
+}
+
+func (e *AddressError) Error() string {
+	switch {
+	case e.Holder != "":
+		return fmt.Sprintf("address %s on network %s: %v by container %s", e.Addr, e.Network, e.Err, e.Holder)
+	case e.Addr.IsValid():
+		return fmt.Sprintf("address %s on network %s: %s", e.Addr, e.Network, e.Reason)
+	default:
+		return fmt.Sprintf("network %s: %v in %s", e.Network, e.Err, e.Reason)
+	}
+}
+
+func (e *AddressError) Unwrap() error { return e.Err }
+
+// Allocate gives container id an address of the network. With a valid
+// static address it takes exactly that one; otherwise the lowest free
+// address of rng (the subnet when rng is invalid). The network, broadcast,
+// gateway and extra reserved addresses are never handed out. Allocating for
+// an id that already holds an address returns that address.
+func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved ...netip.Addr) (netip.Addr, error) {
+	for a, holder := range n.Allocated {
+		if holder == id && (!static.IsValid() || static == a) {
+			return a, nil
+		}
+	}
+	isReserved := func(a netip.Addr) bool {
+		if a == n.Subnet.Addr() || a == lastAddr(n.Subnet) || a == n.Gateway {
+			return true
+		}
+		for _, r := range reserved {
+			if a == r {
+				return true
+			}
+		}
+		return false
+	}
+	if static.IsValid() {
+		switch {
+		case !n.Subnet.Contains(static):
+			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Reason: "outside subnet " + n.Subnet.String()}
+		case isReserved(static):
+			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Reason: "reserved (network, broadcast or gateway address)"}
+		}
+		if holder, taken := n.Allocated[static]; taken {
+			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Holder: holder, Err: ErrAddressInUse}
+		}
+		n.Allocated[static] = id
+		return static, nil
+	}
+	if !rng.IsValid() {
+		rng = n.Subnet
+	}
+	first, last := rng.Addr(), lastAddr(rng)
+	start := first
+	if n.Low.IsValid() && rng.Contains(n.Low) && first.Less(n.Low) {
+		start = n.Low
+	}
+	for a := start; a.IsValid() && !last.Less(a); a = a.Next() {
+		if isReserved(a) {
+			continue
+		}
+		if _, taken := n.Allocated[a]; taken {
+			continue
+		}
+		n.Allocated[a] = id
+		n.Low = a.Next()
+		return a, nil
+	}
+	return netip.Addr{}, &AddressError{Network: n.Name, Err: ErrPoolExhausted, Reason: rng.String()}
+}
+
+// Release frees addr if id holds it.
+func (n *Net) Release(id string, addr netip.Addr) {
+	if holder, ok := n.Allocated[addr]; ok && holder == id {
+		delete(n.Allocated, addr)
+		if !n.Low.IsValid() || addr.Less(n.Low) {
+			n.Low = addr
+		}
+	}
+}
+
+// lastAddr is the highest address of p (its broadcast address).
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= (1 << (32 - p.Bits())) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

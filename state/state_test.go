@@ -1,0 +1,171 @@
+package state
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newNet() *Net {
+	return &Net{Name: "bridge", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: netip.MustParseAddr("172.17.0.1"),
+		Allocated: map[netip.Addr]string{}}
+}
+
+func TestAllocateLowestFree(t *testing.T) {
+	n := newNet()
+	a, _ := n.Allocate("a", netip.Addr{}, netip.Prefix{})
+	b, _ := n.Allocate("b", netip.Addr{}, netip.Prefix{})
+	c, _ := n.Allocate("c", netip.Addr{}, netip.Prefix{})
+	if a.String() != "172.17.0.2" || b.String() != "172.17.0.3" || c.String() != "172.17.0.4" {
+		t.Fatalf("got %v %v %v", a, b, c)
+	}
+	n.Release("b", b)
+	d, _ := n.Allocate("d", netip.Addr{}, netip.Prefix{})
+	if d != b {
+		t.Fatalf("lowest free: got %v want %v", d, b)
+	}
+	again, _ := n.Allocate("d", netip.Addr{}, netip.Prefix{})
+	if again != d {
+		t.Fatalf("second allocation for one id: %v", again)
+	}
+	n.Release("x", a) // not the holder: no effect
+	if n.Allocated[a] != "a" {
+		t.Fatal("released by a stranger")
+	}
+}
+
+func TestAllocateRangeAndStatic(t *testing.T) {
+	n := newNet()
+	rng := netip.MustParsePrefix("172.17.5.0/24")
+	a, err := n.Allocate("a", netip.Addr{}, rng)
+	if err != nil || a.String() != "172.17.5.0" {
+		// 172.17.5.0 is a valid host address inside a /16.
+		t.Fatalf("got %v %v", a, err)
+	}
+	s, err := n.Allocate("s", netip.MustParseAddr("172.17.9.9"), rng)
+	if err != nil || s.String() != "172.17.9.9" {
+		t.Fatalf("static: %v %v", s, err)
+	}
+	_, err = n.Allocate("t", netip.MustParseAddr("172.17.9.9"), rng)
+	var ae *AddressError
+	if !errors.As(err, &ae) || !errors.Is(err, ErrAddressInUse) || ae.Holder != "s" {
+		t.Fatalf("taken static: %v", err)
+	}
+	for _, bad := range []string{"10.0.0.1", "172.17.0.0", "172.17.255.255", "172.17.0.1"} {
+		if _, err := n.Allocate("u", netip.MustParseAddr(bad), rng); err == nil {
+			t.Errorf("static %s accepted", bad)
+		}
+	}
+	small := &Net{Name: "s", Subnet: netip.MustParsePrefix("10.1.1.0/30"), Gateway: netip.MustParseAddr("10.1.1.1"), Allocated: map[netip.Addr]string{}}
+	if a, err := small.Allocate("a", netip.Addr{}, netip.Prefix{}); err != nil || a.String() != "10.1.1.2" {
+		t.Fatalf("/30: %v %v", a, err)
+	}
+	if _, err := small.Allocate("b", netip.Addr{}, netip.Prefix{}); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("exhausted: %v", err)
+	}
+}
+
+func TestAllocateReservedExtra(t *testing.T) {
+	n := newNet()
+	a, _ := n.Allocate("a", netip.Addr{}, netip.Prefix{}, netip.MustParseAddr("172.17.0.2"))
+	if a.String() != "172.17.0.3" {
+		t.Fatalf("got %v", a)
+	}
+}
+
+func TestRecordsRoundTrip(t *testing.T) {
+	s, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Record{ID: "abc", Name: "web", Mode: "bridge", IP: netip.MustParseAddr("172.17.0.2"), Created: time.Now()}
+	if err := s.Put(r); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := s.Get("abc")
+	if err != nil || !ok || got.IP != r.IP || got.Name != "web" {
+		t.Fatalf("%v %v %+v", err, ok, got)
+	}
+	if f, err := s.Find("web"); err != nil || f.ID != "abc" {
+		t.Fatalf("find by name: %v", err)
+	}
+	if f, err := s.Find("ab"); err != nil || f.ID != "abc" {
+		t.Fatalf("find by prefix: %v", err)
+	}
+	if err := s.Delete("abc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("abc"); err != nil {
+		t.Fatal("second delete:", err)
+	}
+	if _, ok, _ := s.Get("abc"); ok {
+		t.Fatal("still there")
+	}
+	if _, _, err := s.Get("../etc/passwd"); err == nil {
+		t.Fatal("path traversal id accepted")
+	}
+}
+
+func TestCorruptFiles(t *testing.T) {
+	s, _ := New(t.TempDir())
+	good := &Record{ID: "good", Created: time.Now()}
+	s.Put(good)
+	os.WriteFile(filepath.Join(s.Dir, "containers", "bad.json"), []byte(`{"id": "bad", "ip": `), 0o600)
+	_, _, err := s.Get("bad")
+	var ce *CorruptError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "bad.json") || !strings.Contains(err.Error(), "netshim gc") {
+		t.Fatalf("corrupt record: %v", err)
+	}
+	recs, errs := s.List()
+	if len(recs) != 1 || recs[0].ID != "good" || len(errs) != 1 {
+		t.Fatalf("list: %v %v", recs, errs)
+	}
+	os.WriteFile(s.netPath("bridge"), []byte("garbage"), 0o600)
+	if _, err := s.GetNet("bridge"); !errors.As(err, &ce) {
+		t.Fatalf("corrupt net: %v", err)
+	}
+}
+
+func TestLockTimeoutAndExclusion(t *testing.T) {
+	s, _ := New(t.TempDir())
+	l, err := s.Lock(time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lock(50 * time.Millisecond); !errors.Is(err, ErrLockTimeout) || !strings.Contains(err.Error(), "lock") {
+		t.Fatalf("want timeout, got %v", err)
+	}
+	l.Unlock()
+	// Many goroutines incrementing a counter under the lock never overlap.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	inside := 0
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := s.Lock(5 * time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			inside++
+			if inside != 1 {
+				t.Error("two holders at once")
+			}
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+			mu.Lock()
+			inside--
+			mu.Unlock()
+			l.Unlock()
+		}()
+	}
+	wg.Wait()
+}

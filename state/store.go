@@ -1,0 +1,238 @@
+// Package state keeps netshim's host state: one lock per host, a record per
+// container of exactly what setup created, and per-network address
+// allocations. Files are written atomically (temp, fsync, rename) so a hook
+// killed at any point leaves either the old or the new version.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Store is the state directory.
+type Store struct {
+	Dir string
+}
+
+// New returns the store rooted at dir, creating its layout.
+func New(dir string) (*Store, error) {
+	for _, d := range []string{dir, filepath.Join(dir, "containers"), filepath.Join(dir, "networks")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create state dir %s: %w", d, err)
+		}
+	}
+	return &Store{Dir: dir}, nil
+}
+
+// ErrLockTimeout is returned when the host lock could not be taken in time.
+var ErrLockTimeout = errors.New("timed out")
+
+// Lock is the held host lock.
+type Lock struct{ f *os.File }
+
+// Lock takes the host-wide lock, waiting at most timeout.
+func (s *Store) Lock(timeout time.Duration) (*Lock, error) {
+	path := filepath.Join(s.Dir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state lock %s: %w", path, err)
+	}
+	deadline := time.Now().Add(timeout)
+	wait := 200 * time.Microsecond
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return &Lock{f: f}, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w after %s (another netshim holds it)", path, ErrLockTimeout, timeout)
+		}
+		time.Sleep(wait)
+		if wait < 10*time.Millisecond {
+			wait *= 2
+		}
+	}
+}
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() {
+	if l != nil && l.f != nil {
+		l.f.Close() // closing the descriptor drops the flock
+		l.f = nil
+	}
+}
+
+// CorruptError names a state file that cannot be decoded.
+type CorruptError struct {
+	Path string
+	Err  error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("state file %s is corrupt (%v); move it aside and run `netshim gc` to rebuild from the other records", e.Path, e.Err)
+}
+
+func (e *CorruptError) Unwrap() error { return e.Err }
+
+// readJSON decodes path into v. It returns fs.ErrNotExist (wrapped) when the
+// file is absent and a *CorruptError when it cannot be decoded.
+func readJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return &CorruptError{Path: path, Err: err}
+	}
+	return nil
+}
+
+// writeJSON writes v to path atomically: a temp file in the same directory,
+// fsync, rename.
+func writeJSON(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, werr := tmp.Write(append(data, '\n'))
+	if werr == nil {
+		werr = tmp.Sync()
+	}
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp.Name(), path)
+	}
+	if werr != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, werr)
+	}
+	return nil
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$`)
+
+// CheckID validates an OCI container id for use as a file name.
+func CheckID(id string) error {
+	if !idRE.MatchString(id) {
+		return fmt.Errorf("invalid container id %q: use letters, digits, '_', '.', '+', '-', at most 128", id)
+	}
+	return nil
+}
+
+func (s *Store) recordPath(id string) string {
+	return filepath.Join(s.Dir, "containers", id+".json")
+}
+
+// Get returns the record of container id; ok is false when there is none.
+func (s *Store) Get(id string) (rec *Record, ok bool, err error) {
+	if err := CheckID(id); err != nil {
+		return nil, false, err
+	}
+	rec = &Record{}
+	if err := readJSON(s.recordPath(id), rec); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	return rec, true, nil
+}
+
+// Put writes the record atomically.
+func (s *Store) Put(rec *Record) error {
+	if err := CheckID(rec.ID); err != nil {
+		return err
+	}
+	return writeJSON(s.recordPath(rec.ID), rec)
+}
+
+// Delete removes the record; a missing record is not an error.
+func (s *Store) Delete(id string) error {
+	if err := removeIfExists(s.recordPath(id)); err != nil {
+		return fmt.Errorf("remove record of %s: %w", id, err)
+	}
+	return nil
+}
+
+// List returns every record, sorted by creation time. Corrupt records are
+// reported in errs and skipped, so one bad file does not hide the others.
+func (s *Store) List() (recs []*Record, errs []error) {
+	dir := filepath.Join(s.Dir, "containers")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, []error{fmt.Errorf("list %s: %w", dir, err)}
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
+			continue
+		}
+		rec := &Record{}
+		if err := readJSON(filepath.Join(dir, name), rec); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	sort.Slice(recs, func(i, j int) bool {
+		if !recs[i].Created.Equal(recs[j].Created) {
+			return recs[i].Created.Before(recs[j].Created)
+		}
+		return recs[i].ID < recs[j].ID
+	})
+	return recs, errs
+}
+
+// Find resolves a container by id, unique id prefix, or name.
+func (s *Store) Find(ref string) (*Record, error) {
+	recs, errs := s.List()
+	var byPrefix []*Record
+	for _, r := range recs {
+		if r.ID == ref || r.Name == ref {
+			return r, nil
+		}
+		if strings.HasPrefix(r.ID, ref) {
+			byPrefix = append(byPrefix, r)
+		}
+	}
+	if len(byPrefix) == 1 {
+		return byPrefix[0], nil
+	}
+	if len(byPrefix) > 1 {
+		return nil, fmt.Errorf("container %q is ambiguous: %d ids start with it", ref, len(byPrefix))
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("no such container: %s (and %w)", ref, errs[0])
+	}
+	return nil, fmt.Errorf("no such container: %s", ref)
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
