@@ -7,6 +7,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/netshim/netshim/internal/ipv4"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -334,7 +335,7 @@ func canonBridge(b *BridgeFile) (Network, error) {
 			return n, &Error{Key: "bridge.bip", Value: b.BIP, Reason: "prefix too long: a /30 is the smallest usable subnet"}
 		}
 		n.Subnet, n.Gateway = p.Masked(), p.Addr()
-		if n.Gateway == n.Subnet.Addr() || n.Gateway == broadcast(n.Subnet) {
+		if n.Gateway == n.Subnet.Addr() || n.Gateway == ipv4.Last(n.Subnet) {
 			return n, &Error{Key: "bridge.bip", Value: b.BIP, Reason: "the bridge address cannot be the network or broadcast address"}
 		}
 	}
@@ -347,7 +348,7 @@ func canonBridge(b *BridgeFile) (Network, error) {
 		if !n.Subnet.IsValid() {
 			return n, &Error{Key: "bridge.fixed_cidr", Value: b.FixedCIDR, Reason: "needs bridge.bip to be set"}
 		}
-		if !within(p, n.Subnet) {
+		if !ipv4.Within(p, n.Subnet) {
 			return n, &Error{Key: "bridge.fixed_cidr", Value: b.FixedCIDR, Reason: "outside bip " + n.Subnet.String()}
 		}
 		n.IPRange = p
@@ -411,7 +412,7 @@ func canonNetwork(name string, f *NetworkFile) (Network, error) {
 		if err != nil || !a.Is4() {
 			return n, &Error{Key: key + ".gateway", Value: f.Gateway, Reason: "not an IPv4 address"}
 		}
-		if !n.Subnet.Contains(a) || a == n.Subnet.Addr() || a == broadcast(n.Subnet) {
+		if !n.Subnet.Contains(a) || a == n.Subnet.Addr() || a == ipv4.Last(n.Subnet) {
 			return n, &Error{Key: key + ".gateway", Value: f.Gateway, Reason: "outside subnet " + n.Subnet.String()}
 		}
 		n.Gateway = a
@@ -422,7 +423,7 @@ func canonNetwork(name string, f *NetworkFile) (Network, error) {
 			return n, &Error{Key: key + ".ip_range", Value: f.IPRange, Reason: "not an IPv4 CIDR"}
 		}
 		r = r.Masked()
-		if !within(r, n.Subnet) {
+		if !ipv4.Within(r, n.Subnet) {
 			return n, &Error{Key: key + ".ip_range", Value: f.IPRange, Reason: "outside subnet " + n.Subnet.String()}
 		}
 		n.IPRange = r
@@ -479,16 +480,4 @@ func boolOr(b *bool, def bool) bool {
 		return def
 	}
 	return *b
-}
-
-// within reports whether inner lies entirely inside outer.
-func within(inner, outer netip.Prefix) bool {
-	return inner.Bits() >= outer.Bits() && outer.Contains(inner.Addr())
-}
-
-func broadcast(p netip.Prefix) netip.Addr {
-	a := p.Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v |= (1 << (32 - p.Bits())) - 1
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

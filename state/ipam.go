@@ -3,6 +3,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"github.com/netshim/netshim/internal/ipv4"
 	"io/fs"
 	"net/netip"
 	"path/filepath"
@@ -99,7 +100,7 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 		}
 	}
 	isReserved := func(a netip.Addr) bool {
-		if a == n.Subnet.Addr() || a == lastAddr(n.Subnet) || a == n.Gateway {
+		if a == n.Subnet.Addr() || a == ipv4.Last(n.Subnet) || a == n.Gateway {
 			return true
 		}
 		for _, r := range reserved {
@@ -125,7 +126,7 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 	if !rng.IsValid() {
 		rng = n.Subnet
 	}
-	first, last := rng.Addr(), lastAddr(rng)
+	first, last := rng.Addr(), ipv4.Last(rng)
 	start := first
 	if n.Low.IsValid() && rng.Contains(n.Low) && first.Less(n.Low) {
 		start = n.Low
@@ -152,12 +153,4 @@ func (n *Net) Release(id string, addr netip.Addr) {
 			n.Low = addr
 		}
 	}
-}
-
-// lastAddr is the highest address of p (its broadcast address).
-func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v |= (1 << (32 - p.Bits())) - 1
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -1,0 +1,186 @@
+package netsetup
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"github.com/netshim/netshim/internal/ipv4"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ContainerIfName is the container end of the veth pair, as in Docker.
+const ContainerIfName = "eth0"
+
+// MACFor is Docker's MAC for an IPv4 address: 02:42 and the four bytes.
+func MACFor(ip netip.Addr) net.HardwareAddr {
+	b := ip.As4()
+	return net.HardwareAddr{0x02, 0x42, b[0], b[1], b[2], b[3]}
+}
+
+// RandomVethName returns `veth` and 7 random hex digits, as Docker names the
+// host end.
+func RandomVethName() string {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand: " + err.Error())
+	}
+	return "veth" + hex.EncodeToString(b[:])[:7]
+}
+
+func ipnet(p netip.Prefix, a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(p.Bits(), 32)}
+}
+
+// BridgeSpec describes a bridge device to ensure.
+type BridgeSpec struct {
+	Name    string
+	Subnet  netip.Prefix
+	Gateway netip.Addr
+	MTU     int
+}
+
+// BridgeError says the name is taken by something that is not our bridge.
+type BridgeError struct {
+	Name   string
+	Reason string
+}
+
+func (e *BridgeError) Error() string { return fmt.Sprintf("bridge %s: %s", e.Name, e.Reason) }
+
+// EnsureBridge makes the bridge exist, with STP off, the gateway address,
+// the MTU, and up. It is idempotent: an existing bridge is checked and
+// completed, an existing device of another type is refused. created reports
+// whether this call made the device.
+func EnsureBridge(h *netlink.Handle, s BridgeSpec) (link netlink.Link, created bool, err error) {
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{
+		Name:   s.Name,
+		MTU:    s.MTU,
+		TxQLen: -1,
+		Flags:  net.FlagUp,
+		// A fixed MAC keeps the bridge's address from following its lowest
+		// port, which would make neighbours' ARP caches stale.
+		HardwareAddr: MACFor(s.Gateway),
+	}}
+	switch err := h.LinkAdd(br); {
+	case err == nil:
+		created = true
+	case errors.Is(err, unix.EEXIST):
+	default:
+		return nil, false, fmt.Errorf("create bridge %s: %w", s.Name, err)
+	}
+	link, err = h.LinkByName(s.Name)
+	if err != nil {
+		return nil, created, fmt.Errorf("find bridge %s: %w", s.Name, err)
+	}
+	if link.Type() != "bridge" {
+		return nil, false, &BridgeError{Name: s.Name, Reason: fmt.Sprintf("a %s device of that name exists", link.Type())}
+	}
+	addr := &netlink.Addr{IPNet: ipnet(s.Subnet, s.Gateway)}
+	if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, created, fmt.Errorf("add address %s to bridge %s: %w", s.Gateway, s.Name, err)
+	}
+	if !created {
+		attrs := link.Attrs()
+		if attrs.MTU != s.MTU {
+			if err := h.LinkSetMTU(link, s.MTU); err != nil {
+				return nil, false, fmt.Errorf("set mtu of bridge %s: %w", s.Name, err)
+			}
+		}
+		if attrs.Flags&net.FlagUp == 0 {
+			if err := h.LinkSetUp(link); err != nil {
+				return nil, false, fmt.Errorf("set bridge %s up: %w", s.Name, err)
+			}
+		}
+	}
+	return link, created, nil
+}
+
+// VethSpec describes a container's veth pair.
+type VethSpec struct {
+	HostName    string
+	BridgeIndex int
+	MTU         int
+	// Netns is the container's network namespace; the container end is
+	// created straight in it, so it never appears on the host.
+	Netns   netns.NsHandle
+	MAC     net.HardwareAddr
+	Subnet  netip.Prefix
+	IP      netip.Addr
+	Gateway netip.Addr // default route; invalid for none
+}
+
+// CreateVeth creates the pair: the host end up on the bridge, the container
+// end as eth0 in the container's netns with the MAC. It returns EEXIST
+// (wrapped) when the host name is taken, so the caller can pick another.
+func CreateVeth(h *netlink.Handle, s VethSpec) error {
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:        s.HostName,
+			MTU:         s.MTU,
+			TxQLen:      -1,
+			Flags:       net.FlagUp,
+			MasterIndex: s.BridgeIndex,
+		},
+		PeerName:         ContainerIfName,
+		PeerHardwareAddr: s.MAC,
+		PeerNamespace:    netlink.NsFd(s.Netns),
+		PeerTxQLen:       -1,
+	}
+	if err := h.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", s.HostName, err)
+	}
+	return nil
+}
+
+// ConfigureContainer runs in the container's netns (through ch): lo up, and
+// for a veth spec, eth0's address, up, and the default route.
+func ConfigureContainer(ch *netlink.Handle, s *VethSpec) error {
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}} // lo is always ifindex 1
+	if err := ch.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up in container: %w", err)
+	}
+	if s == nil {
+		return nil
+	}
+	eth, err := ch.LinkByName(ContainerIfName)
+	if err != nil {
+		return fmt.Errorf("find %s in container: %w", ContainerIfName, err)
+	}
+	addr := &netlink.Addr{IPNet: ipnet(s.Subnet, s.IP), Broadcast: net.IP(ipv4.Last(s.Subnet).AsSlice())}
+	if err := ch.AddrAdd(eth, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add address %s to %s in container: %w", s.IP, ContainerIfName, err)
+	}
+	if err := ch.LinkSetUp(eth); err != nil {
+		return fmt.Errorf("set %s up in container: %w", ContainerIfName, err)
+	}
+	if s.Gateway.IsValid() {
+		route := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(s.Gateway.AsSlice())}
+		if err := ch.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add default route via %s in container: %w", s.Gateway, err)
+		}
+	}
+	return nil
+}
+
+// DeleteLink removes a host link by name; a link that is already gone is
+// not an error (the kernel removes a veth when its container netns dies).
+func DeleteLink(h *netlink.Handle, name string) error {
+	link, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil
+		}
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+// Package netsetup does the kernel work of a container's network: the bridge,
+// the veth pair created straight into the container's netns, addresses,
+// routes, sysctls, firewall rules and the container's /etc files.
+package netsetup
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NSIdentity identifies a network namespace (device and inode of its nsfs
+// file), so two namespaces can be compared and a reused PID told apart.
+type NSIdentity struct {
+	Dev uint64
+	Ino uint64
+}
+
+// NetnsOf opens the network namespace of pid and returns it with its
+// identity. The caller closes the handle.
+func NetnsOf(pid int) (netns.NsHandle, NSIdentity, error) {
+	path := fmt.Sprintf("/proc/%d/ns/net", pid)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return netns.None(), NSIdentity{}, fmt.Errorf("open netns of pid %d: %w", pid, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return netns.None(), NSIdentity{}, fmt.Errorf("stat netns of pid %d: %w", pid, err)
+	}
+	return netns.NsHandle(fd), NSIdentity{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// SelfNetns returns the identity of the calling process's network namespace
+// (the "host" the hook works on).
+func SelfNetns() (NSIdentity, error) {
+	var st unix.Stat_t
+	// The thread's view, which is the process's: hooks never setns the
+	// calling thread (netlink handles are bound to namespaces instead).
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return NSIdentity{}, fmt.Errorf("stat own netns: %w", err)
+	}
+	return NSIdentity{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// ProcStartTime returns the start time of pid in clock ticks since boot
+// (field 22 of /proc/PID/stat). With the PID it identifies a process across
+// PID reuse.
+func ProcStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read start time of pid %d: %w", pid, err)
+	}
+	// The command name (field 2) may hold spaces and parentheses: fields are
+	// counted from the last ')'.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: no command field", pid)
+	}
+	fields := bytes.Fields(data[i+1:])
+	// After ')' come fields 3.. ; start time is field 22.
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
+	}
+	v, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat start time: %w", pid, err)
+	}
+	return v, nil
+}
+
+// Do runs fn on an OS thread switched into ns and switches back. If the
+// thread cannot be switched back it is left locked, so the Go runtime
+// throws it away instead of reusing a thread in the wrong namespace.
+func Do(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Stay locked: the thread dies with this goroutine.
+			errc <- fmt.Errorf("return to original netns: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}

@@ -1,0 +1,219 @@
+package netsetup
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// TableName is netshim's nftables table, in the ip and bridge families. We
+// never touch tables that are not ours.
+const TableName = "netshim"
+
+// Nftables is the default backend: netshim's own tables, changed through
+// netlink in one batch per operation, without exec and without dumping
+// the ruleset.
+type Nftables struct{}
+
+// Name implements Firewall.
+func (*Nftables) Name() string { return "nftables" }
+
+// nftChain is a base chain of ours with its rules: the rules as data, so
+// they can be checked without root.
+type nftChain struct {
+	Family   nftables.TableFamily
+	Name     string
+	Type     nftables.ChainType
+	Hook     *nftables.ChainHook
+	Priority *nftables.ChainPriority
+	Rules    [][]expr.Any
+}
+
+// object is how a chain is named in the state: family/chain.
+func (c *nftChain) object() string { return familyName(c.Family) + "/" + c.Name }
+
+func familyName(f nftables.TableFamily) string {
+	if f == nftables.TableFamilyBridge {
+		return "bridge"
+	}
+	return "ip"
+}
+
+func parseObject(obj string) (nftables.TableFamily, string, error) {
+	fam, chain, ok := strings.Cut(obj, "/")
+	if !ok || chain == "" {
+		return 0, "", fmt.Errorf("nftables object %q in state: want family/chain", obj)
+	}
+	switch fam {
+	case "ip":
+		return nftables.TableFamilyIPv4, chain, nil
+	case "bridge":
+		return nftables.TableFamilyBridge, chain, nil
+	}
+	return 0, "", fmt.Errorf("nftables object %q in state: unknown family", obj)
+}
+
+// ifname is an interface name as nftables compares it: NUL-padded to 16.
+func ifname(n string) []byte {
+	b := make([]byte, 16)
+	copy(b, n)
+	return b
+}
+
+// networkChains is the data of a network's rules: one base chain per hook,
+// each named after the network, so a network's rules are removed by name.
+func networkChains(n NetRules) []nftChain {
+	var chains []nftChain
+	if n.Masquerade {
+		mask := net.CIDRMask(n.Subnet.Bits(), 32)
+		chains = append(chains, nftChain{
+			Family: nftables.TableFamilyIPv4, Name: "post-" + n.Name,
+			Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+			Rules: [][]expr.Any{{
+				// ip saddr SUBNET oifname != BRIDGE counter masquerade
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: n.Subnet.Addr().AsSlice()},
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Counter{},
+				&expr.Masq{},
+			}},
+		})
+	}
+	if n.Internal {
+		chains = append(chains, nftChain{
+			Family: nftables.TableFamilyIPv4, Name: "fwd-" + n.Name,
+			Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
+			Rules: [][]expr.Any{
+				// iifname BRIDGE oifname != BRIDGE drop
+				{
+					&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+					&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+					&expr.Counter{},
+					&expr.Verdict{Kind: expr.VerdictDrop},
+				},
+				// oifname BRIDGE iifname != BRIDGE drop
+				{
+					&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+					&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+					&expr.Counter{},
+					&expr.Verdict{Kind: expr.VerdictDrop},
+				},
+			},
+		})
+	}
+	if !n.ICC {
+		// In the bridge family the forward hook sees only traffic bridged
+		// between ports, so this drops container-to-container traffic and
+		// nothing else, without br_netfilter.
+		chains = append(chains, nftChain{
+			Family: nftables.TableFamilyBridge, Name: "icc-" + n.Name,
+			Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
+			Rules: [][]expr.Any{{
+				&expr.Meta{Key: expr.MetaKeyBRIIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			}},
+		})
+	}
+	return chains
+}
+
+func table(f nftables.TableFamily) *nftables.Table {
+	return &nftables.Table{Family: f, Name: TableName}
+}
+
+// delChain queues the removal of a chain that may or may not exist: adding
+// it first makes the delete succeed either way, in the same transaction.
+func delChain(c *nftables.Conn, f nftables.TableFamily, name string) {
+	t := c.AddTable(table(f))
+	ch := c.AddChain(&nftables.Chain{Table: t, Name: name})
+	c.FlushChain(ch)
+	c.DelChain(ch)
+}
+
+// EnsureNetwork implements Firewall. Chains are created, flushed and filled
+// in one transaction, so repeating it never duplicates a rule.
+func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	chains := networkChains(n)
+	keep := map[string]bool{}
+	var installed []string
+	for i := range chains {
+		ch := &chains[i]
+		keep[ch.object()] = true
+		installed = append(installed, ch.object())
+	}
+	for _, obj := range prev {
+		if keep[obj] {
+			continue
+		}
+		f, name, err := parseObject(obj)
+		if err != nil {
+			return nil, err
+		}
+		delChain(c, f, name)
+	}
+	for i := range chains {
+		ch := &chains[i]
+		t := c.AddTable(table(ch.Family))
+		nc := c.AddChain(&nftables.Chain{Table: t, Name: ch.Name, Type: ch.Type, Hooknum: ch.Hook, Priority: ch.Priority, Policy: policyAccept()})
+		c.FlushChain(nc)
+		for _, r := range ch.Rules {
+			c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: r})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("nftables: install rules of network %s: %w", n.Name, err)
+	}
+	return installed, nil
+}
+
+// RemoveNetwork implements Firewall.
+func (*Nftables) RemoveNetwork(installed []string, last bool) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	families := map[nftables.TableFamily]bool{}
+	for _, obj := range installed {
+		f, name, err := parseObject(obj)
+		if err != nil {
+			return err
+		}
+		families[f] = true
+		delChain(c, f, name)
+	}
+	if last {
+		// Delete only the tables this network used; the other family's
+		// table, if any, went with the network that used it.
+		for f := range families {
+			c.DelTable(c.AddTable(table(f)))
+		}
+	}
+	if len(installed) == 0 {
+		return nil
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: remove rules %s: %w", strings.Join(installed, ", "), err)
+	}
+	return nil
+}
+
+func policyAccept() *nftables.ChainPolicy {
+	p := nftables.ChainPolicyAccept
+	return &p
+}
+

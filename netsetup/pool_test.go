@@ -1,0 +1,44 @@
+package netsetup
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/netshim/netshim/config"
+)
+
+func TestChoosePool(t *testing.T) {
+	pools := config.DockerPools()
+	cases := []struct {
+		used []string
+		want string
+	}{
+		{nil, "172.17.0.0/16"},
+		{[]string{"172.17.0.0/16"}, "172.18.0.0/16"},
+		{[]string{"172.16.0.0/12"}, "192.168.0.0/20"},
+		{[]string{"172.16.0.0/12", "192.168.0.0/24"}, "192.168.16.0/20"},
+		{[]string{"172.17.3.0/24", "10.0.0.0/8"}, "172.18.0.0/16"},
+	}
+	for _, tc := range cases {
+		var used []netip.Prefix
+		for _, u := range tc.used {
+			used = append(used, netip.MustParsePrefix(u))
+		}
+		got, err := ChoosePool(pools, used)
+		if err != nil || got.String() != tc.want {
+			t.Errorf("used %v: got %v %v want %s", tc.used, got, err, tc.want)
+		}
+	}
+	if _, err := ChoosePool(pools, []netip.Prefix{netip.MustParsePrefix("128.0.0.0/1")}); err == nil {
+		t.Error("exhausted pools accepted")
+	}
+}
+
+func TestMACFor(t *testing.T) {
+	if got := MACFor(netip.MustParseAddr("172.17.0.3")).String(); got != "02:42:ac:11:00:03" {
+		t.Fatal(got)
+	}
+	if n := RandomVethName(); len(n) != 11 || n[:4] != "veth" {
+		t.Fatal(n)
+	}
+}
