@@ -99,9 +99,12 @@ func TestHostileSymlinks(t *testing.T) {
 	}
 	cases := map[string]func(rootfs string){
 		"absolute file link": func(r string) { os.MkdirAll(r+"/etc", 0o755); os.Symlink(victim, r+"/etc/hosts") },
-		"dotdot file link":   func(r string) { os.MkdirAll(r+"/etc", 0o755); os.Symlink("../../../../../../../.."+victim, r+"/etc/hosts") },
-		"etc dir link":       func(r string) { os.Symlink(victimDir, r+"/etc") },
-		"etc dotdot link":    func(r string) { os.Symlink("../../../../../../.."+victimDir, r+"/etc") },
+		"dotdot file link": func(r string) {
+			os.MkdirAll(r+"/etc", 0o755)
+			os.Symlink("../../../../../../../.."+victim, r+"/etc/hosts")
+		},
+		"etc dir link":    func(r string) { os.Symlink(victimDir, r+"/etc") },
+		"etc dotdot link": func(r string) { os.Symlink("../../../../../../.."+victimDir, r+"/etc") },
 	}
 	for name, mk := range cases {
 		bundle := t.TempDir()

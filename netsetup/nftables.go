@@ -216,4 +216,3 @@ func policyAccept() *nftables.ChainPolicy {
 	p := nftables.ChainPolicyAccept
 	return &p
 }
-
