@@ -40,6 +40,9 @@ func RulesFor(n *config.Network, subnet netip.Prefix) NetRules {
 type Firewall interface {
 	// Name is the backend's config name.
 	Name() string
+	// NetworkObjects names what EnsureNetwork(n) will install, so the
+	// intent can be recorded before the change is made.
+	NetworkObjects(n NetRules) []string
 	// EnsureNetwork installs n's rules, replacing those named in prev.
 	EnsureNetwork(n NetRules, prev []string) (installed []string, err error)
 	// RemoveNetwork removes what EnsureNetwork installed. With last, no

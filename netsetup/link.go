@@ -113,6 +113,8 @@ type VethSpec struct {
 	Subnet  netip.Prefix
 	IP      netip.Addr
 	Gateway netip.Addr // default route; invalid for none
+	// Alias marks the host end as ours (IFLA_IFALIAS).
+	Alias string
 }
 
 // CreateVeth creates the pair: the host end up on the bridge, the container
@@ -134,6 +136,17 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 	}
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", s.HostName, err)
+	}
+	if s.Alias == "" {
+		return nil
+	}
+	// The kernel ignores IFLA_IFALIAS when creating a link: set it after.
+	link, err := h.LinkByName(s.HostName)
+	if err != nil {
+		return fmt.Errorf("find new veth %s: %w", s.HostName, err)
+	}
+	if err := h.LinkSetAlias(link, s.Alias); err != nil {
+		return fmt.Errorf("mark veth %s: %w", s.HostName, err)
 	}
 	return nil
 }

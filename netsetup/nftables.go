@@ -141,6 +141,15 @@ func delChain(c *nftables.Conn, f nftables.TableFamily, name string) {
 	c.DelChain(ch)
 }
 
+// NetworkObjects implements Firewall.
+func (*Nftables) NetworkObjects(n NetRules) []string {
+	var out []string
+	for _, ch := range networkChains(n) {
+		out = append(out, ch.object())
+	}
+	return out
+}
+
 // EnsureNetwork implements Firewall. Chains are created, flushed and filled
 // in one transaction, so repeating it never duplicates a rule.
 func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
@@ -149,12 +158,11 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	chains := networkChains(n)
+	installed := make([]string, 0, len(chains))
 	keep := map[string]bool{}
-	var installed []string
 	for i := range chains {
-		ch := &chains[i]
-		keep[ch.object()] = true
-		installed = append(installed, ch.object())
+		keep[chains[i].object()] = true
+		installed = append(installed, chains[i].object())
 	}
 	for _, obj := range prev {
 		if keep[obj] {

@@ -26,6 +26,9 @@ type Net struct {
 	RulesInstalled bool `json:"rules_installed,omitempty"`
 	// Firewall is the backend that installed the network rules.
 	Firewall string `json:"firewall,omitempty"`
+	// Installed names the firewall objects of the network's rules, as the
+	// backend returned them; removal hands them back.
+	Installed []string `json:"installed,omitempty"`
 }
 
 func (s *Store) netPath(name string) string {

@@ -44,9 +44,6 @@ type Record struct {
 
 	// Firewall is the backend that installed Rules.
 	Firewall string `json:"firewall,omitempty"`
-	// NetworkRules is set when this container's setup (re)installed its
-	// network's rules; teardown of the network's last container removes them.
-	NetworkRules bool `json:"network_rules,omitempty"`
 
 	// Links are the `IP alias name` entries written to /etc/hosts.
 	Links []Link `json:"links,omitempty"`

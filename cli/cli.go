@@ -1,0 +1,141 @@
+// Package cli is netshim's Docker-like command line.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/ocihook"
+	"github.com/netshim/netshim/state"
+)
+
+// Env variables for the global flags.
+const (
+	EnvConfig   = "NETSHIM_CONFIG"
+	EnvStateDir = "NETSHIM_STATE_DIR"
+)
+
+type globals struct {
+	configPath string
+	stateDir   string
+	debug      bool
+	stdin      io.Reader
+	stdout     io.Writer
+	stderr     io.Writer
+}
+
+// configFile returns the config path and whether the user named it.
+func (g *globals) configFile() (string, bool) {
+	if g.configPath != "" {
+		return g.configPath, true
+	}
+	if v := os.Getenv(EnvConfig); v != "" {
+		return v, true
+	}
+	return config.DefaultPath, false
+}
+
+func (g *globals) env() (*ocihook.Env, error) {
+	path, explicit := g.configFile()
+	cfg, err := config.Load(path, explicit)
+	if err != nil {
+		return nil, err
+	}
+	dir := g.stateDir
+	if dir == "" {
+		dir = os.Getenv(EnvStateDir)
+	}
+	if dir == "" {
+		dir = cfg.StateDir
+	}
+	store, err := state.New(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &ocihook.Env{Config: cfg, Store: store, Debug: g.debug}, nil
+}
+
+// Main runs the command line and returns the exit code. Errors are printed
+// as one line `netshim: ...` on stderr.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "netshim",
+		Short: "Docker-style networking for OCI containers, as a runtime hook",
+		Long: `netshim gives runc, crun and Podman containers the network a Docker user knows
+(a bridge with NAT, published ports, links, user networks) without a daemon:
+it runs as a createRuntime and poststop hook.`,
+		Example: `  netshim bundle ./mybundle --name web
+  runc run -d --bundle ./mybundle web
+  netshim ps`,
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+	}
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetContext(ctx)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.configPath, "config", "", "config file (env "+EnvConfig+", default "+config.DefaultPath+")")
+	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (env "+EnvStateDir+", default: the config's state_dir, else "+config.DefaultStateDir+")")
+	pf.BoolVar(&g.debug, "debug", false, "log more detail")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
+	})
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g))
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		return 1
+	}
+	return 0
+}
+
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func oneLine(err error) string {
+	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
+}
+
+func hookCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "hook [createRuntime|prestart|poststop]",
+		Short: "Run as an OCI hook: read the container state on stdin, set up or tear down",
+		Long: `Run as an OCI runtime hook. The state JSON comes on stdin. Without a stage, it is
+taken from the state's status: creating/created → setup, stopped → teardown.
+Success prints nothing; failure prints one line and exits non-zero.`,
+		Example: `  # in config.json "hooks":
+  "createRuntime": [{"path": "/usr/local/bin/netshim", "args": ["netshim", "hook", "createRuntime"]}],
+  "poststop":      [{"path": "/usr/local/bin/netshim", "args": ["netshim", "hook", "poststop"]}]`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			stage := ""
+			if len(args) == 1 {
+				stage = args[0]
+			}
+			return ocihook.Run(cmd.Context(), env, g.stdin, stage)
+		},
+	}
+}

@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netshim/netshim/state"
+)
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func psCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "ps",
+		Short:   "List containers netshim has set up",
+		Example: "  netshim ps",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			recs, errs := env.Store.List()
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "CONTAINER\tNAME\tNETWORK\tIP\tMAC\tPORTS")
+			for _, r := range recs {
+				network := r.Network
+				if network == "" {
+					network = r.Mode
+				}
+				ip := "-"
+				if r.IP.IsValid() {
+					ip = netip.PrefixFrom(r.IP, r.Subnet.Bits()).String()
+				}
+				mac := r.MAC
+				if mac == "" {
+					mac = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(r.ID), r.Name, network, ip, mac, "")
+			}
+			tw.Flush()
+			if len(errs) > 0 {
+				return errs[0]
+			}
+			return nil
+		},
+	}
+}
+
+// Endpoint is `netshim inspect`'s view of a container.
+type Endpoint struct {
+	ID            string     `json:"Id"`
+	Name          string     `json:"Name"`
+	Mode          string     `json:"Mode"`
+	Network       string     `json:"Network,omitempty"`
+	IPAddress     string     `json:"IPAddress,omitempty"`
+	IPPrefixLen   int        `json:"IPPrefixLen,omitempty"`
+	Gateway       string     `json:"Gateway,omitempty"`
+	MacAddress    string     `json:"MacAddress,omitempty"`
+	Bridge        string     `json:"Bridge,omitempty"`
+	HostVeth      string     `json:"HostVeth,omitempty"`
+	ContainerVeth string     `json:"ContainerVeth,omitempty"`
+	Links         []string   `json:"Links,omitempty"`
+	Ports         []struct{} `json:"Ports"`
+	Pid           int        `json:"Pid,omitempty"`
+	State         string     `json:"State"`
+	Created       string     `json:"Created"`
+}
+
+func endpointOf(r *state.Record) Endpoint {
+	e := Endpoint{
+		ID: r.ID, Name: r.Name, Mode: r.Mode, Network: r.Network, MacAddress: r.MAC, Bridge: r.Bridge,
+		HostVeth: r.HostVeth, ContainerVeth: r.ContainerVeth, Pid: r.PID, State: string(r.Phase),
+		Created: r.Created.Format("2006-01-02T15:04:05.000000000Z07:00"), Ports: []struct{}{},
+	}
+	if r.IP.IsValid() {
+		e.IPAddress, e.IPPrefixLen = r.IP.String(), r.Subnet.Bits()
+	}
+	if r.Gateway.IsValid() {
+		e.Gateway = r.Gateway.String()
+	}
+	for _, l := range r.Links {
+		e.Links = append(e.Links, fmt.Sprintf("%s:%s", l.Name, l.Alias))
+	}
+	return e
+}
+
+func inspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "inspect ID-or-NAME",
+		Short:   "Show a container's endpoint as JSON",
+		Example: "  netshim inspect web\n  netshim inspect 3f2a",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			r, err := env.Store.Find(args[0])
+			if err != nil {
+				return err
+			}
+			out, _ := json.MarshalIndent(endpointOf(r), "", "    ")
+			fmt.Fprintln(g.stdout, string(out))
+			return nil
+		},
+	}
+}

@@ -1,0 +1,412 @@
+package ocihook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/netsetup"
+	"github.com/netshim/netshim/state"
+)
+
+// HostResolvConf is the host's resolver configuration.
+var HostResolvConf = "/etc/resolv.conf"
+
+// resolvedResolvConf is systemd-resolved's list of real upstreams, used when
+// the host's resolv.conf names only its loopback stub (as Docker does).
+const resolvedResolvConf = "/run/systemd/resolve/resolv.conf"
+
+// vethAlias marks a host veth as ours: teardown and gc delete a link only
+// when it carries the alias of the container they work for.
+func vethAlias(id string) string { return "netshim:" + id }
+
+// Setup wires the container's network. Anything it created is undone
+// before it returns an error.
+func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
+	spec, err := readSpec(st.Bundle)
+	if err != nil {
+		return "", err
+	}
+	opts, err := ParseAnnotations(spec.Annotations)
+	if err != nil {
+		return "", err
+	}
+	name := opts.Name
+	if name == "" {
+		name = st.ID
+	}
+	if st.Pid <= 0 {
+		return name, &InputError{What: "state field pid", Value: fmt.Sprint(st.Pid), Reason: "setup needs the container's pid"}
+	}
+	if spec.Root == nil || spec.Root.Path == "" {
+		return name, &InputError{What: "bundle config root.path", Reason: "missing"}
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(st.Bundle, rootfs)
+	}
+	nsh, nsID, err := netsetup.NetnsOf(st.Pid)
+	if err != nil {
+		return name, err
+	}
+	defer nsh.Close()
+	self, err := netsetup.SelfNetns()
+	if err != nil {
+		return name, err
+	}
+	shared := nsID == self
+	switch {
+	case opts.Network == ModeHost && !shared:
+		return name, fmt.Errorf("network host: container %s has its own network namespace; remove the network namespace from config.json (netshim bundle --network host does)", st.ID)
+	case opts.Network != ModeHost && shared:
+		return name, fmt.Errorf("network %s: container %s shares the host's network namespace; add a network namespace to config.json (netshim bundle does)", opts.Network, st.ID)
+	}
+	startTime, err := netsetup.ProcStartTime(st.Pid)
+	if err != nil {
+		return name, err
+	}
+
+	lock, err := env.Store.Lock(env.lockTimeout())
+	if err != nil {
+		return name, err
+	}
+	defer lock.Unlock()
+
+	if old, ok, err := env.Store.Get(st.ID); err != nil {
+		return name, err
+	} else if ok {
+		if old.Phase == state.PhaseReady && old.NetnsDev == nsID.Dev && old.NetnsIno == nsID.Ino {
+			return name, nil // createRuntime run twice: already done
+		}
+		// A record of an earlier, dead or half-done incarnation of this id.
+		if err := env.teardownLocked(old); err != nil {
+			return name, fmt.Errorf("clean up earlier setup of %s: %w", st.ID, err)
+		}
+	}
+	others, errs := env.Store.List()
+	if len(errs) > 0 {
+		return name, errs[0]
+	}
+	for _, o := range others {
+		if o.Name == name && o.ID != st.ID {
+			return name, fmt.Errorf("container name %q is already in use by container %s", name, o.ID)
+		}
+	}
+
+	rec := &state.Record{
+		ID: st.ID, Name: name, Mode: opts.Network, Phase: state.PhaseCreating, Created: time.Now().UTC(),
+		Bundle: st.Bundle, PID: st.Pid, NetnsDev: nsID.Dev, NetnsIno: nsID.Ino, StartTime: startTime,
+	}
+	if opts.Network != ModeHost && opts.Network != ModeNone {
+		rec.Mode, rec.Network = ModeBridge, opts.Network
+	}
+	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh, others: others}
+	if err := c.run(); err != nil {
+		if rerr := env.teardownLocked(rec); rerr != nil {
+			return name, fmt.Errorf("%w (and undoing it: %v)", err, rerr)
+		}
+		return name, err
+	}
+	return name, nil
+}
+
+func (env *Env) lockTimeout() time.Duration {
+	if env.LockTimeout > 0 {
+		return env.LockTimeout
+	}
+	return DefaultLockTimeout
+}
+
+type setupCtx struct {
+	env    *Env
+	st     *specs.State
+	spec   *specs.Spec
+	opts   *Options
+	rec    *state.Record
+	rootfs string
+	ns     netns.NsHandle
+	others []*state.Record
+}
+
+func (c *setupCtx) run() error {
+	var hosts netsetup.HostsSpec
+	var resolv netsetup.ResolvSpec
+	switch c.rec.Mode {
+	case ModeHost:
+		base, err := os.ReadFile("/etc/hosts")
+		if err != nil {
+			return fmt.Errorf("read host /etc/hosts: %w", err)
+		}
+		hosts = netsetup.HostsSpec{Base: base}
+		resolv = netsetup.ResolvSpec{KeepLoopback: true}
+	case ModeNone:
+		if err := c.env.Store.Put(c.rec); err != nil {
+			return err
+		}
+		ch, err := netlink.NewHandleAt(c.ns)
+		if err != nil {
+			return fmt.Errorf("netlink in container netns: %w", err)
+		}
+		defer ch.Close()
+		if err := netsetup.ConfigureContainer(ch, nil); err != nil {
+			return err
+		}
+	default:
+		if err := c.bridge(); err != nil {
+			return err
+		}
+		hosts = netsetup.HostsSpec{IP: c.rec.IP, Links: c.rec.Links}
+	}
+	hosts.Hostname, hosts.Name = c.spec.Hostname, c.rec.Name
+	for _, h := range c.opts.AddHosts {
+		ip := h.IP
+		if h.HostGateway {
+			if !c.rec.Gateway.IsValid() {
+				return &AnnotationError{Key: AnnAddHost, Value: h.Name + ":host-gateway", Reason: "host-gateway needs a bridge network"}
+			}
+			ip = c.rec.Gateway
+		}
+		hosts.Extra = append(hosts.Extra, netsetup.HostEntry{Name: h.Name, IP: ip})
+	}
+	resolv.Host = readHostResolv(resolv.KeepLoopback)
+	resolv.Nameservers, resolv.Search, resolv.Options = c.opts.DNS, c.opts.DNSSearch, c.opts.DNSOptions
+	if c.rec.Mode == ModeBridge {
+		if n, err := c.env.network(c.rec.Network); err == nil {
+			if len(resolv.Nameservers) == 0 {
+				resolv.Nameservers = n.DNS
+			}
+			if len(resolv.Search) == 0 {
+				resolv.Search = n.DNSSearch
+			}
+			if len(resolv.Options) == 0 {
+				resolv.Options = n.DNSOptions
+			}
+		}
+	}
+	for _, f := range []struct {
+		dest    string
+		content []byte
+	}{{"/etc/hosts", netsetup.BuildHosts(hosts)}, {"/etc/resolv.conf", netsetup.BuildResolv(resolv)}} {
+		p, err := netsetup.WriteContainerFile(c.st.Bundle, c.rootfs, c.spec.Mounts, f.dest, f.content)
+		if err != nil {
+			return err
+		}
+		c.rec.Files = append(c.rec.Files, p)
+	}
+	c.rec.Phase = state.PhaseReady
+	return c.env.Store.Put(c.rec)
+}
+
+// readHostResolv returns the host's resolv.conf, or systemd-resolved's
+// upstream list when the host's names only loopback servers.
+func readHostResolv(keepLoopback bool) []byte {
+	data, err := os.ReadFile(HostResolvConf)
+	if err != nil {
+		return nil
+	}
+	if !keepLoopback && onlyLoopback(data) {
+		if alt, err := os.ReadFile(resolvedResolvConf); err == nil {
+			return alt
+		}
+	}
+	return data
+}
+
+func onlyLoopback(resolv []byte) bool {
+	out := netsetup.BuildResolv(netsetup.ResolvSpec{Host: resolv})
+	fallback := netsetup.BuildResolv(netsetup.ResolvSpec{Nameservers: netsetup.DockerFallbackDNS, Host: resolv})
+	return string(out) == string(fallback)
+}
+
+// network returns the definition of a bridge network by name.
+func (env *Env) network(name string) (*config.Network, error) {
+	if name == config.DefaultNetwork {
+		n := env.Config.Bridge
+		return &n, nil
+	}
+	if n, ok := env.Config.Networks[name]; ok {
+		return &n, nil
+	}
+	return nil, fmt.Errorf("network %s not found", name)
+}
+
+// bridge sets up bridge mode: address, record, bridge, rules, veth.
+func (c *setupCtx) bridge() error {
+	env, rec := c.env, c.rec
+	def, err := env.network(rec.Network)
+	if err != nil {
+		return err
+	}
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer host.Close()
+
+	ns, err := env.Store.GetNet(def.Name)
+	if err != nil {
+		return err
+	}
+	if ns == nil {
+		ns = &state.Net{Name: def.Name, Allocated: map[netip.Addr]string{}}
+	}
+	if err := chooseSubnet(host, env.Config, def, ns); err != nil {
+		return err
+	}
+	ns.Bridge = def.Bridge
+	var reserved []netip.Addr
+	if def.DefaultGateway.IsValid() {
+		reserved = append(reserved, def.DefaultGateway)
+	}
+	ip, err := ns.Allocate(rec.ID, c.opts.IP, def.IPRange, reserved...)
+	if err != nil {
+		return err
+	}
+	rec.Bridge, rec.Subnet, rec.Gateway, rec.IP = def.Bridge, ns.Subnet, ns.Gateway, ip
+	rec.MAC = netsetup.MACFor(ip).String()
+	rec.HostVeth, rec.ContainerVeth = netsetup.RandomVethName(), netsetup.ContainerIfName
+	for _, l := range c.opts.Links {
+		target := findRunning(c.others, l.Name)
+		if target == nil || target.Mode != ModeBridge || target.Network != rec.Network {
+			return fmt.Errorf("link %s:%s: no running container named %q on network %s", l.Name, l.Alias, l.Name, rec.Network)
+		}
+		rec.Links = append(rec.Links, state.Link{Name: target.Name, Alias: l.Alias, IP: target.IP})
+	}
+	fw, err := netsetup.NewFirewall(env.Config.Firewall)
+	if err != nil {
+		return err
+	}
+	rules := netsetup.RulesFor(def, ns.Subnet)
+	installRules := !ns.RulesInstalled
+	if installRules {
+		// Record the intent first: a crash after the rules are in leaves a
+		// state that names them.
+		ns.RulesInstalled, ns.Firewall = true, fw.Name()
+		ns.Installed = union(ns.Installed, fw.NetworkObjects(rules))
+	}
+	// Record what is about to be created before creating it.
+	if err := env.Store.PutNet(ns); err != nil {
+		return err
+	}
+	if err := env.Store.Put(rec); err != nil {
+		return err
+	}
+
+	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
+	gwPrefix := ns.Subnet
+	br, _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: def.Bridge, Subnet: gwPrefix, Gateway: ns.Gateway, MTU: def.MTU})
+	if err != nil {
+		return err
+	}
+	if installRules {
+		installed, err := fw.EnsureNetwork(rules, ns.Installed)
+		if err != nil {
+			return err
+		}
+		ns.Installed = installed
+		if err := env.Store.PutNet(ns); err != nil {
+			return err
+		}
+	}
+	route := ns.Gateway
+	if def.DefaultGateway.IsValid() {
+		route = def.DefaultGateway
+	}
+	if def.Internal {
+		route = netip.Addr{} // no route out
+	}
+	vs := netsetup.VethSpec{
+		HostName: rec.HostVeth, BridgeIndex: br.Attrs().Index, MTU: def.MTU, Netns: c.ns,
+		MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
+	}
+	for attempt := 0; ; attempt++ {
+		err := netsetup.CreateVeth(host, vs)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EEXIST) || attempt == 4 {
+			return err
+		}
+		// The random host name is taken: record another before retrying.
+		rec.HostVeth = netsetup.RandomVethName()
+		vs.HostName = rec.HostVeth
+		if err := env.Store.Put(rec); err != nil {
+			return err
+		}
+	}
+	ch, err := netlink.NewHandleAt(c.ns)
+	if err != nil {
+		return fmt.Errorf("netlink in container netns: %w", err)
+	}
+	defer ch.Close()
+	return netsetup.ConfigureContainer(ch, &vs)
+}
+
+// chooseSubnet settles the network's subnet: the configured one, else the
+// one chosen before (kept stable), else the address already on the bridge,
+// else the first free pool.
+func chooseSubnet(host *netlink.Handle, cfg *config.Config, def *config.Network, ns *state.Net) error {
+	if def.Subnet.IsValid() {
+		if ns.Subnet.IsValid() && (ns.Subnet != def.Subnet || ns.Gateway != def.Gateway) && len(ns.Allocated) > 0 {
+			return fmt.Errorf("network %s: subnet changed from %s to %s while %d containers are attached; stop them first",
+				def.Name, ns.Subnet, def.Subnet, len(ns.Allocated))
+		}
+		ns.Subnet, ns.Gateway = def.Subnet, def.Gateway
+		return nil
+	}
+	if ns.Subnet.IsValid() {
+		return nil
+	}
+	if l, err := host.LinkByName(def.Bridge); err == nil {
+		addrs, err := host.AddrList(l, unix.AF_INET)
+		if err == nil && len(addrs) > 0 {
+			a, _ := netip.AddrFromSlice(addrs[0].IP.To4())
+			ones, _ := addrs[0].Mask.Size()
+			ns.Subnet, ns.Gateway = netip.PrefixFrom(a, ones).Masked(), a
+			return nil
+		}
+	}
+	used, err := netsetup.HostPrefixes(host, def.Bridge)
+	if err != nil {
+		return err
+	}
+	p, err := netsetup.ChoosePool(cfg.Pools, used)
+	if err != nil {
+		return fmt.Errorf("network %s: %w", def.Name, err)
+	}
+	ns.Subnet, ns.Gateway = p, p.Addr().Next()
+	return nil
+}
+
+func findRunning(recs []*state.Record, name string) *state.Record {
+	for _, r := range recs {
+		if (r.Name == name || r.ID == name) && r.Phase == state.PhaseReady {
+			return r
+		}
+	}
+	return nil
+}
+
+func union(a, b []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range append(append([]string{}, a...), b...) {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}

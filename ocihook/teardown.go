@@ -1,0 +1,127 @@
+package ocihook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/netsetup"
+	"github.com/netshim/netshim/state"
+)
+
+// Teardown undoes what setup recorded for container id. It needs no PID or
+// netns, and succeeds for an id that has no record (never set up, or torn
+// down already).
+func (env *Env) Teardown(ctx context.Context, id string) (string, error) {
+	lock, err := env.Store.Lock(env.lockTimeout())
+	if err != nil {
+		return "", err
+	}
+	defer lock.Unlock()
+	rec, ok, err := env.Store.Get(id)
+	if err != nil || !ok {
+		return "", err
+	}
+	return rec.Name, env.teardownLocked(rec)
+}
+
+// teardownLocked removes, from the record alone, what setup created: the
+// host veth (if still there and still ours), the address, the network's
+// rules when its last container goes, and last the record itself, so an
+// interrupted teardown can be run again. The caller holds the lock.
+func (env *Env) teardownLocked(rec *state.Record) error {
+	var errs []error
+	if rec.HostVeth != "" {
+		if err := deleteOwnedLink(rec.HostVeth, vethAlias(rec.ID)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if rec.Network != "" {
+		if err := env.releaseAddress(rec); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return env.Store.Delete(rec.ID)
+}
+
+// deleteOwnedLink deletes the host link name if it carries alias: a link of
+// that name without it belongs to someone else (names are reused once the
+// kernel has removed ours with the container's netns).
+func deleteOwnedLink(name, alias string) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil
+		}
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if link.Attrs().Alias != alias {
+		return nil
+	}
+	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}
+
+// releaseAddress frees the record's address and, when the network has no
+// container left, removes its firewall rules.
+func (env *Env) releaseAddress(rec *state.Record) error {
+	ns, err := env.Store.GetNet(rec.Network)
+	if err != nil || ns == nil {
+		return err
+	}
+	ns.Release(rec.ID, rec.IP)
+	if len(ns.Allocated) == 0 && ns.RulesInstalled {
+		fw, err := netsetup.NewFirewall(ns.Firewall)
+		if err != nil {
+			return err
+		}
+		last, err := env.noOtherRules(ns.Name)
+		if err != nil {
+			return err
+		}
+		if err := fw.RemoveNetwork(ns.Installed, last); err != nil {
+			return err
+		}
+		ns.RulesInstalled, ns.Installed, ns.Firewall = false, nil, ""
+	}
+	return env.Store.PutNet(ns)
+}
+
+// noOtherRules reports whether no network but name has rules installed.
+func (env *Env) noOtherRules(name string) (bool, error) {
+	ents, err := os.ReadDir(filepath.Join(env.Store.Dir, "networks"))
+	if err != nil {
+		return false, fmt.Errorf("list network state: %w", err)
+	}
+	for _, e := range ents {
+		n, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || strings.HasPrefix(n, ".") || n == name {
+			continue
+		}
+		other, err := env.Store.GetNet(n)
+		if err != nil {
+			return false, err
+		}
+		if other != nil && other.RulesInstalled {
+			return false, nil
+		}
+	}
+	return true, nil
+}
