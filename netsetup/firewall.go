@@ -15,8 +15,6 @@ type NetRules struct {
 	// Masquerade: traffic from the subnet leaving through another
 	// interface is source-NATed (ip_masquerade).
 	Masquerade bool
-	// ICC false drops traffic between containers of the bridge.
-	ICC bool
 	// Internal drops traffic between the bridge and any other interface.
 	Internal bool
 }
@@ -28,7 +26,6 @@ func RulesFor(n *config.Network, subnet netip.Prefix) NetRules {
 		Bridge:     n.Bridge,
 		Subnet:     subnet,
 		Masquerade: n.Masquerade && !n.Internal,
-		ICC:        n.ICC,
 		Internal:   n.Internal,
 	}
 }

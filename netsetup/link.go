@@ -115,6 +115,10 @@ type VethSpec struct {
 	Gateway netip.Addr // default route; invalid for none
 	// Alias marks the host end as ours (IFLA_IFALIAS).
 	Alias string
+	// Isolated makes the host end an isolated bridge port: it cannot talk
+	// to other isolated ports, only to the bridge (icc = false, without
+	// firewall rules or br_netfilter).
+	Isolated bool
 }
 
 // CreateVeth creates the pair: the host end up on the bridge, the container
@@ -137,16 +141,23 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", s.HostName, err)
 	}
-	if s.Alias == "" {
+	if s.Alias == "" && !s.Isolated {
 		return nil
 	}
-	// The kernel ignores IFLA_IFALIAS when creating a link: set it after.
 	link, err := h.LinkByName(s.HostName)
 	if err != nil {
 		return fmt.Errorf("find new veth %s: %w", s.HostName, err)
 	}
-	if err := h.LinkSetAlias(link, s.Alias); err != nil {
-		return fmt.Errorf("mark veth %s: %w", s.HostName, err)
+	// The kernel ignores IFLA_IFALIAS when creating a link: set it after.
+	if s.Alias != "" {
+		if err := h.LinkSetAlias(link, s.Alias); err != nil {
+			return fmt.Errorf("mark veth %s: %w", s.HostName, err)
+		}
+	}
+	if s.Isolated {
+		if err := h.LinkSetIsolated(link, true); err != nil {
+			return fmt.Errorf("isolate bridge port %s: %w", s.HostName, err)
+		}
 	}
 	return nil
 }

@@ -110,21 +110,6 @@ func networkChains(n NetRules) []nftChain {
 			},
 		})
 	}
-	if !n.ICC {
-		// In the bridge family the forward hook sees only traffic bridged
-		// between ports, so this drops container-to-container traffic and
-		// nothing else, without br_netfilter.
-		chains = append(chains, nftChain{
-			Family: nftables.TableFamilyBridge, Name: "icc-" + n.Name,
-			Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
-			Rules: [][]expr.Any{{
-				&expr.Meta{Key: expr.MetaKeyBRIIIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Counter{},
-				&expr.Verdict{Kind: expr.VerdictDrop},
-			}},
-		})
-	}
 	return chains
 }
 

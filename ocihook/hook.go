@@ -130,6 +130,11 @@ func Run(ctx context.Context, env *Env, stdin io.Reader, stage string) (err erro
 		}
 		env.logLine(id, name, stage, time.Since(start), err)
 	}()
+	if stage != "" { // a bad argument is refused before reading stdin
+		if stage, err = ResolveStage(stage, ""); err != nil {
+			return err
+		}
+	}
 	st, err = ReadState(stdin)
 	if err != nil {
 		return err

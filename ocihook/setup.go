@@ -330,6 +330,7 @@ func (c *setupCtx) bridge() error {
 	vs := netsetup.VethSpec{
 		HostName: rec.HostVeth, BridgeIndex: br.Attrs().Index, MTU: def.MTU, Netns: c.ns,
 		MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
+		Isolated: !def.ICC,
 	}
 	for attempt := 0; ; attempt++ {
 		err := netsetup.CreateVeth(host, vs)

@@ -1,0 +1,81 @@
+package ocihook
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func TestParseAnnotations(t *testing.T) {
+	o, err := ParseAnnotations(map[string]string{
+		AnnNetwork: "bridge", AnnName: "web", AnnIP: "172.17.0.9", AnnLinks: "db:database, cache",
+		AnnDNS: "203.0.113.53", AnnDNSSearch: "a.test", AnnDNSOption: "ndots:2",
+		AnnAddHost: "gw:host-gateway,h.test:198.51.100.1", "io.other/x": "ignored",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Name != "web" || o.IP.String() != "172.17.0.9" || len(o.Links) != 2 || o.Links[0] != (Link{"db", "database"}) ||
+		o.Links[1] != (Link{"cache", "cache"}) || len(o.DNS) != 1 || !o.AddHosts[0].HostGateway || o.AddHosts[1].IP.String() != "198.51.100.1" {
+		t.Errorf("%+v", o)
+	}
+	if o, _ := ParseAnnotations(nil); o.Network != "bridge" {
+		t.Errorf("default network %q", o.Network)
+	}
+}
+
+func TestParseAnnotationErrors(t *testing.T) {
+	cases := map[string]map[string]string{
+		`annotation netshim/ip = "::1": "::1" is not an IPv4 address`:            {AnnIP: "::1"},
+		`annotation netshim/network = "-x"`:                                      {AnnNetwork: "-x"},
+		`annotation netshim/name = "a b"`:                                        {AnnName: "a b"},
+		`annotation netshim/links = "db:a:b"`:                                    {AnnLinks: "db:a:b"},
+		`annotation netshim/add-host = "h:nope"`:                                 {AnnAddHost: "h:nope"},
+		`annotation netshim/aliases = "x y"`:                                     {AnnAliases: "x y"},
+		`annotation netshim/ip = "172.17.0.2": needs a bridge network, not none`: {AnnNetwork: "none", AnnIP: "172.17.0.2"},
+		`annotation netshim/links = "db": needs a bridge network, not host`:      {AnnNetwork: "host", AnnLinks: "db"},
+		`annotation netshim/dns-search = "a b": "a b" is not a domain`:           {AnnDNSSearch: "a b"},
+		`annotation netshim/netwrok = "bridge": unknown netshim annotation`:      {"netshim/netwrok": "bridge"},
+	}
+	for want, ann := range cases {
+		_, err := ParseAnnotations(ann)
+		var ae *AnnotationError
+		if !errors.As(err, &ae) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: got %v, want %q", ann, err, want)
+		}
+	}
+}
+
+func TestResolveStage(t *testing.T) {
+	for _, c := range []struct{ arg, status, want string }{
+		{"createRuntime", "", StageSetup}, {"prestart", "", StageSetup}, {"poststop", "", StageTeardown},
+		{"", "creating", StageSetup}, {"", "created", StageSetup}, {"", "stopped", StageTeardown},
+	} {
+		if got, err := ResolveStage(c.arg, specsState(c.status)); err != nil || got != c.want {
+			t.Errorf("%q %q: %v %v", c.arg, c.status, got, err)
+		}
+	}
+	if _, err := ResolveStage("", "running"); err == nil {
+		t.Error("running accepted")
+	}
+}
+
+func TestReadState(t *testing.T) {
+	for in, want := range map[string]string{
+		``:                              "empty",
+		`[]`:                            "state field",
+		`{"id":"a b"}`:                  `state field id "a b"`,
+		`{"id":"x","pid":-3}`:           `state field pid "-3"`,
+		`{"id":"x","pid":"1"}`:          "state field pid",
+		`{"id":"x","status":"stopped"}`: "",
+	} {
+		_, err := ReadState(strings.NewReader(in))
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("%q: %v, want %q", in, err, want)
+		}
+	}
+}
+
+func specsState(s string) specs.ContainerState { return specs.ContainerState(s) }

@@ -1,0 +1,380 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/netshim/netshim/internal/sandbox"
+)
+
+// proc is a process in a fresh netns standing in for a container: the hook
+// needs only its PID and a bundle.
+type proc struct {
+	h      *host
+	id     string
+	pid    int
+	bundle string
+	cmd    *exec.Cmd
+}
+
+// newProc starts `unshare -n sleep` and writes a bundle with the given
+// annotations (and an empty rootfs for /etc files).
+func (h *host) newProc(id string, ann map[string]string) *proc {
+	h.t.Helper()
+	cmd := exec.Command("unshare", "-n", "sleep", "100000")
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	bundle := filepath.Join(h.dir, "bundles", id)
+	os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755)
+	p := &proc{h: h, id: id, pid: cmd.Process.Pid, bundle: bundle, cmd: cmd}
+	p.writeSpec(ann)
+	// Wait until unshare has exec'd sleep in its own netns.
+	for i := 0; i < 200; i++ {
+		a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", p.pid))
+		b, _ := os.Readlink("/proc/self/ns/net")
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid))
+		if a != b && strings.HasSuffix(exe, "/sleep") {
+			break
+		}
+		exec.Command("sleep", "0.01").Run()
+	}
+	return p
+}
+
+func (p *proc) writeSpec(ann map[string]string) {
+	spec := map[string]any{"ociVersion": "1.0.2", "hostname": p.id, "root": map[string]any{"path": "rootfs"}, "annotations": ann}
+	data, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(p.bundle, "config.json"), data, 0o644); err != nil {
+		p.h.t.Fatal(err)
+	}
+}
+
+func (p *proc) state(status string) string {
+	return fmt.Sprintf(`{"ociVersion":"1.0.2","id":%q,"status":%q,"pid":%d,"bundle":%q}`, p.id, status, p.pid, p.bundle)
+}
+
+// hook runs the hook for this process; stage may be empty.
+func (p *proc) hook(stage, status string) (string, error) {
+	args := []string{"hook"}
+	if stage != "" {
+		args = append(args, stage)
+	}
+	_, errOut, err := p.h.netshim(p.state(status), args...)
+	return errOut, err
+}
+
+func (p *proc) mustSetup() {
+	p.h.t.Helper()
+	if errOut, err := p.hook("createRuntime", "creating"); err != nil {
+		p.h.t.Fatalf("setup %s: %v: %s", p.id, err, errOut)
+	}
+}
+
+func (p *proc) mustTeardown() {
+	p.h.t.Helper()
+	if errOut, err := p.hook("poststop", "stopped"); err != nil {
+		p.h.t.Fatalf("teardown %s: %v: %s", p.id, err, errOut)
+	}
+}
+
+// in runs a command in the process's netns.
+func (p *proc) in(args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"-t", fmt.Sprint(p.pid), "-n", "--"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (p *proc) mustIn(args ...string) string {
+	p.h.t.Helper()
+	out, err := p.in(args...)
+	if err != nil {
+		p.h.t.Fatalf("in %s: %s: %v\n%s", p.id, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// Every bad input is refused with one line naming the field and the value,
+// a non-zero exit, and nothing left behind.
+func TestHookBadInput(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	// A container that exists, for links and taken addresses.
+	good := h.newProc("good", map[string]string{"netshim/name": "good"})
+	good.mustSetup()
+
+	type tc struct {
+		name   string
+		stdin  func(p *proc) string
+		args   []string
+		ann    map[string]string
+		config string
+		want   string
+	}
+	cases := []tc{
+		{name: "garbage state", stdin: func(*proc) string { return "{not json" }, want: "state JSON on stdin"},
+		{name: "empty state", stdin: func(*proc) string { return "" }, want: "state JSON on stdin: empty"},
+		{name: "bad id", stdin: func(p *proc) string { return strings.Replace(p.state("creating"), `"id":"`+p.id, `"id":"../`+p.id, 1) }, want: `state field id "../`},
+		{name: "pid type", stdin: func(p *proc) string {
+			return strings.Replace(p.state("creating"), fmt.Sprintf(`"pid":%d`, p.pid), `"pid":"x"`, 1)
+		}, want: "state field pid"},
+		{name: "no pid", stdin: func(p *proc) string {
+			return strings.Replace(p.state("creating"), fmt.Sprintf(`"pid":%d`, p.pid), `"pid":0`, 1)
+		}, want: `state field pid "0": setup needs the container's pid`},
+		{name: "relative bundle", stdin: func(p *proc) string { return strings.Replace(p.state("creating"), `"bundle":"/`, `"bundle":"`, 1) }, want: "state field bundle"},
+		{name: "bad stage", args: []string{"hook", "prestop"}, want: `hook stage "prestop"`},
+		{name: "running status", stdin: func(p *proc) string { return p.state("running") }, args: []string{"hook"}, want: `state field status "running"`},
+		{name: "bad ip", ann: map[string]string{"netshim/ip": "300.1.1.1"}, want: `annotation netshim/ip = "300.1.1.1": "300.1.1.1" is not an IPv4 address`},
+		{name: "ip outside", ann: map[string]string{"netshim/ip": "10.9.9.9"}, want: "address 10.9.9.9 on network bridge: outside subnet 172.17.0.0/16"},
+		{name: "ip taken", ann: map[string]string{"netshim/ip": "172.17.0.2"}, want: "address 172.17.0.2 on network bridge: address already in use by container good"},
+		{name: "unknown network", ann: map[string]string{"netshim/network": "nosuch"}, want: "network nosuch not found"},
+		{name: "bad network name", ann: map[string]string{"netshim/network": "a b"}, want: `annotation netshim/network = "a b"`},
+		{name: "missing link", ann: map[string]string{"netshim/links": "ghost:g"}, want: `link ghost:g: no running container named "ghost" on network bridge`},
+		{name: "bad link", ann: map[string]string{"netshim/links": "-x"}, want: `annotation netshim/links = "-x"`},
+		{name: "unknown annotation", ann: map[string]string{"netshim/colour": "red"}, want: `annotation netshim/colour = "red": unknown netshim annotation`},
+		{name: "bad add-host", ann: map[string]string{"netshim/add-host": "nohost"}, want: `annotation netshim/add-host = "nohost": "nohost" is not host:ip`},
+		{name: "bad dns", ann: map[string]string{"netshim/dns": "1.2.3"}, want: `annotation netshim/dns = "1.2.3": "1.2.3" is not an IP address`},
+		{name: "name in use", ann: map[string]string{"netshim/name": "good"}, want: `container name "good" is already in use by container good`},
+		{name: "bad config", config: "[bridge]\nbip = \"x\"\n", want: `bridge.bip = "x": not an IPv4 address with prefix length`},
+		{name: "unknown config key", config: "[bridge]\nbipp = \"x\"\n", want: `bridge.bipp: unknown key`},
+		{name: "host mode with own netns", ann: map[string]string{"netshim/network": "host"}, want: "network host: container bad has its own network namespace"},
+	}
+	for _, c := range cases {
+		bad := h.newProc("bad", c.ann)
+		stdin := bad.state("creating")
+		if c.stdin != nil {
+			stdin = c.stdin(bad)
+		}
+		args := c.args
+		if args == nil {
+			args = []string{"hook", "createRuntime"}
+		}
+		hh := h
+		if c.config != "" {
+			hh = newHost(t, c.config)
+			hh.stateDir = h.stateDir
+		}
+		out, errOut, err := hh.netshim(stdin, args...)
+		if err == nil {
+			t.Errorf("%s: accepted", c.name)
+		}
+		lines := strings.Split(strings.TrimRight(errOut, "\n"), "\n")
+		if len(lines) != 1 || !strings.HasPrefix(lines[0], "netshim: ") || !strings.Contains(lines[0], c.want) {
+			t.Errorf("%s: stderr %q, want one line with %q", c.name, errOut, c.want)
+		}
+		if out != "" {
+			t.Errorf("%s: stdout %q", c.name, out)
+		}
+		if _, err := os.Stat(filepath.Join(h.stateDir, "containers", "bad.json")); err == nil {
+			t.Errorf("%s: record left", c.name)
+		}
+		bad.cmd.Process.Kill()
+		bad.cmd.Wait()
+	}
+	// A failure after the veth exists (the rootfs's /etc/hosts is a
+	// dangling symlink) is undone: no veth, no record, no allocation.
+	bad := h.newProc("late", nil)
+	os.MkdirAll(filepath.Join(bad.bundle, "rootfs", "etc"), 0o755)
+	os.Symlink("/nonexistent/hosts", filepath.Join(bad.bundle, "rootfs", "etc", "hosts"))
+	errOut, err := bad.hook("createRuntime", "creating")
+	if err == nil || !strings.Contains(errOut, "refusing to write") {
+		t.Errorf("late failure: %v %q", err, errOut)
+	}
+	if n := strings.Count(sandbox.Run(t, "ip", "-o", "link"), "veth"); n != 1 {
+		t.Errorf("late failure: %d veths, want good's only", n)
+	}
+	if out, _ := bad.in("ip", "-o", "link"); strings.Contains(out, "eth0") {
+		t.Errorf("late failure left eth0 in the container: %s", out)
+	}
+	good.mustTeardown()
+	assertClean(t, h)
+	data, _ := os.ReadFile(filepath.Join(h.stateDir, "hook.log"))
+	if !strings.Contains(string(data), "id=good name=good stage=createRuntime") || !strings.Contains(string(data), "error: ") {
+		t.Errorf("hook.log:\n%s", data)
+	}
+}
+
+// Runtimes run hooks zero, one or two times: every order works.
+func TestHookOddSequences(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a := h.newProc("a", nil)
+	a.mustSetup()
+	a.mustSetup() // createRuntime twice: same address, one veth, one rule
+	if out := a.mustIn("ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(out, "172.17.0.2/16") || strings.Count(out, "inet ") != 1 {
+		t.Errorf("after two setups: %s", out)
+	}
+	if n := strings.Count(sandbox.Run(t, "ip", "-o", "link"), "veth"); n != 1 {
+		t.Errorf("%d veths after two setups", n)
+	}
+	if n := strings.Count(sandbox.Run(t, "nft", "list", "ruleset"), "masquerade"); n != 1 {
+		t.Errorf("%d masquerade rules after two setups", n)
+	}
+	// The stage comes from the status when not given (crun passes "created").
+	b := h.newProc("b", nil)
+	if errOut, err := b.hook("", "created"); err != nil {
+		t.Fatalf("status created: %v %s", err, errOut)
+	}
+	b.mustIn("ping", "-c1", "-W2", "172.17.0.2")
+	if errOut, err := b.hook("", "stopped"); err != nil {
+		t.Fatalf("status stopped: %v %s", err, errOut)
+	}
+	// Teardown twice, with no PID, and for an id never set up.
+	a.mustTeardown()
+	a.mustTeardown()
+	if _, errOut, err := h.netshim(`{"ociVersion":"1.0.2","id":"never","status":"stopped","bundle":"/nonexistent"}`, "hook", "poststop"); err != nil {
+		t.Errorf("unknown id: %v %s", err, errOut)
+	}
+	// The veth of a dead container is gone with its netns; teardown copes.
+	c := h.newProc("c", nil)
+	c.mustSetup()
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
+	c.mustTeardown()
+	// prestart is accepted as createRuntime.
+	d := h.newProc("d", nil)
+	if errOut, err := d.hook("prestart", "created"); err != nil {
+		t.Fatalf("prestart: %v %s", err, errOut)
+	}
+	d.mustTeardown()
+	assertClean(t, h)
+}
+
+// daemon.json equivalents: bip, fixed_cidr, mtu, default_gateway, dns; a
+// static address; add-host with host-gateway.
+func TestHookDaemonOptions(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, `
+[bridge]
+bridge = "docker0"
+bip = "192.0.2.1/24"
+fixed_cidr = "192.0.2.128/25"
+mtu = 1400
+default_gateway = "192.0.2.254"
+dns = ["203.0.113.53"]
+dns_search = ["example.test"]
+`)
+	a := h.newProc("a", map[string]string{"netshim/add-host": "gw:host-gateway,db.test:198.51.100.7", "netshim/dns-option": "ndots:2"})
+	a.mustSetup()
+	out := a.mustIn("ip", "-o", "-4", "addr", "show", "eth0")
+	if !strings.Contains(out, "192.0.2.128/24") {
+		t.Errorf("fixed_cidr: %s", out)
+	}
+	if out := a.mustIn("ip", "link", "show", "eth0"); !strings.Contains(out, "mtu 1400") {
+		t.Errorf("mtu: %s", out)
+	}
+	if out := sandbox.Run(t, "ip", "link", "show", "docker0"); !strings.Contains(out, "mtu 1400") {
+		t.Errorf("bridge mtu: %s", out)
+	}
+	if out := a.mustIn("ip", "route"); !strings.Contains(out, "default via 192.0.2.254") {
+		t.Errorf("default_gateway: %s", out)
+	}
+	resolv, _ := os.ReadFile(filepath.Join(a.bundle, "rootfs/etc/resolv.conf"))
+	if !strings.Contains(string(resolv), "nameserver 203.0.113.53\n") || !strings.Contains(string(resolv), "search example.test\n") || !strings.Contains(string(resolv), "options ndots:2\n") {
+		t.Errorf("resolv.conf:\n%s", resolv)
+	}
+	hosts, _ := os.ReadFile(filepath.Join(a.bundle, "rootfs/etc/hosts"))
+	if !strings.Contains(string(hosts), "192.0.2.1\tgw\n") || !strings.Contains(string(hosts), "198.51.100.7\tdb.test\n") {
+		t.Errorf("hosts:\n%s", hosts)
+	}
+	b := h.newProc("b", map[string]string{"netshim/ip": "192.0.2.77", "netshim/dns": "198.51.100.53"})
+	b.mustSetup()
+	if out := b.mustIn("ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(out, "192.0.2.77/24") {
+		t.Errorf("static ip: %s", out)
+	}
+	if out := b.mustIn("ip", "link", "show", "eth0"); !strings.Contains(out, "02:42:c0:00:02:4d") {
+		t.Errorf("mac of static ip: %s", out)
+	}
+	resolv, _ = os.ReadFile(filepath.Join(b.bundle, "rootfs/etc/resolv.conf"))
+	if !strings.Contains(string(resolv), "nameserver 198.51.100.53\n") || strings.Contains(string(resolv), "203.0.113.53") {
+		t.Errorf("--dns overrides the network's dns:\n%s", resolv)
+	}
+	b.mustIn("ping", "-c1", "-W2", "192.0.2.128")
+	a.mustTeardown()
+	b.mustTeardown()
+	assertClean(t, h)
+}
+
+// Without bip, the default network takes the first pool that collides
+// with no host address or route, and keeps it.
+func TestHookPoolChoice(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	sandbox.Run(t, "ip", "link", "add", "dummy0", "type", "bridge")
+	sandbox.Run(t, "ip", "addr", "add", "172.17.5.1/24", "dev", "dummy0")
+	sandbox.Run(t, "ip", "link", "set", "dummy0", "up")
+	sandbox.Run(t, "ip", "route", "add", "172.18.0.0/15", "dev", "dummy0")
+	h := newHost(t, "")
+	a := h.newProc("a", nil)
+	a.mustSetup()
+	if out := a.mustIn("ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(out, "172.20.0.2/16") {
+		t.Errorf("pool: %s", out)
+	}
+	a.mustTeardown()
+	sandbox.Run(t, "ip", "link", "del", "dummy0")
+	b := h.newProc("b", nil)
+	b.mustSetup()
+	if out := b.mustIn("ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(out, "172.20.0.2/16") {
+		t.Errorf("pool not kept once chosen: %s", out)
+	}
+	b.mustTeardown()
+	assertClean(t, h)
+}
+
+// icc = false blocks container-to-container traffic on the bridge but not
+// to the gateway; internal = true has no way out.
+func TestHookICCAndInternal(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	sandbox.Uplink(t)
+	h := newHost(t, `
+[bridge]
+icc = false
+[networks.inside]
+subnet = "192.0.2.0/24"
+internal = true
+`)
+	a := h.newProc("a", nil)
+	b := h.newProc("b", nil)
+	a.mustSetup()
+	b.mustSetup()
+	b.mustIn("ping", "-c1", "-W2", "172.17.0.1")
+	if out, err := b.in("ping", "-c1", "-W1", "172.17.0.2"); err == nil {
+		t.Errorf("icc=false: container reached container:\n%s", out)
+	}
+	b.mustIn("ping", "-c1", "-W2", "203.0.113.1")
+	c := h.newProc("c", map[string]string{"netshim/network": "inside"})
+	d := h.newProc("d", map[string]string{"netshim/network": "inside"})
+	c.mustSetup()
+	d.mustSetup()
+	d.mustIn("ping", "-c1", "-W2", "192.0.2.2")
+	if out := d.mustIn("ip", "route"); strings.Contains(out, "default") {
+		t.Errorf("internal network has a default route:\n%s", out)
+	}
+	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(d.pid), "-n", "ip", "route", "add", "default", "via", "192.0.2.1").CombinedOutput(); err != nil {
+		t.Fatalf("%s", out)
+	}
+	if out, err := d.in("ping", "-c1", "-W1", "203.0.113.1"); err == nil {
+		t.Errorf("internal: reached the outside with a route added by hand:\n%s", out)
+	}
+	if out := sandbox.Run(t, "nft", "list", "ruleset"); strings.Contains(out, "192.0.2.0/24") {
+		t.Errorf("internal network is masqueraded:\n%s", out)
+	}
+	for _, p := range []*proc{a, b, c, d} {
+		p.mustTeardown()
+	}
+	assertClean(t, h)
+}
