@@ -16,6 +16,8 @@ type bundleFlags struct {
 	name, network, ip            string
 	links, aliases, dns, addHost []string
 	dnsSearch, dnsOption, capAdd []string
+	publish, expose              []string
+	publishAll                   bool
 }
 
 func bundleCmd(g *globals) *cobra.Command {
@@ -29,6 +31,8 @@ add the createRuntime and poststop hooks (this binary's absolute path, with --co
 Other fields are kept as they are.`,
 		Example: `  runc spec --bundle ./b && netshim bundle ./b --name db
   netshim bundle ./b --name web --link db:database --dns 203.0.113.53
+  netshim bundle ./b --name web -p 8080:80 -p 127.0.0.1::443
+  netshim bundle ./b --expose 80 -P
   netshim bundle ./b --network host
   netshim bundle ./b --cap-add NET_RAW   # let ping work, as in Docker's defaults`,
 		Args: cobra.ExactArgs(1),
@@ -46,6 +50,9 @@ Other fields are kept as they are.`,
 	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "search domain for resolv.conf (repeatable)")
 	fl.StringArrayVar(&f.dnsOption, "dns-option", nil, "resolver option for resolv.conf (repeatable)")
 	fl.StringArrayVar(&f.addHost, "add-host", nil, "extra /etc/hosts entry HOST:IP; IP may be host-gateway (repeatable)")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a port: [HOSTIP:][HOSTPORT[-END]:]PORT[-END][/tcp|udp] (repeatable)")
+	fl.BoolVarP(&f.publishAll, "publish-all", "P", false, "publish every exposed port on a random host port")
+	fl.StringArrayVar(&f.expose, "expose", nil, "expose a port: PORT[-END][/tcp|udp] (repeatable)")
 	fl.StringArrayVar(&f.capAdd, "cap-add", nil, "add a capability to the process, such as NET_RAW (repeatable)")
 	return cmd
 }
@@ -76,6 +83,11 @@ func (f *bundleFlags) annotations() (map[string]string, error) {
 	set(ocihook.AnnDNSSearch, f.dnsSearch)
 	set(ocihook.AnnDNSOption, f.dnsOption)
 	set(ocihook.AnnAddHost, f.addHost)
+	set(ocihook.AnnPublish, f.publish)
+	set(ocihook.AnnExpose, f.expose)
+	if f.publishAll {
+		ann[ocihook.AnnPublishAll] = "true"
+	}
 	if _, err := ocihook.ParseAnnotations(ann); err != nil {
 		return nil, flagError(err)
 	}
@@ -87,7 +99,8 @@ func flagError(err error) error {
 	flags := map[string]string{
 		ocihook.AnnName: "--name", ocihook.AnnIP: "--ip", ocihook.AnnLinks: "--link", ocihook.AnnAliases: "--alias",
 		ocihook.AnnDNS: "--dns", ocihook.AnnDNSSearch: "--dns-search", ocihook.AnnDNSOption: "--dns-option",
-		ocihook.AnnAddHost: "--add-host", ocihook.AnnNetwork: "--network",
+		ocihook.AnnAddHost: "--add-host", ocihook.AnnNetwork: "--network", ocihook.AnnPublish: "--publish",
+		ocihook.AnnExpose: "--expose", ocihook.AnnPublishAll: "--publish-all",
 	}
 	if ae, ok := err.(*ocihook.AnnotationError); ok {
 		if fl, ok := flags[ae.Key]; ok {

@@ -91,7 +91,7 @@ it runs as a createRuntime and poststop hook.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g))
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError

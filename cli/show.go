@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -45,7 +46,7 @@ func psCmd(g *globals) *cobra.Command {
 				if mac == "" {
 					mac = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(r.ID), r.Name, network, ip, mac, "")
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(r.ID), r.Name, network, ip, mac, psPorts(r.Ports))
 			}
 			tw.Flush()
 			if len(errs) > 0 {
@@ -70,7 +71,7 @@ type Endpoint struct {
 	HostVeth      string     `json:"HostVeth,omitempty"`
 	ContainerVeth string     `json:"ContainerVeth,omitempty"`
 	Links         []string   `json:"Links,omitempty"`
-	Ports         []struct{} `json:"Ports"`
+	Ports         []PortJSON `json:"Ports"`
 	Pid           int        `json:"Pid,omitempty"`
 	State         string     `json:"State"`
 	Created       string     `json:"Created"`
@@ -80,7 +81,10 @@ func endpointOf(r *state.Record) Endpoint {
 	e := Endpoint{
 		ID: r.ID, Name: r.Name, Mode: r.Mode, Network: r.Network, MacAddress: r.MAC, Bridge: r.Bridge,
 		HostVeth: r.HostVeth, ContainerVeth: r.ContainerVeth, Pid: r.PID, State: string(r.Phase),
-		Created: r.Created.Format("2006-01-02T15:04:05.000000000Z07:00"), Ports: []struct{}{},
+		Created: r.Created.Format("2006-01-02T15:04:05.000000000Z07:00"), Ports: []PortJSON{},
+	}
+	for _, p := range r.Ports {
+		e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: p.HostIPString(), HostPort: p.HostPort})
 	}
 	if r.IP.IsValid() {
 		e.IPAddress, e.IPPrefixLen = r.IP.String(), r.Subnet.Bits()
@@ -92,6 +96,64 @@ func endpointOf(r *state.Record) Endpoint {
 		e.Links = append(e.Links, fmt.Sprintf("%s:%s", l.Name, l.Alias))
 	}
 	return e
+}
+
+// PortJSON is one published port in `netshim inspect`.
+type PortJSON struct {
+	ContainerPort int    `json:"ContainerPort"`
+	Proto         string `json:"Proto"`
+	HostIP        string `json:"HostIp"`
+	HostPort      int    `json:"HostPort"`
+}
+
+// psPorts is Docker's PORTS column: 0.0.0.0:8080->80/tcp, ...
+func psPorts(ports []state.Port) string {
+	parts := make([]string, 0, len(ports))
+	for _, p := range ports {
+		parts = append(parts, fmt.Sprintf("%s:%d->%d/%s", p.HostIPString(), p.HostPort, p.ContainerPort, p.Proto))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func portCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "port ID-or-NAME [PORT[/PROTO]]",
+		Short: "List a container's published ports, as docker port does",
+		Example: `  netshim port web          # 80/tcp -> 0.0.0.0:32768
+  netshim port web 80/tcp   # 0.0.0.0:32768`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			r, err := env.Store.Find(args[0])
+			if err != nil {
+				return err
+			}
+			if len(args) == 2 {
+				want, proto, _ := strings.Cut(args[1], "/")
+				if proto == "" {
+					proto = "tcp"
+				}
+				found := false
+				for _, p := range r.Ports {
+					if fmt.Sprint(p.ContainerPort) == want && p.Proto == proto {
+						fmt.Fprintf(g.stdout, "%s:%d\n", p.HostIPString(), p.HostPort)
+						found = true
+					}
+				}
+				if !found {
+					return fmt.Errorf("no public port %s/%s published for %s", want, proto, r.Name)
+				}
+				return nil
+			}
+			for _, p := range r.Ports {
+				fmt.Fprintf(g.stdout, "%d/%s -> %s:%d\n", p.ContainerPort, p.Proto, p.HostIPString(), p.HostPort)
+			}
+			return nil
+		},
+	}
 }
 
 func inspectCmd(g *globals) *cobra.Command {

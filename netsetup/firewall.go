@@ -45,6 +45,10 @@ type Firewall interface {
 	// RemoveNetwork removes what EnsureNetwork installed. With last, no
 	// network remains and netshim's own tables go too.
 	RemoveNetwork(installed []string, last bool) error
+	// AddPorts publishes a container's ports (DNAT to it).
+	AddPorts(p PortRules) error
+	// RemovePorts withdraws them; ports already gone are not an error.
+	RemovePorts(p PortRules) error
 }
 
 // NewFirewall returns the backend named in the config.

@@ -115,6 +115,10 @@ type VethSpec struct {
 	Gateway netip.Addr // default route; invalid for none
 	// Alias marks the host end as ours (IFLA_IFALIAS).
 	Alias string
+	// Hairpin lets a frame leave by the bridge port it came in on: with
+	// br_netfilter, a container reaching its own published port through a
+	// host address is DNATed in the bridge path and sent back to itself.
+	Hairpin bool
 	// Isolated makes the host end an isolated bridge port: it cannot talk
 	// to other isolated ports, only to the bridge (icc = false, without
 	// firewall rules or br_netfilter).
@@ -141,7 +145,7 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", s.HostName, err)
 	}
-	if s.Alias == "" && !s.Isolated {
+	if s.Alias == "" && !s.Isolated && !s.Hairpin {
 		return nil
 	}
 	link, err := h.LinkByName(s.HostName)
@@ -152,6 +156,11 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 	if s.Alias != "" {
 		if err := h.LinkSetAlias(link, s.Alias); err != nil {
 			return fmt.Errorf("mark veth %s: %w", s.HostName, err)
+		}
+	}
+	if s.Hairpin {
+		if err := h.LinkSetHairpin(link, true); err != nil {
+			return fmt.Errorf("set hairpin on bridge port %s: %w", s.HostName, err)
 		}
 	}
 	if s.Isolated {

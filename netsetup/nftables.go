@@ -6,7 +6,9 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // TableName is netshim's nftables table, in the ip and bridge families. We
@@ -67,21 +69,45 @@ func ifname(n string) []byte {
 // each named after the network, so a network's rules are removed by name.
 func networkChains(n NetRules) []nftChain {
 	var chains []nftChain
+	mask := net.CIDRMask(n.Subnet.Bits(), 32)
+	saddrInSubnet := []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: n.Subnet.Addr().AsSlice()},
+	}
+	oifIsBridge := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+	}
+	var post [][]expr.Any
 	if n.Masquerade {
-		mask := net.CIDRMask(n.Subnet.Bits(), 32)
+		// ip saddr SUBNET oifname != BRIDGE counter masquerade
+		post = append(post, concat(saddrInSubnet, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+			&expr.Counter{},
+			&expr.Masq{},
+		}))
+	}
+	if !n.Internal {
+		// Published ports reached from the host itself (127.0.0.1 too,
+		// with route_localnet) or from a container of this bridge through
+		// a host address: the container must answer through the host.
+		// oifname BRIDGE ct status dnat fib saddr type local masquerade
+		post = append(post, concat(oifIsBridge, ctStatusDNAT(), []expr.Any{
+			&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+			&expr.Counter{},
+			&expr.Masq{},
+		}))
+		// oifname BRIDGE ct status dnat ip saddr SUBNET masquerade
+		post = append(post, concat(oifIsBridge, ctStatusDNAT(), saddrInSubnet, []expr.Any{&expr.Counter{}, &expr.Masq{}}))
+	}
+	if len(post) > 0 {
 		chains = append(chains, nftChain{
 			Family: nftables.TableFamilyIPv4, Name: "post-" + n.Name,
 			Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
-			Rules: [][]expr.Any{{
-				// ip saddr SUBNET oifname != BRIDGE counter masquerade
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: n.Subnet.Addr().AsSlice()},
-				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Counter{},
-				&expr.Masq{},
-			}},
+			Rules: post,
 		})
 	}
 	if n.Internal {
@@ -112,6 +138,27 @@ func networkChains(n NetRules) []nftChain {
 	}
 	return chains
 }
+
+func concat(parts ...[]expr.Any) []expr.Any {
+	var out []expr.Any
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// ctStatusDNAT matches connections that were destination-NATed.
+func ctStatusDNAT() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+// ipsDstNAT is IPS_DST_NAT of the conntrack status bits.
+const ipsDstNAT = 1 << 5
 
 func table(f nftables.TableFamily) *nftables.Table {
 	return &nftables.Table{Family: f, Name: TableName}

@@ -7,13 +7,15 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+
+	"github.com/netshim/netshim/state"
 )
 
 func TestNetworkChainsData(t *testing.T) {
 	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Masquerade: true}
 	chains := networkChains(n)
-	if len(chains) != 1 {
-		t.Fatalf("want only the masquerade chain, got %d", len(chains))
+	if len(chains) != 1 || len(chains[0].Rules) != 3 {
+		t.Fatalf("want one postrouting chain of 3 rules (out, local, hairpin), got %+v", chains)
 	}
 	c := chains[0]
 	if c.object() != "ip/post-bridge" || c.Hook != nftables.ChainHookPostrouting || c.Type != nftables.ChainTypeNAT {
@@ -43,12 +45,32 @@ func TestNetworkChainsData(t *testing.T) {
 	if got := fw.NetworkObjects(n); !reflect.DeepEqual(got, []string{"ip/post-bridge"}) {
 		t.Errorf("objects %v", got)
 	}
-	if none := networkChains(NetRules{Name: "x", Subnet: n.Subnet}); len(none) != 0 {
-		t.Errorf("no masquerade, not internal: %d chains", len(none))
+	if noMasq := networkChains(NetRules{Name: "x", Subnet: n.Subnet}); len(noMasq) != 1 || len(noMasq[0].Rules) != 2 {
+		t.Errorf("ip_masquerade=false keeps only the published-port rules: %+v", noMasq)
 	}
 	for _, bad := range []string{"post-bridge", "inet/x", "ip/"} {
 		if _, _, err := parseObject(bad); err == nil {
 			t.Errorf("parseObject(%q) accepted", bad)
 		}
+	}
+}
+
+func TestPortElements(t *testing.T) {
+	ip := [4]byte{172, 17, 0, 2}
+	m, e := portElement(ip, state.Port{Proto: "tcp", HostPort: 8080, ContainerPort: 80})
+	// As nft --debug=netlink shows `tcp . 8080 : 172.17.0.2 . 80`.
+	if m != mapAny || !reflect.DeepEqual(e.Key, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}) || !reflect.DeepEqual(e.Val, []byte{172, 17, 0, 2, 0, 80, 0, 0}) {
+		t.Errorf("any: %s %v %v", m, e.Key, e.Val)
+	}
+	m, e = portElement(ip, state.Port{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 9090, ContainerPort: 53})
+	if m != mapByIP || !reflect.DeepEqual(e.Key, []byte{17, 0, 0, 0, 127, 0, 0, 1, 0x23, 0x82, 0, 0}) || !reflect.DeepEqual(e.Val, []byte{172, 17, 0, 2, 0, 53, 0, 0}) {
+		t.Errorf("by ip: %s %v %v", m, e.Key, e.Val)
+	}
+	if keyAny.Bytes != 8 || keyByIP.Bytes != 12 || dataTo.Bytes != 8 {
+		t.Errorf("key sizes %d %d %d", keyAny.Bytes, keyByIP.Bytes, dataTo.Bytes)
+	}
+	chains := publishChains()
+	if len(chains) != 3 || len(chains[0].Rules) != 2 || chains[1].Hook != nftables.ChainHookPrerouting || chains[2].Hook != nftables.ChainHookOutput {
+		t.Errorf("publish chains %+v", chains)
 	}
 }

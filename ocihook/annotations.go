@@ -57,6 +57,14 @@ type Options struct {
 	DNSSearch  []string
 	DNSOptions []string
 	AddHosts   []AddHost
+	Publish    []PortRequest
+	Expose     []ExposedPort
+	PublishAll bool
+}
+
+// Ports is what to publish: -p, plus every exposed port with -P.
+func (o *Options) Ports() []PortRequest {
+	return portRequests(o.Publish, o.Expose, o.PublishAll)
 }
 
 // AnnotationError names the annotation and value that was refused.
@@ -72,7 +80,7 @@ func (e *AnnotationError) Error() string {
 
 var known = map[string]bool{
 	AnnNetwork: true, AnnName: true, AnnIP: true, AnnLinks: true, AnnAliases: true, AnnDNS: true,
-	AnnDNSSearch: true, AnnDNSOption: true, AnnAddHost: true,
+	AnnDNSSearch: true, AnnDNSOption: true, AnnAddHost: true, AnnPublish: true, AnnExpose: true, AnnPublishAll: true,
 }
 
 // ParseAnnotations reads the netshim/* annotations. Unknown netshim/* keys
@@ -145,12 +153,37 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 		}
 		o.AddHosts = append(o.AddHosts, h)
 	}
+	for _, item := range splitList(ann[AnnPublish]) {
+		reqs, err := ParsePublish(item)
+		if err != nil {
+			return nil, &AnnotationError{Key: AnnPublish, Value: ann[AnnPublish], Reason: err.Error()}
+		}
+		o.Publish = append(o.Publish, reqs...)
+	}
+	for _, item := range splitList(ann[AnnExpose]) {
+		ports, err := ParseExpose(item)
+		if err != nil {
+			return nil, &AnnotationError{Key: AnnExpose, Value: ann[AnnExpose], Reason: err.Error()}
+		}
+		o.Expose = append(o.Expose, ports...)
+	}
+	switch v := ann[AnnPublishAll]; v {
+	case "", "false":
+	case "true":
+		o.PublishAll = true
+	default:
+		return nil, &AnnotationError{Key: AnnPublishAll, Value: v, Reason: "want true or false"}
+	}
 	if o.Network == ModeHost || o.Network == ModeNone {
 		switch {
 		case o.IP.IsValid():
 			return nil, &AnnotationError{Key: AnnIP, Value: ann[AnnIP], Reason: "needs a bridge network, not " + o.Network}
 		case len(o.Links) > 0:
 			return nil, &AnnotationError{Key: AnnLinks, Value: ann[AnnLinks], Reason: "needs a bridge network, not " + o.Network}
+		case len(o.Publish) > 0:
+			return nil, &AnnotationError{Key: AnnPublish, Value: ann[AnnPublish], Reason: "publishing needs a bridge network, not " + o.Network}
+		case o.PublishAll:
+			return nil, &AnnotationError{Key: AnnPublishAll, Value: ann[AnnPublishAll], Reason: "publishing needs a bridge network, not " + o.Network}
 		}
 	}
 	return o, nil

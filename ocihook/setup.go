@@ -286,6 +286,19 @@ func (c *setupCtx) bridge() error {
 	if err != nil {
 		return err
 	}
+	rec.Firewall = fw.Name()
+	var ports *state.Ports
+	if reqs := c.opts.Ports(); len(reqs) > 0 {
+		if def.Internal {
+			return &AnnotationError{Key: AnnPublish, Value: c.spec.Annotations[AnnPublish], Reason: "network " + def.Name + " is internal: ports cannot be published"}
+		}
+		if ports, err = env.Store.GetPorts(); err != nil {
+			return err
+		}
+		if rec.Ports, err = env.allocatePorts(rec.ID, rec.Name, reqs, ports); err != nil {
+			return err
+		}
+	}
 	rules := netsetup.RulesFor(def, ns.Subnet)
 	installRules := !ns.RulesInstalled
 	if installRules {
@@ -301,6 +314,11 @@ func (c *setupCtx) bridge() error {
 	if err := env.Store.Put(rec); err != nil {
 		return err
 	}
+	if ports != nil {
+		if err := env.Store.PutPorts(ports); err != nil {
+			return err
+		}
+	}
 
 	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
@@ -308,6 +326,11 @@ func (c *setupCtx) bridge() error {
 	gwPrefix := ns.Subnet
 	br, _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: def.Bridge, Subnet: gwPrefix, Gateway: ns.Gateway, MTU: def.MTU})
 	if err != nil {
+		return err
+	}
+	// Published ports answer on 127.0.0.1 too: DNATed loopback traffic
+	// must be routable out of the bridge (Docker's userland-proxy=false).
+	if err := netsetup.EnsureSysctl("net.ipv4.conf."+def.Bridge+".route_localnet", "1"); err != nil {
 		return err
 	}
 	if installRules {
@@ -330,7 +353,7 @@ func (c *setupCtx) bridge() error {
 	vs := netsetup.VethSpec{
 		HostName: rec.HostVeth, BridgeIndex: br.Attrs().Index, MTU: def.MTU, Netns: c.ns,
 		MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
-		Isolated: !def.ICC,
+		Isolated: !def.ICC, Hairpin: true,
 	}
 	for attempt := 0; ; attempt++ {
 		err := netsetup.CreateVeth(host, vs)
@@ -352,7 +375,10 @@ func (c *setupCtx) bridge() error {
 		return fmt.Errorf("netlink in container netns: %w", err)
 	}
 	defer ch.Close()
-	return netsetup.ConfigureContainer(ch, &vs)
+	if err := netsetup.ConfigureContainer(ch, &vs); err != nil {
+		return err
+	}
+	return fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports})
 }
 
 // chooseSubnet settles the network's subnet: the configured one, else the

@@ -42,7 +42,10 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 			errs = append(errs, err)
 		}
 	}
-	if rec.Network != "" {
+	if err := env.releasePorts(rec); err != nil {
+		errs = append(errs, err)
+	}
+	if rec.Network != "" && len(errs) == 0 {
 		if err := env.releaseAddress(rec); err != nil {
 			errs = append(errs, err)
 		}

@@ -45,6 +45,10 @@ type Record struct {
 	// Firewall is the backend that installed Rules.
 	Firewall string `json:"firewall,omitempty"`
 
+	// Ports are the published ports, reserved in the port index and
+	// installed in the firewall.
+	Ports []Port `json:"ports,omitempty"`
+
 	// Links are the `IP alias name` entries written to /etc/hosts.
 	Links []Link `json:"links,omitempty"`
 	// Files are the host paths of the files setup wrote for the container.

@@ -19,30 +19,39 @@ import (
 	"github.com/netshim/netshim/netsetup"
 )
 
-// netshimBin is the binary under test, built once by TestMain.
-var netshimBin string
+// netshimBin is the binary under test, built once by TestMain; udpEchoBin
+// is a static UDP echo server for container root filesystems.
+var netshimBin, udpEchoBin string
 
 func TestMain(m *testing.M) {
-	netshimBin = os.Getenv("NETSHIM_BIN")
-	if netshimBin == "" {
-		dir, err := os.MkdirTemp("", "netshim-bin")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
-		}
-		netshimBin = filepath.Join(dir, "netshim")
-		out, err := exec.Command("go", "build", "-o", netshimBin, "../hook").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build netshim: %v\n%s", err, out)
-			os.Exit(2)
-		}
-		// Sandboxed re-runs of a test reuse this build.
-		os.Setenv("NETSHIM_BIN", netshimBin)
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
+	netshimBin, udpEchoBin = os.Getenv("NETSHIM_BIN"), os.Getenv("NETSHIM_TEST_UDPECHO")
+	if udpEchoBin != "" { // a sandboxed re-run of one test: reuse the builds
+		os.Exit(m.Run())
 	}
-	os.Exit(m.Run())
+	dir, err := os.MkdirTemp("", "netshim-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	build := func(out, pkg string) {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+			os.Exit(2)
+		}
+	}
+	if netshimBin == "" {
+		netshimBin = filepath.Join(dir, "netshim")
+		build(netshimBin, "../hook")
+	}
+	udpEchoBin = filepath.Join(dir, "udpecho")
+	build(udpEchoBin, "./udpecho")
+	os.Setenv("NETSHIM_BIN", netshimBin)
+	os.Setenv("NETSHIM_TEST_UDPECHO", udpEchoBin)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // host is a sandbox's view of netshim: its config and state dir.

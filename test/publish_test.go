@@ -1,0 +1,216 @@
+package test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/netshim/netshim/internal/sandbox"
+	"github.com/netshim/netshim/netsetup"
+)
+
+// webBundle is a busybox container serving "hello from NAME" over HTTP on 80
+// and echoing UDP on 5353.
+func (h *host) webBundle(name string, flags ...string) *container {
+	h.t.Helper()
+	id := uniqueID(h.t, name)
+	c := h.newBundle(id, []string{"sh", "-c", "httpd -p 80 -h /www && exec /udpecho :5353"}, append([]string{"--name", name}, flags...)...)
+	www := filepath.Join(c.bundle, "rootfs", "www")
+	os.MkdirAll(www, 0o755)
+	os.WriteFile(filepath.Join(www, "index.html"), []byte("hello from "+name+"\n"), 0o644)
+	data, err := os.ReadFile(udpEchoBin)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(c.bundle, "rootfs", "udpecho"), data, 0o755)
+	return c
+}
+
+// dialIn connects from inside the netns at nsPath ("" for the sandbox).
+func dialIn(nsPath, network, addr string) (net.Conn, error) {
+	if nsPath == "" {
+		return net.DialTimeout(network, addr, 3*time.Second)
+	}
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	var c net.Conn
+	err = netsetup.Do(ns, func() error {
+		var err error
+		c, err = net.DialTimeout(network, addr, 3*time.Second)
+		return err
+	})
+	return c, err
+}
+
+// httpGet fetches / from addr, from inside nsPath, and returns the body.
+func httpGet(nsPath, addr string) (string, error) {
+	c, err := dialIn(nsPath, "tcp4", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", addr)
+	resp, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	_, body, _ := strings.Cut(string(resp), "\r\n\r\n")
+	return body, nil
+}
+
+// udpAsk sends one datagram from nsPath and returns the reply.
+func udpAsk(nsPath, addr, msg string) (string, error) {
+	c, err := dialIn(nsPath, "udp4", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	buf := make([]byte, 512)
+	for try := 0; try < 3; try++ {
+		c.Write([]byte(msg))
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := c.Read(buf)
+		if err == nil {
+			return string(buf[:n]), nil
+		}
+	}
+	return "", fmt.Errorf("no UDP reply from %s", addr)
+}
+
+func TestPublishNftables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testPublish(t, "nftables")
+}
+
+// testPublish is the published-ports acceptance run for one backend.
+func testPublish(t *testing.T, backend string) {
+	up := sandbox.Uplink(t)
+	before := rulesetDump(t, backend)
+	h := newHost(t, fmt.Sprintf("firewall = %q\n", backend))
+	web := h.webBundle("web", "-p", "8080:80", "-p", "127.0.0.1:9090:80", "-p", "5353:5353/udp").mustStart()
+	auto := h.webBundle("auto", "--expose", "80", "-P").mustStart()
+	client := h.newBundle(uniqueID(t, "client"), sleeper, "--name", "client").mustStart()
+
+	want := "hello from web\n"
+	// -p 8080:80 from the upstream, the sandbox's own address and
+	// 127.0.0.1, and from another container through the uplink address.
+	for _, tc := range []struct{ ns, addr, what string }{
+		{up, "198.51.100.1:8080", "upstream"},
+		{"", "198.51.100.1:8080", "host to its own address"},
+		{"", "127.0.0.1:8080", "host to localhost"},
+		{"", "172.17.0.1:8080", "host to the bridge address"},
+	} {
+		if body, err := httpGet(tc.ns, tc.addr); err != nil || body != want {
+			t.Errorf("%s %s: %q %v", tc.what, tc.addr, body, err)
+		}
+	}
+	if out := client.mustExec("timeout", "5", "wget", "-q", "-O", "-", "http://198.51.100.1:8080/"); out != want {
+		t.Errorf("container to uplink:8080: %q", out)
+	}
+	if out := web.mustExec("timeout", "5", "wget", "-q", "-O", "-", "http://198.51.100.1:8080/"); out != want {
+		t.Errorf("container to its own published port (hairpin): %q", out)
+	}
+
+	// 127.0.0.1:9090 answers there only.
+	if body, err := httpGet("", "127.0.0.1:9090"); err != nil || body != want {
+		t.Errorf("127.0.0.1:9090: %q %v", body, err)
+	}
+	if body, err := httpGet(up, "198.51.100.1:9090"); err == nil {
+		t.Errorf("127.0.0.1:9090 answered on the uplink: %q", body)
+	}
+	if body, err := httpGet("", "198.51.100.1:9090"); err == nil {
+		t.Errorf("127.0.0.1:9090 answered on the host's uplink address: %q", body)
+	}
+
+	// UDP carries a datagram both ways.
+	if reply, err := udpAsk(up, "198.51.100.1:5353", "ping"); err != nil || reply != "echo: ping" {
+		t.Errorf("udp: %q %v", reply, err)
+	}
+
+	// -P: a port in ip_local_port_range, shown by `netshim port`, answering.
+	out := h.mustNetshim("port", "auto")
+	m := regexp.MustCompile(`^80/tcp -> 0\.0\.0\.0:(\d+)\n$`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("netshim port auto: %q", out)
+	}
+	hostPort, _ := strconv.Atoi(m[1])
+	lo, hi, _ := netsetup.EphemeralRange()
+	if hostPort < lo || hostPort > hi {
+		t.Errorf("-P port %d outside %d-%d", hostPort, lo, hi)
+	}
+	if body, err := httpGet(up, fmt.Sprintf("198.51.100.1:%d", hostPort)); err != nil || body != "hello from auto\n" {
+		t.Errorf("-P port %d: %q %v", hostPort, body, err)
+	}
+	if out := h.mustNetshim("port", "web"); !strings.Contains(out, "80/tcp -> 0.0.0.0:8080\n") || !strings.Contains(out, "80/tcp -> 127.0.0.1:9090\n") || !strings.Contains(out, "5353/udp -> 0.0.0.0:5353\n") {
+		t.Errorf("netshim port web:\n%s", out)
+	}
+	if out := h.mustNetshim("ps"); !strings.Contains(out, "0.0.0.0:8080->80/tcp, 127.0.0.1:9090->80/tcp, 0.0.0.0:5353->5353/udp") {
+		t.Errorf("ps:\n%s", out)
+	}
+
+	// A second container asking for 8080 is refused; the first keeps working.
+	veths := strings.Count(sandbox.Run(t, "ip", "-o", "link"), "veth")
+	dup := h.webBundle("dup", "-p", "8080:80")
+	err := dup.start()
+	if err == nil || !strings.Contains(err.Error(), "netshim: port 8080/tcp is already allocated by web") {
+		t.Errorf("conflict: %v", err)
+	}
+	dup.stop()
+	if n := strings.Count(sandbox.Run(t, "ip", "-o", "link"), "veth"); n != veths {
+		t.Errorf("refused container left links: %d veths, had %d", n, veths)
+	}
+	if body, err := httpGet(up, "198.51.100.1:8080"); err != nil || body != want {
+		t.Errorf("after the conflict: %q %v", body, err)
+	}
+
+	if backend == "iptables" {
+		nat := sandbox.Run(t, "iptables", "-t", "nat", "-nvL")
+		for _, re := range []string{
+			`NETSHIM +all +-- +\* +\* +0\.0\.0\.0/0 +0\.0\.0\.0/0 +ADDRTYPE match dst-type LOCAL`,
+			`MASQUERADE +all +-- +\* +!netshim0 +172\.17\.0\.0/16 +0\.0\.0\.0/0`,
+			`DNAT +tcp +-- +\* +\* +0\.0\.0\.0/0 +0\.0\.0\.0/0 +tcp dpt:8080 to:172\.17\.0\.2:80`,
+			`DNAT +tcp +-- +\* +\* +0\.0\.0\.0/0 +127\.0\.0\.1 +tcp dpt:9090 to:172\.17\.0\.2:80`,
+		} {
+			if !regexp.MustCompile(re).MatchString(nat) {
+				t.Errorf("iptables -t nat -nvL lacks %s:\n%s", re, nat)
+			}
+		}
+	}
+
+	for _, c := range []*container{web, auto, client} {
+		c.stop()
+	}
+	assertClean(t, h)
+	if after := rulesetDump(t, backend); after != before {
+		t.Errorf("ruleset after teardown differs from before setup:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+}
+
+// rulesetDump is the firewall state to compare before and after: the whole
+// nftables ruleset (iptables-nft rules included) without counters.
+func rulesetDump(t *testing.T, backend string) string {
+	if backend == "iptables" {
+		// iptables creates its tables on first use and they stay; a host
+		// using iptables has them already.
+		for _, tbl := range []string{"nat", "filter"} {
+			sandbox.Run(t, "iptables", "-t", tbl, "-S")
+		}
+		return sandbox.Run(t, "iptables-save", "-c")
+	}
+	return sandbox.Run(t, "nft", "-s", "list", "ruleset")
+}
