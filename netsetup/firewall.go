@@ -56,6 +56,8 @@ func NewFirewall(name string) (Firewall, error) {
 	switch name {
 	case config.FirewallNftables, "":
 		return &Nftables{}, nil
+	case config.FirewallIptables:
+		return newIptables()
 	default:
 		return nil, fmt.Errorf("firewall backend %q is not available", name)
 	}

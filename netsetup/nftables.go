@@ -182,12 +182,76 @@ func (*Nftables) NetworkObjects(n NetRules) []string {
 	return out
 }
 
+// xtPrefix marks, among the nftables backend's objects, the iptables rules
+// it had to add for coexistence (see forwardDrops).
+const xtPrefix = "xt:"
+
+// forwardDrops reports whether iptables' filter FORWARD chain (Docker's,
+// firewalld's...) drops by policy. An accept in our own table cannot
+// override a drop in another base chain, so then forwarding for our
+// bridges must be accepted there too.
+func forwardDrops(c *nftables.Conn) bool {
+	ch, err := c.ListChain(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "filter"}, "FORWARD")
+	return err == nil && ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop
+}
+
+// coexistRules are the iptables rules a network needs when FORWARD drops:
+// the iptables backend's forwarding rules, and (instead of its per-port
+// accepts, which would put iptables on the per-container path) one accept
+// for every destination-NATed connection into the bridge.
+func coexistRules(n NetRules) []iptRule {
+	var out []iptRule
+	for _, r := range iptNetworkRules(n) {
+		if r.Table == "filter" {
+			out = append(out, r)
+		}
+	}
+	if !n.Internal {
+		out = append(out, iptRule{"filter", iptChainForward, []string{"-o", n.Bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"}})
+	}
+	return out
+}
+
 // EnsureNetwork implements Firewall. Chains are created, flushed and filled
 // in one transaction, so repeating it never duplicates a rule.
 func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 	c, err := nftables.New()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	var xt, xtPrev []string
+	var own []string
+	for _, obj := range prev {
+		if strings.HasPrefix(obj, xtPrefix) {
+			xtPrev = append(xtPrev, strings.TrimPrefix(obj, xtPrefix))
+		} else {
+			own = append(own, obj)
+		}
+	}
+	prev = own
+	if forwardDrops(c) || len(xtPrev) > 0 {
+		ipt, err := newIptables()
+		if err != nil {
+			return nil, fmt.Errorf("FORWARD policy is DROP and %w", err)
+		}
+		if forwardDrops(c) {
+			if err := ipt.ensureShared(true); err != nil {
+				return nil, err
+			}
+			for _, r := range coexistRules(n) {
+				if err := ipt.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
+					return nil, fmt.Errorf("iptables: add %s: %w", r.object(), err)
+				}
+				xt = append(xt, xtPrefix+r.object())
+			}
+		}
+		keep := map[string]bool{}
+		for _, o := range xt {
+			keep[strings.TrimPrefix(o, xtPrefix)] = true
+		}
+		if err := ipt.deleteObjects(xtPrev, keep); err != nil {
+			return nil, err
+		}
 	}
 	chains := networkChains(n)
 	installed := make([]string, 0, len(chains))
@@ -218,7 +282,7 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("nftables: install rules of network %s: %w", n.Name, err)
 	}
-	return installed, nil
+	return append(installed, xt...), nil
 }
 
 // RemoveNetwork implements Firewall.
@@ -227,6 +291,31 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
+	var own, xt []string
+	for _, obj := range installed {
+		if strings.HasPrefix(obj, xtPrefix) {
+			xt = append(xt, strings.TrimPrefix(obj, xtPrefix))
+		} else {
+			own = append(own, obj)
+		}
+	}
+	if len(xt) > 0 || (last && forwardDrops(c)) {
+		ipt, err := newIptables()
+		if err != nil {
+			return err
+		}
+		if err := ipt.deleteObjects(xt, nil); err != nil {
+			return err
+		}
+		// Our iptables chain goes when no network of ours needs it; the
+		// caller's last says exactly that.
+		if last {
+			if err := ipt.removeShared(true); err != nil {
+				return err
+			}
+		}
+	}
+	installed = own
 	families := map[nftables.TableFamily]bool{}
 	for _, obj := range installed {
 		f, name, err := parseObject(obj)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -32,6 +33,19 @@ func (h *host) webBundle(name string, flags ...string) *container {
 		h.t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(c.bundle, "rootfs", "udpecho"), data, 0o755)
+	return c
+}
+
+// waitHTTP waits until the container's httpd answers inside it.
+func (c *container) waitHTTP() *container {
+	c.h.t.Helper()
+	for i := 0; i < 100; i++ {
+		if _, err := c.exec("wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"); err == nil {
+			return c
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.h.t.Fatalf("httpd in %s does not answer", c.id)
 	return c
 }
 
@@ -71,6 +85,37 @@ func httpGet(nsPath, addr string) (string, error) {
 	return body, nil
 }
 
+// udpFlow returns a function that sends a datagram to addr from one fixed
+// source address and port in nsPath, and returns the reply.
+func udpFlow(t *testing.T, nsPath, addr string) func(string) (string, error) {
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var c *net.UDPConn
+	err = netsetup.Do(ns, func() error {
+		var err error
+		c, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 51, 100, 2), Port: 40404}, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return func(msg string) (string, error) {
+		buf := make([]byte, 512)
+		for try := 0; try < 3; try++ {
+			c.Write([]byte(msg))
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if n, err := c.Read(buf); err == nil {
+				return string(buf[:n]), nil
+			}
+		}
+		return "", fmt.Errorf("no UDP reply from %s", addr)
+	}
+}
+
 // udpAsk sends one datagram from nsPath and returns the reply.
 func udpAsk(nsPath, addr, msg string) (string, error) {
 	c, err := dialIn(nsPath, "udp4", addr)
@@ -97,13 +142,20 @@ func TestPublishNftables(t *testing.T) {
 	testPublish(t, "nftables")
 }
 
+func TestPublishIptables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testPublish(t, "iptables")
+}
+
 // testPublish is the published-ports acceptance run for one backend.
 func testPublish(t *testing.T, backend string) {
 	up := sandbox.Uplink(t)
 	before := rulesetDump(t, backend)
 	h := newHost(t, fmt.Sprintf("firewall = %q\n", backend))
-	web := h.webBundle("web", "-p", "8080:80", "-p", "127.0.0.1:9090:80", "-p", "5353:5353/udp").mustStart()
-	auto := h.webBundle("auto", "--expose", "80", "-P").mustStart()
+	web := h.webBundle("web", "-p", "8080:80", "-p", "127.0.0.1:9090:80", "-p", "5353:5353/udp").mustStart().waitHTTP()
+	auto := h.webBundle("auto", "--expose", "80", "-P").mustStart().waitHTTP()
 	client := h.newBundle(uniqueID(t, "client"), sleeper, "--name", "client").mustStart()
 
 	want := "hello from web\n"
@@ -181,10 +233,11 @@ func testPublish(t *testing.T, backend string) {
 	if backend == "iptables" {
 		nat := sandbox.Run(t, "iptables", "-t", "nat", "-nvL")
 		for _, re := range []string{
-			`NETSHIM +all +-- +\* +\* +0\.0\.0\.0/0 +0\.0\.0\.0/0 +ADDRTYPE match dst-type LOCAL`,
-			`MASQUERADE +all +-- +\* +!netshim0 +172\.17\.0\.0/16 +0\.0\.0\.0/0`,
-			`DNAT +tcp +-- +\* +\* +0\.0\.0\.0/0 +0\.0\.0\.0/0 +tcp dpt:8080 to:172\.17\.0\.2:80`,
-			`DNAT +tcp +-- +\* +\* +0\.0\.0\.0/0 +127\.0\.0\.1 +tcp dpt:9090 to:172\.17\.0\.2:80`,
+			// iptables 1.8.9 prints protocol numbers: 0 is all, 6 is tcp.
+			`NETSHIM +(all|0) +-- +\* +\* +0\.0\.0\.0/0 +0\.0\.0\.0/0 +ADDRTYPE match dst-type LOCAL`,
+			`MASQUERADE +(all|0) +-- +\* +!netshim0 +172\.17\.0\.0/16 +0\.0\.0\.0/0`,
+			`DNAT +(tcp|6) +-- +\* +\* +0\.0\.0\.0/0 +0\.0\.0\.0/0 +tcp dpt:8080 to:172\.17\.0\.2:80`,
+			`DNAT +(tcp|6) +-- +\* +\* +0\.0\.0\.0/0 +127\.0\.0\.1 +tcp dpt:9090 to:172\.17\.0\.2:80`,
 		} {
 			if !regexp.MustCompile(re).MatchString(nat) {
 				t.Errorf("iptables -t nat -nvL lacks %s:\n%s", re, nat)
@@ -192,7 +245,20 @@ func testPublish(t *testing.T, backend string) {
 		}
 	}
 
-	for _, c := range []*container{web, auto, client} {
+	// A UDP flow from a fixed source port keeps going to whoever publishes
+	// the port next: teardown dropped the conntrack entry that pointed at
+	// the old container (the new one has another address).
+	flow := udpFlow(t, up, "198.51.100.1:5353")
+	if reply, err := flow("one"); err != nil || reply != "echo: one" {
+		t.Errorf("udp flow to web: %q %v", reply, err)
+	}
+	web.stop()
+	web2 := h.webBundle("web2", "-p", "5353:5353/udp", "--ip", "172.17.0.9").mustStart().waitHTTP()
+	if reply, err := flow("two"); err != nil || reply != "echo: two" {
+		t.Errorf("udp flow after the port moved to web2: %q %v", reply, err)
+	}
+
+	for _, c := range []*container{web2, auto, client} {
 		c.stop()
 	}
 	assertClean(t, h)
@@ -205,12 +271,59 @@ func testPublish(t *testing.T, backend string) {
 // nftables ruleset (iptables-nft rules included) without counters.
 func rulesetDump(t *testing.T, backend string) string {
 	if backend == "iptables" {
-		// iptables creates its tables on first use and they stay; a host
-		// using iptables has them already.
-		for _, tbl := range []string{"nat", "filter"} {
-			sandbox.Run(t, "iptables", "-t", tbl, "-S")
+		// iptables-nft makes tables and base chains on first use and they
+		// stay: a host that uses iptables has them already, so make them
+		// before comparing.
+		for _, tc := range [][2]string{{"nat", "PREROUTING"}, {"nat", "OUTPUT"}, {"nat", "POSTROUTING"}, {"filter", "FORWARD"}} {
+			sandbox.Run(t, "iptables", "-t", tc[0], "-I", tc[1], "-j", "ACCEPT")
+			sandbox.Run(t, "iptables", "-t", tc[0], "-D", tc[1], "-j", "ACCEPT")
 		}
-		return sandbox.Run(t, "iptables-save", "-c")
+		var kept []string
+		counters := regexp.MustCompile(`\[\d+:\d+\]`)
+		for _, l := range strings.Split(sandbox.Run(t, "iptables-save"), "\n") {
+			if !strings.HasPrefix(l, "#") { // timestamps
+				kept = append(kept, counters.ReplaceAllString(l, ""))
+			}
+		}
+		return strings.Join(kept, "\n") + sandbox.Run(t, "nft", "-s", "list", "ruleset")
 	}
 	return sandbox.Run(t, "nft", "-s", "list", "ruleset")
+}
+
+// With FORWARD's policy DROP (Docker installed, say), published ports and
+// outbound traffic still work, and teardown leaves the host's rules as
+// they were, policy included.
+func TestForwardDropNftables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testForwardDrop(t, "nftables")
+}
+
+func TestForwardDropIptables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testForwardDrop(t, "iptables")
+}
+
+func testForwardDrop(t *testing.T, backend string) {
+	up := sandbox.Uplink(t)
+	sandbox.Run(t, "iptables", "-P", "FORWARD", "DROP")
+	sandbox.Run(t, "iptables", "-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "DROP") // someone else's rule
+	before := rulesetDump(t, "iptables")
+	h := newHost(t, fmt.Sprintf("firewall = %q\n", backend))
+	web := h.webBundle("web", "-p", "8080:80").mustStart().waitHTTP()
+	if body, err := httpGet(up, "198.51.100.1:8080"); err != nil || body != "hello from web\n" {
+		t.Errorf("published port under FORWARD DROP: %q %v", body, err)
+	}
+	web.mustExec("ping", "-c1", "-W2", "203.0.113.1")
+	if out := sandbox.Run(t, "iptables", "-S", "FORWARD"); !strings.HasPrefix(out, "-P FORWARD DROP\n-A FORWARD -j NETSHIM-FORWARD\n") {
+		t.Errorf("FORWARD:\n%s", out)
+	}
+	web.stop()
+	assertCleanLinks(t, h)
+	if after := rulesetDump(t, "iptables"); after != before {
+		t.Errorf("rules after teardown differ:\n--- before\n%s\n--- after\n%s", before, after)
+	}
 }
