@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,17 +208,18 @@ func TestHookOddSequences(t *testing.T) {
 		return
 	}
 	h := newHost(t, "")
-	a := h.newProc("a", nil)
+	a := h.newProc("a", map[string]string{"netshim/publish": "8080:80"})
 	a.mustSetup()
-	a.mustSetup() // createRuntime twice: same address, one veth, one rule
+	once := sandbox.Run(t, "nft", "-s", "list", "ruleset")
+	a.mustSetup() // createRuntime twice: same address, one veth, no duplicate rule
 	if out := a.mustIn("ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(out, "172.17.0.2/16") || strings.Count(out, "inet ") != 1 {
 		t.Errorf("after two setups: %s", out)
 	}
 	if n := strings.Count(sandbox.Run(t, "ip", "-o", "link"), "veth"); n != 1 {
 		t.Errorf("%d veths after two setups", n)
 	}
-	if n := strings.Count(sandbox.Run(t, "nft", "list", "ruleset"), "masquerade"); n != 1 {
-		t.Errorf("%d masquerade rules after two setups", n)
+	if twice := sandbox.Run(t, "nft", "-s", "list", "ruleset"); twice != once {
+		t.Errorf("rules changed by a second setup:\n--- once\n%s\n--- twice\n%s", once, twice)
 	}
 	// The stage comes from the status when not given (crun passes "created").
 	b := h.newProc("b", nil)
@@ -375,6 +377,49 @@ internal = true
 	}
 	for _, p := range []*proc{a, b, c, d} {
 		p.mustTeardown()
+	}
+	assertClean(t, h)
+}
+
+// Random host ports come from ip_local_port_range (or the config's), skip
+// ports reserved by netshim and ports host processes listen on; an explicit
+// port a host process holds is refused.
+func TestHookPortAllocation(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "ip_local_port_range = \"40000-40002\"\n")
+	l, err := net.Listen("tcp4", "0.0.0.0:40000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a := h.newProc("a", map[string]string{"netshim/publish": "80"})
+	a.mustSetup()
+	b := h.newProc("b", map[string]string{"netshim/publish": "80,53/udp"})
+	b.mustSetup()
+	if out := h.mustNetshim("port", "a"); out != "80/tcp -> 0.0.0.0:40001\n" {
+		t.Errorf("a: %q (40000 is listened on)", out)
+	}
+	if out := h.mustNetshim("port", "b"); out != "80/tcp -> 0.0.0.0:40002\n53/udp -> 0.0.0.0:40000\n" {
+		t.Errorf("b: %q", out)
+	}
+	c := h.newProc("c", map[string]string{"netshim/publish": "80"})
+	if errOut, err := c.hook("createRuntime", "creating"); err == nil || !strings.Contains(errOut, "netshim: no free host port in 40000-40002/tcp") {
+		t.Errorf("exhausted range: %v %q", err, errOut)
+	}
+	d := h.newProc("d", map[string]string{"netshim/publish": "40000:80"})
+	if errOut, err := d.hook("createRuntime", "creating"); err == nil || !strings.Contains(errOut, "netshim: port 40000/tcp is in use by a host process") {
+		t.Errorf("explicit port held by a host process: %v %q", err, errOut)
+	}
+	e := h.newProc("e", map[string]string{"netshim/publish": "127.0.0.1:40001:80"})
+	if errOut, err := e.hook("createRuntime", "creating"); err == nil || !strings.Contains(errOut, "netshim: port 40001/tcp is already allocated by a") {
+		t.Errorf("overlapping host address: %v %q", err, errOut)
+	}
+	a.mustTeardown()
+	b.mustTeardown()
+	if _, err := os.Stat(filepath.Join(h.stateDir, "ports.json")); err == nil {
+		t.Error("port reservations left after teardown")
 	}
 	assertClean(t, h)
 }
