@@ -25,6 +25,10 @@ const DefaultPath = "/etc/netshim/netshim.toml"
 // config names one. It is on tmpfs: container state does not outlive a boot.
 const DefaultStateDir = "/run/netshim"
 
+// DefaultDataDir holds what must survive a reboot: networks made with
+// `netshim network create`.
+const DefaultDataDir = "/var/lib/netshim"
+
 // DefaultNetwork is the name of the default network, as in Docker.
 const DefaultNetwork = "bridge"
 
@@ -41,6 +45,7 @@ const (
 // File is the TOML document as written by the user.
 type File struct {
 	StateDir         string                  `toml:"state_dir"`
+	DataDir          string                  `toml:"data_dir"`
 	Firewall         string                  `toml:"firewall"`
 	IPLocalPortRange string                  `toml:"ip_local_port_range"`
 	Bridge           BridgeFile              `toml:"bridge"`
@@ -90,6 +95,9 @@ type Pool struct {
 // Network is a canonical network definition, ready for setup.
 type Network struct {
 	Name string
+	// ID is the 64-hex network id (derived from the name for networks of
+	// the file, random for created ones).
+	ID string
 	// Bridge is the bridge device name.
 	Bridge string
 	// Subnet is the masked subnet; invalid when it is to be chosen from Pools
@@ -119,6 +127,8 @@ type Config struct {
 	// Path is the file it was read from; empty for built-in defaults.
 	Path     string
 	StateDir string
+	// DataDir keeps created networks across reboots.
+	DataDir  string
 	Firewall string
 	// PortRange is the range random host ports come from; zero means the
 	// kernel's net.ipv4.ip_local_port_range.
@@ -227,6 +237,12 @@ func canonicalize(f *File) (*Config, error) {
 	} else if !strings.HasPrefix(c.StateDir, "/") {
 		return nil, &Error{Key: "state_dir", Value: f.StateDir, Reason: "must be an absolute path"}
 	}
+	c.DataDir = f.DataDir
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	} else if !strings.HasPrefix(c.DataDir, "/") {
+		return nil, &Error{Key: "data_dir", Value: f.DataDir, Reason: "must be an absolute path"}
+	}
 	switch c.Firewall {
 	case "":
 		c.Firewall = FirewallNftables
@@ -304,6 +320,7 @@ func canonPools(in []PoolFile) ([]Pool, error) {
 func canonBridge(b *BridgeFile) (Network, error) {
 	n := Network{
 		Name:       DefaultNetwork,
+		ID:         NetworkID(DefaultNetwork),
 		Bridge:     b.Bridge,
 		MTU:        b.MTU,
 		DNSSearch:  b.DNSSearch,
@@ -382,7 +399,18 @@ func CheckNetworkName(name string) error {
 	return nil
 }
 
+// NetworkFromFile canonicalizes and validates one user-defined network, as
+// in [networks.NAME]; id gives the default bridge name (NetworkID(name) for
+// networks of the file).
+func NetworkFromFile(name, id string, f *NetworkFile) (Network, error) {
+	return canonNetworkID(name, id, f)
+}
+
 func canonNetwork(name string, f *NetworkFile) (Network, error) {
+	return canonNetworkID(name, NetworkID(name), f)
+}
+
+func canonNetworkID(name, id string, f *NetworkFile) (Network, error) {
 	key := "networks." + name
 	if err := CheckNetworkName(name); err != nil {
 		return Network{}, &Error{Key: key, Reason: err.Error()}
@@ -429,8 +457,9 @@ func canonNetwork(name string, f *NetworkFile) (Network, error) {
 		n.IPRange = r
 	}
 	if n.Bridge == "" {
-		n.Bridge = BridgeNameFor(NetworkID(name))
+		n.Bridge = BridgeNameFor(id)
 	}
+	n.ID = id
 	if err := checkIfName(key+".bridge", n.Bridge); err != nil {
 		return n, err
 	}

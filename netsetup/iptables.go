@@ -16,6 +16,11 @@ import (
 const (
 	iptChainNAT     = "NETSHIM"
 	iptChainForward = "NETSHIM-FORWARD"
+	// Docker's two-stage isolation: stage 1 sends traffic leaving a bridge
+	// for another interface to stage 2, which drops it if that interface is
+	// another bridge of ours.
+	iptChainIso1 = "NETSHIM-ISOLATION-STAGE-1"
+	iptChainIso2 = "NETSHIM-ISOLATION-STAGE-2"
 )
 
 // iptRule is one rule as data: table, chain and the rule's arguments.
@@ -46,13 +51,20 @@ func iptShared() []iptRule {
 		{"nat", "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", iptChainNAT}},
 		{"nat", "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", iptChainNAT}},
 		{"filter", "FORWARD", []string{"-j", iptChainForward}},
+		{"filter", iptChainForward, []string{"-j", iptChainIso1}},
 	}
 }
+
+// iptOwnChains are our chains, by table.
+var iptOwnChains = [][2]string{{"nat", iptChainNAT}, {"filter", iptChainForward}, {"filter", iptChainIso1}, {"filter", iptChainIso2}}
 
 // iptNetworkRules is the data of a network's rules.
 func iptNetworkRules(n NetRules) []iptRule {
 	sub, br := n.Subnet.String(), n.Bridge
-	var out []iptRule
+	out := []iptRule{
+		{"filter", iptChainIso1, []string{"-i", br, "!", "-o", br, "-j", iptChainIso2}},
+		{"filter", iptChainIso2, []string{"-o", br, "-j", "DROP"}},
+	}
 	if n.Masquerade {
 		out = append(out, iptRule{"nat", "POSTROUTING", []string{"-s", sub, "!", "-o", br, "-j", "MASQUERADE"}})
 	}
@@ -136,20 +148,20 @@ func (b *Iptables) ensureChain(table, chain string) error {
 // ensureShared creates our chains and the jumps to them, in the filter
 // table only when filterOnly (coexistence with the nftables backend).
 func (b *Iptables) ensureShared(filterOnly bool) error {
-	if !filterOnly {
-		if err := b.ensureChain("nat", iptChainNAT); err != nil {
+	for _, tc := range iptOwnChains {
+		if filterOnly && tc[0] != "filter" {
+			continue
+		}
+		if err := b.ensureChain(tc[0], tc[1]); err != nil {
 			return err
 		}
-	}
-	if err := b.ensureChain("filter", iptChainForward); err != nil {
-		return err
 	}
 	for _, r := range iptShared() {
 		if filterOnly && r.Table != "filter" {
 			continue
 		}
 		var err error
-		if r.Chain == "FORWARD" {
+		if r.Chain == "FORWARD" || r.Chain == iptChainForward {
 			err = b.ipt.InsertUnique(r.Table, r.Chain, 1, r.Args...)
 		} else {
 			err = b.ipt.AppendUnique(r.Table, r.Chain, r.Args...)
@@ -221,7 +233,7 @@ func (b *Iptables) removeShared(filterOnly bool) error {
 			return fmt.Errorf("iptables: delete %s: %w", r.object(), err)
 		}
 	}
-	for _, tc := range [][2]string{{"nat", iptChainNAT}, {"filter", iptChainForward}} {
+	for _, tc := range iptOwnChains {
 		if filterOnly && tc[0] != "filter" {
 			continue
 		}

@@ -30,7 +30,7 @@ func TestIptablesRulesData(t *testing.T) {
 		}
 	}
 	internal := iptNetworkRules(NetRules{Name: "in", Bridge: "br-x", Subnet: netip.MustParsePrefix("192.0.2.0/24"), Internal: true})
-	if len(internal) != 2 || internal[0].Args[len(internal[0].Args)-1] != "DROP" {
+	if len(internal) != 4 || internal[2].Args[len(internal[2].Args)-1] != "DROP" {
 		t.Errorf("internal: %v", internal)
 	}
 	ports := iptPortRules(PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
@@ -48,7 +48,7 @@ func TestIptablesRulesData(t *testing.T) {
 			t.Errorf("port rule %d: %q want %q", i, r.object(), want[i])
 		}
 	}
-	if c := coexistRules(n); len(c) != 3 || c[2].Args[len(c[2].Args)-3] != "DNAT" {
+	if c := coexistRules(n); len(c) != 5 || c[4].Args[len(c[4].Args)-3] != "DNAT" {
 		t.Errorf("coexist rules %v", c)
 	}
 	if _, err := parseIptObject("mangle X -j Y"); err == nil {

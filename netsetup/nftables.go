@@ -110,32 +110,44 @@ func networkChains(n NetRules) []nftChain {
 			Rules: post,
 		})
 	}
+	// Networks cannot reach each other: traffic from this bridge to any
+	// other bridge of ours is dropped (the set holds their names).
+	// iifname BRIDGE oifname @bridges oifname != BRIDGE drop
+	fwd := [][]expr.Any{{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: setBridges},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}}
 	if n.Internal {
-		chains = append(chains, nftChain{
-			Family: nftables.TableFamilyIPv4, Name: "fwd-" + n.Name,
-			Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
-			Rules: [][]expr.Any{
-				// iifname BRIDGE oifname != BRIDGE drop
-				{
-					&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-					&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-					&expr.Counter{},
-					&expr.Verdict{Kind: expr.VerdictDrop},
-				},
-				// oifname BRIDGE iifname != BRIDGE drop
-				{
-					&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-					&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-					&expr.Counter{},
-					&expr.Verdict{Kind: expr.VerdictDrop},
-				},
+		fwd = append(fwd,
+			// iifname BRIDGE oifname != BRIDGE drop
+			[]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
 			},
-		})
+			// oifname BRIDGE iifname != BRIDGE drop
+			[]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			})
 	}
+	chains = append(chains, nftChain{
+		Family: nftables.TableFamilyIPv4, Name: "fwd-" + n.Name,
+		Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
+		Rules: fwd,
+	})
 	return chains
 }
 
@@ -175,11 +187,21 @@ func delChain(c *nftables.Conn, f nftables.TableFamily, name string) {
 
 // NetworkObjects implements Firewall.
 func (*Nftables) NetworkObjects(n NetRules) []string {
-	var out []string
+	out := []string{bridgeElemPrefix + n.Bridge}
 	for _, ch := range networkChains(n) {
 		out = append(out, ch.object())
 	}
 	return out
+}
+
+// setBridges is the set of our bridge names, for isolation between
+// networks. A network's element is named "ip/@bridges/NAME" in the state.
+const setBridges = "bridges"
+
+const bridgeElemPrefix = "ip/@" + setBridges + "/"
+
+func bridgesSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: setBridges, KeyType: nftables.TypeIFName}
 }
 
 // xtPrefix marks, among the nftables backend's objects, the iptables rules
@@ -222,9 +244,12 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 	var xt, xtPrev []string
 	var own []string
 	for _, obj := range prev {
-		if strings.HasPrefix(obj, xtPrefix) {
+		switch {
+		case strings.HasPrefix(obj, xtPrefix):
 			xtPrev = append(xtPrev, strings.TrimPrefix(obj, xtPrefix))
-		} else {
+		case strings.HasPrefix(obj, bridgeElemPrefix):
+			// the bridge's element is re-added below
+		default:
 			own = append(own, obj)
 		}
 	}
@@ -253,8 +278,15 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 			return nil, err
 		}
 	}
+	set := bridgesSet(c.AddTable(table(nftables.TableFamilyIPv4)))
+	if err := c.AddSet(set, nil); err != nil {
+		return nil, fmt.Errorf("nftables: set %s: %w", setBridges, err)
+	}
+	if err := c.SetAddElements(set, []nftables.SetElement{{Key: ifname(n.Bridge)}}); err != nil {
+		return nil, fmt.Errorf("nftables: set %s: %w", setBridges, err)
+	}
 	chains := networkChains(n)
-	installed := make([]string, 0, len(chains))
+	installed := []string{bridgeElemPrefix + n.Bridge}
 	keep := map[string]bool{}
 	for i := range chains {
 		keep[chains[i].object()] = true
@@ -276,6 +308,11 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		nc := c.AddChain(&nftables.Chain{Table: t, Name: ch.Name, Type: ch.Type, Hooknum: ch.Hook, Priority: ch.Priority, Policy: policyAccept()})
 		c.FlushChain(nc)
 		for _, r := range ch.Rules {
+			for _, e := range r {
+				if l, ok := e.(*expr.Lookup); ok && l.SetName == setBridges {
+					l.SetID = set.ID
+				}
+			}
 			c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: r})
 		}
 	}
@@ -293,9 +330,24 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 	}
 	var own, xt []string
 	for _, obj := range installed {
-		if strings.HasPrefix(obj, xtPrefix) {
+		switch {
+		case strings.HasPrefix(obj, xtPrefix):
 			xt = append(xt, strings.TrimPrefix(obj, xtPrefix))
-		} else {
+		case strings.HasPrefix(obj, bridgeElemPrefix):
+			// Add, then delete: the delete cannot fail for an element
+			// already gone, and the batch stays one transaction.
+			set := bridgesSet(c.AddTable(table(nftables.TableFamilyIPv4)))
+			if err := c.AddSet(set, nil); err != nil {
+				return fmt.Errorf("nftables: set %s: %w", setBridges, err)
+			}
+			el := []nftables.SetElement{{Key: ifname(strings.TrimPrefix(obj, bridgeElemPrefix))}}
+			if err := c.SetAddElements(set, el); err != nil {
+				return err
+			}
+			if err := c.SetDeleteElements(set, el); err != nil {
+				return err
+			}
+		default:
 			own = append(own, obj)
 		}
 	}
@@ -316,7 +368,7 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 		}
 	}
 	installed = own
-	families := map[nftables.TableFamily]bool{}
+	families := map[nftables.TableFamily]bool{nftables.TableFamilyIPv4: true}
 	for _, obj := range installed {
 		f, name, err := parseObject(obj)
 		if err != nil {
@@ -331,9 +383,6 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 		for f := range families {
 			c.DelTable(c.AddTable(table(f)))
 		}
-	}
-	if len(installed) == 0 {
-		return nil
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nftables: remove rules %s: %w", strings.Join(installed, ", "), err)

@@ -14,8 +14,11 @@ import (
 func TestNetworkChainsData(t *testing.T) {
 	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Masquerade: true}
 	chains := networkChains(n)
-	if len(chains) != 1 || len(chains[0].Rules) != 3 {
-		t.Fatalf("want one postrouting chain of 3 rules (out, local, hairpin), got %+v", chains)
+	if len(chains) != 2 || len(chains[0].Rules) != 3 || chains[1].object() != "ip/fwd-bridge" || len(chains[1].Rules) != 1 {
+		t.Fatalf("want a postrouting chain of 3 rules (out, local, hairpin) and a forward chain (isolation), got %+v", chains)
+	}
+	if l, ok := chains[1].Rules[0][3].(*expr.Lookup); !ok || l.SetName != "bridges" {
+		t.Errorf("isolation looks up the bridge set: %T", chains[1].Rules[0][3])
 	}
 	c := chains[0]
 	if c.object() != "ip/post-bridge" || c.Hook != nftables.ChainHookPostrouting || c.Type != nftables.ChainTypeNAT {
@@ -38,14 +41,14 @@ func TestNetworkChainsData(t *testing.T) {
 	}
 
 	internal := networkChains(NetRules{Name: "in", Bridge: "br-x", Subnet: netip.MustParsePrefix("192.0.2.0/24"), Internal: true})
-	if len(internal) != 1 || internal[0].object() != "ip/fwd-in" || len(internal[0].Rules) != 2 {
+	if len(internal) != 1 || internal[0].object() != "ip/fwd-in" || len(internal[0].Rules) != 3 {
 		t.Fatalf("internal: %+v", internal)
 	}
 	var fw Nftables
-	if got := fw.NetworkObjects(n); !reflect.DeepEqual(got, []string{"ip/post-bridge"}) {
+	if got := fw.NetworkObjects(n); !reflect.DeepEqual(got, []string{"ip/@bridges/netshim0", "ip/post-bridge", "ip/fwd-bridge"}) {
 		t.Errorf("objects %v", got)
 	}
-	if noMasq := networkChains(NetRules{Name: "x", Subnet: n.Subnet}); len(noMasq) != 1 || len(noMasq[0].Rules) != 2 {
+	if noMasq := networkChains(NetRules{Name: "x", Subnet: n.Subnet}); len(noMasq) != 2 || len(noMasq[0].Rules) != 2 {
 		t.Errorf("ip_masquerade=false keeps only the published-port rules: %+v", noMasq)
 	}
 	for _, bad := range []string{"post-bridge", "inet/x", "ip/"} {
