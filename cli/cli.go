@@ -13,6 +13,7 @@ import (
 
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/ocihook"
+	"github.com/netshim/netshim/resolver"
 	"github.com/netshim/netshim/state"
 )
 
@@ -59,7 +60,7 @@ func (g *globals) env() (*ocihook.Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ocihook.Env{Config: cfg, Store: store, Debug: g.debug}, nil
+	return &ocihook.Env{Config: cfg, Store: store, Defs: state.NewDefs(cfg.DataDir), Debug: g.debug}, nil
 }
 
 // Main runs the command line and returns the exit code. Errors are printed
@@ -91,7 +92,7 @@ it runs as a createRuntime and poststop hook.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g))
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), dnsServeCmd(g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError
@@ -136,6 +137,28 @@ Success prints nothing; failure prints one line and exits non-zero.`,
 				stage = args[0]
 			}
 			return ocihook.Run(cmd.Context(), env, g.stdin, stage)
+		},
+	}
+}
+
+// dnsServeCmd is the DNS responder a hook starts for a user network; it is
+// not for people to run.
+func dnsServeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    "dns-serve NETWORK",
+		Short:  "Serve DNS for a user network (started by the hook)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.stateDir == "" {
+				return fmt.Errorf("dns-serve needs --state-dir")
+			}
+			udp, tcp, err := ocihook.ResponderSockets()
+			if err != nil {
+				return err
+			}
+			ocihook.LeaveCgroup()
+			return resolver.Serve(cmd.Context(), ocihook.NetStatePath(g.stateDir, args[0]), udp, tcp)
 		},
 	}
 }

@@ -104,24 +104,11 @@ type ResolvSpec struct {
 // without loopback ones (else Docker's fallback); search and options from
 // the spec, else the host's.
 func BuildResolv(s ResolvSpec) []byte {
+	all, hostSearch, hostOpts := ParseResolv(s.Host)
 	var hostNS []netip.Addr
-	var hostSearch, hostOpts []string
-	sc := bufio.NewScanner(bytes.NewReader(s.Host))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 || strings.HasPrefix(f[0], "#") || strings.HasPrefix(f[0], ";") {
-			continue
-		}
-		switch f[0] {
-		case "nameserver":
-			a, err := netip.ParseAddr(f[1])
-			if err == nil && (s.KeepLoopback || !a.IsLoopback()) {
-				hostNS = append(hostNS, a)
-			}
-		case "search", "domain":
-			hostSearch = f[1:]
-		case "options":
-			hostOpts = append(hostOpts, f[1:]...)
+	for _, a := range all {
+		if s.KeepLoopback || !a.IsLoopback() {
+			hostNS = append(hostNS, a)
 		}
 	}
 	ns := s.Nameservers
@@ -150,6 +137,28 @@ func BuildResolv(s ResolvSpec) []byte {
 		fmt.Fprintf(&b, "options %s\n", strings.Join(opts, " "))
 	}
 	return b.Bytes()
+}
+
+// ParseResolv reads a resolv.conf: nameservers, search domains, options.
+func ParseResolv(data []byte) (ns []netip.Addr, search, options []string) {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") || strings.HasPrefix(f[0], ";") {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			if a, err := netip.ParseAddr(f[1]); err == nil {
+				ns = append(ns, a)
+			}
+		case "search", "domain":
+			search = f[1:]
+		case "options":
+			options = append(options, f[1:]...)
+		}
+	}
+	return ns, search, options
 }
 
 // UnsafePathError is a refusal to write through a symlink or to something

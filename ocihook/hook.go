@@ -29,6 +29,8 @@ const (
 type Env struct {
 	Config *config.Config
 	Store  *state.Store
+	// Defs are the networks made with `netshim network create`.
+	Defs *state.Defs
 	// LockTimeout bounds the wait for the host lock.
 	LockTimeout time.Duration
 	// Debug adds detail to the log.

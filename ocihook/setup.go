@@ -182,6 +182,10 @@ func (c *setupCtx) run() error {
 	resolv.Nameservers, resolv.Search, resolv.Options = c.opts.DNS, c.opts.DNSSearch, c.opts.DNSOptions
 	if c.rec.Mode == ModeBridge {
 		if n, err := c.env.network(c.rec.Network); err == nil {
+			if !n.Default {
+				// The network's responder answers (and forwards --dns).
+				resolv.Nameservers = []netip.Addr{c.rec.Gateway}
+			}
 			if len(resolv.Nameservers) == 0 {
 				resolv.Nameservers = n.DNS
 			}
@@ -228,18 +232,6 @@ func onlyLoopback(resolv []byte) bool {
 	return string(out) == string(fallback)
 }
 
-// network returns the definition of a bridge network by name.
-func (env *Env) network(name string) (*config.Network, error) {
-	if name == config.DefaultNetwork {
-		n := env.Config.Bridge
-		return &n, nil
-	}
-	if n, ok := env.Config.Networks[name]; ok {
-		return &n, nil
-	}
-	return nil, fmt.Errorf("network %s not found", name)
-}
-
 // bridge sets up bridge mode: address, record, bridge, rules, veth.
 func (c *setupCtx) bridge() error {
 	env, rec := c.env, c.rec
@@ -260,7 +252,7 @@ func (c *setupCtx) bridge() error {
 	if ns == nil {
 		ns = &state.Net{Name: def.Name, Allocated: map[netip.Addr]string{}}
 	}
-	if err := chooseSubnet(host, env.Config, def, ns); err != nil {
+	if err := env.chooseSubnet(host, def, ns); err != nil {
 		return err
 	}
 	ns.Bridge = def.Bridge
@@ -378,13 +370,24 @@ func (c *setupCtx) bridge() error {
 	if err := netsetup.ConfigureContainer(ch, &vs); err != nil {
 		return err
 	}
-	return fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports})
+	if err := fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports}); err != nil {
+		return err
+	}
+	if def.Default {
+		return nil
+	}
+	// User networks resolve their containers' names: from the moment
+	// this write is done, the responder answers for this one.
+	if err := env.addName(ns, def, rec, c.opts); err != nil {
+		return err
+	}
+	return env.Store.PutNet(ns)
 }
 
 // chooseSubnet settles the network's subnet: the configured one, else the
 // one chosen before (kept stable), else the address already on the bridge,
 // else the first free pool.
-func chooseSubnet(host *netlink.Handle, cfg *config.Config, def *config.Network, ns *state.Net) error {
+func (env *Env) chooseSubnet(host *netlink.Handle, def *config.Network, ns *state.Net) error {
 	if def.Subnet.IsValid() {
 		if ns.Subnet.IsValid() && (ns.Subnet != def.Subnet || ns.Gateway != def.Gateway) && len(ns.Allocated) > 0 {
 			return fmt.Errorf("network %s: subnet changed from %s to %s while %d containers are attached; stop them first",
@@ -409,7 +412,14 @@ func chooseSubnet(host *netlink.Handle, cfg *config.Config, def *config.Network,
 	if err != nil {
 		return err
 	}
-	p, err := netsetup.ChoosePool(cfg.Pools, used)
+	nets, err := env.UserNetworks()
+	if err != nil {
+		return err
+	}
+	for _, n := range nets {
+		used = append(used, n.Subnet)
+	}
+	p, err := netsetup.ChoosePool(env.Config.Pools, used)
 	if err != nil {
 		return fmt.Errorf("network %s: %w", def.Name, err)
 	}

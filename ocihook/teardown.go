@@ -90,6 +90,7 @@ func (env *Env) releaseAddress(rec *state.Record) error {
 		return err
 	}
 	ns.Release(rec.ID, rec.IP)
+	env.removeName(ns, rec)
 	if len(ns.Allocated) == 0 && ns.RulesInstalled {
 		fw, err := netsetup.NewFirewall(ns.Firewall)
 		if err != nil {

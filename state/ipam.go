@@ -26,6 +26,8 @@ type Net struct {
 	RulesInstalled bool `json:"rules_installed,omitempty"`
 	// Firewall is the backend that installed the network rules.
 	Firewall string `json:"firewall,omitempty"`
+	// DNS is what the network's DNS responder serves (user networks).
+	DNS *NetDNS `json:"dns,omitempty"`
 	// Installed names the firewall objects of the network's rules, as the
 	// backend returned them; removal hands them back.
 	Installed []string `json:"installed,omitempty"`
@@ -156,4 +158,27 @@ func (n *Net) Release(id string, addr netip.Addr) {
 			n.Low = addr
 		}
 	}
+}
+
+// NetDNS is the DNS state of a user-defined network: the names of its
+// containers, where other names are forwarded, and the responder process.
+type NetDNS struct {
+	// Endpoints maps a container address to its names and its own
+	// upstream servers (--dns), if any.
+	Endpoints map[netip.Addr]DNSEntry `json:"endpoints"`
+	// Upstreams are "ip:port" servers for names that are not ours.
+	Upstreams []string `json:"upstreams,omitempty"`
+	// Internal networks do not forward.
+	Internal bool `json:"internal,omitempty"`
+	// PID and Start identify the responder process (start time tells a
+	// reused PID apart).
+	PID   int    `json:"pid,omitempty"`
+	Start uint64 `json:"start,omitempty"`
+}
+
+// DNSEntry is one container's names.
+type DNSEntry struct {
+	ID        string   `json:"id"`
+	Names     []string `json:"names"`
+	Upstreams []string `json:"upstreams,omitempty"`
 }

@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/ocihook"
+)
+
+func networkCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "network",
+		Short: "Manage user-defined bridge networks",
+		Long: `User-defined networks have their own bridge and subnet, are isolated from each other,
+and resolve their containers' names through a DNS responder on the gateway. Networks
+made here are kept in the config's data_dir (default /var/lib/netshim) across reboots;
+networks can also be defined in the config file under [networks.NAME].`,
+		Example: `  netshim network create wp-net
+  netshim network create --subnet 172.100.0.0/16 net0
+  netshim network ls
+  netshim network inspect wp-net
+  netshim network rm wp-net`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+	}
+	cmd.AddCommand(networkCreateCmd(g), networkLsCmd(g), networkInspectCmd(g), networkRmCmd(g))
+	return cmd
+}
+
+func networkCreateCmd(g *globals) *cobra.Command {
+	var req ocihook.NetworkRequest
+	cmd := &cobra.Command{
+		Use:   "create [OPTIONS] NAME",
+		Short: "Create a bridge network",
+		Example: `  netshim network create wp-net
+  netshim network create -d bridge --subnet 172.100.0.0/16 --gateway 172.100.0.1 net0
+  netshim network create --internal backend`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			req.Name = args[0]
+			def, err := env.CreateNetwork(req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, def.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&req.Driver, "driver", "d", "bridge", "network driver (only bridge)")
+	f.StringVar(&req.Subnet, "subnet", "", "subnet in CIDR form (default: the next free pool)")
+	f.StringVar(&req.Gateway, "gateway", "", "gateway address (default: the subnet's first address)")
+	f.StringVar(&req.IPRange, "ip-range", "", "hand out container addresses from this range only")
+	f.BoolVar(&req.Internal, "internal", false, "no outbound access: no masquerade, no route out")
+	f.IntVar(&req.MTU, "mtu", 0, "MTU of the bridge and the containers' interfaces (default 1500)")
+	f.StringVar(&req.Bridge, "bridge", "", "bridge device name (default br-<first 12 hex of the id>)")
+	return cmd
+}
+
+func networkLsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List networks",
+		Example: "  netshim network ls",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			nets, err := env.UserNetworks()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tDRIVER\tSUBNET")
+			if info, err := env.InspectNetwork(config.DefaultNetwork); err == nil {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(info.ID), info.Name, "bridge", orDash(info.Subnet))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(config.NetworkID("host")), "host", "host", "-")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(config.NetworkID("none")), "none", "null", "-")
+			for _, n := range nets {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(n.ID), n.Name, "bridge", n.Subnet)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func networkInspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "inspect NAME",
+		Short:   "Show a network and its containers as JSON",
+		Example: "  netshim network inspect wp-net",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			info, err := env.InspectNetwork(args[0])
+			if err != nil {
+				return err
+			}
+			out, _ := json.MarshalIndent(info, "", "    ")
+			fmt.Fprintln(g.stdout, string(out))
+			return nil
+		},
+	}
+}
+
+func networkRmCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm NAME...",
+		Aliases: []string{"remove"},
+		Short:   "Remove networks (refused while containers are attached)",
+		Example: "  netshim network rm wp-net",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				if err := env.RemoveNetwork(name); err != nil {
+					return err
+				}
+				fmt.Fprintln(g.stdout, name)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,331 @@
+package ocihook
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/netsetup"
+	"github.com/netshim/netshim/state"
+)
+
+// network returns the definition of a bridge network by name: the default
+// network, one of the config file, or one made with `network create`.
+func (env *Env) network(name string) (*config.Network, error) {
+	if name == config.DefaultNetwork {
+		n := env.Config.Bridge
+		return &n, nil
+	}
+	if n, ok := env.Config.Networks[name]; ok {
+		return &n, nil
+	}
+	if env.Defs != nil {
+		def, err := env.Defs.Get(name)
+		if err != nil {
+			return nil, err
+		}
+		if def != nil {
+			n, err := def.Network()
+			if err != nil {
+				return nil, fmt.Errorf("network %s (%s): %w", name, env.Defs.Dir, err)
+			}
+			return &n, nil
+		}
+	}
+	return nil, fmt.Errorf("network %s not found", name)
+}
+
+// UserNetworks returns the user-defined networks, sorted by name.
+func (env *Env) UserNetworks() ([]config.Network, error) {
+	var out []config.Network
+	for _, n := range env.Config.Networks {
+		out = append(out, n)
+	}
+	if env.Defs != nil {
+		defs, err := env.Defs.List()
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range defs {
+			if _, dup := env.Config.Networks[d.Name]; dup {
+				continue
+			}
+			n, err := d.Network()
+			if err != nil {
+				return nil, fmt.Errorf("network %s (%s): %w", d.Name, env.Defs.Dir, err)
+			}
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// NetworkRequest is `netshim network create`'s flags.
+type NetworkRequest struct {
+	Name     string
+	Driver   string
+	Subnet   string
+	Gateway  string
+	IPRange  string
+	Bridge   string
+	Internal bool
+	MTU      int
+}
+
+// flagOfKey words a config error about a created network in terms of the
+// flag that set the value.
+func flagOfKey(err error) error {
+	var ce *config.Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	_, field, _ := strings.Cut(strings.TrimPrefix(ce.Key, "networks."), ".")
+	flag := map[string]string{"subnet": "--subnet", "gateway": "--gateway", "ip_range": "--ip-range", "mtu": "--mtu", "bridge": "--bridge"}[field]
+	if flag == "" {
+		return fmt.Errorf("%s", ce.Reason)
+	}
+	if ce.Value == "" {
+		return fmt.Errorf("%s: %s", flag, ce.Reason)
+	}
+	return fmt.Errorf("%s %q: %s", flag, ce.Value, ce.Reason)
+}
+
+// CreateNetwork defines a bridge network, persists it and creates its
+// bridge. Without a subnet it takes the next free pool.
+func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
+	if err := config.CheckNetworkName(req.Name); err != nil {
+		return nil, err
+	}
+	if req.Driver != "" && req.Driver != "bridge" {
+		return nil, fmt.Errorf("--driver %q: only the bridge driver is supported", req.Driver)
+	}
+	lock, err := env.Store.Lock(env.lockTimeout())
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock()
+	if _, err := env.network(req.Name); err == nil {
+		return nil, fmt.Errorf("network with name %s already exists", req.Name)
+	}
+	nets, err := env.UserNetworks()
+	if err != nil {
+		return nil, err
+	}
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer host.Close()
+	ours := []string{env.Config.Bridge.Bridge}
+	taken := map[string]netip.Prefix{}
+	for _, n := range nets {
+		ours = append(ours, n.Bridge)
+		taken[n.Name] = n.Subnet
+	}
+	// As in Docker, where docker0 exists before any user network, the
+	// default network takes its pool first: settle (and keep) its subnet now.
+	defNet, err := env.settleDefaultSubnet(host)
+	if err != nil {
+		return nil, err
+	}
+	taken[config.DefaultNetwork] = defNet
+	hostUsed, err := netsetup.HostPrefixes(host, ours...)
+	if err != nil {
+		return nil, err
+	}
+	spec := config.NetworkFile{Subnet: req.Subnet, Gateway: req.Gateway, IPRange: req.IPRange, Internal: req.Internal, MTU: req.MTU, Bridge: req.Bridge}
+	if spec.Subnet == "" {
+		used := append([]netip.Prefix{}, hostUsed...)
+		for _, p := range taken {
+			used = append(used, p)
+		}
+		p, err := netsetup.ChoosePool(env.Config.Pools, used)
+		if err != nil {
+			return nil, err
+		}
+		spec.Subnet = p.String()
+	}
+	var idb [32]byte
+	rand.Read(idb[:])
+	def := &state.NetworkDef{Name: req.Name, ID: hex.EncodeToString(idb[:]), Created: time.Now().UTC(), Spec: spec}
+	n, err := def.Network()
+	if err != nil {
+		return nil, flagOfKey(err)
+	}
+	names := make([]string, 0, len(taken))
+	for name := range taken {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, other := range names {
+		if taken[other].Overlaps(n.Subnet) {
+			return nil, fmt.Errorf("--subnet %s overlaps network %s (%s)", n.Subnet, other, taken[other])
+		}
+	}
+	for _, p := range hostUsed {
+		if p.Overlaps(n.Subnet) {
+			return nil, fmt.Errorf("--subnet %s overlaps %s, an address or route of the host", n.Subnet, p)
+		}
+	}
+	for _, o := range nets {
+		if o.Bridge == n.Bridge {
+			return nil, fmt.Errorf("--bridge %q: already used by network %s", n.Bridge, o.Name)
+		}
+	}
+	if n.Bridge == env.Config.Bridge.Bridge {
+		return nil, fmt.Errorf("--bridge %q: already used by network %s", n.Bridge, config.DefaultNetwork)
+	}
+	if _, _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, MTU: n.MTU}); err != nil {
+		return nil, err
+	}
+	if err := env.Defs.Put(def); err != nil {
+		netsetup.DeleteLink(host, n.Bridge)
+		return nil, err
+	}
+	return def, nil
+}
+
+// settleDefaultSubnet returns the default network's subnet, choosing and
+// storing it if it was not chosen yet. The caller holds the lock.
+func (env *Env) settleDefaultSubnet(host *netlink.Handle) (netip.Prefix, error) {
+	if env.Config.Bridge.Subnet.IsValid() {
+		return env.Config.Bridge.Subnet, nil
+	}
+	ns, err := env.Store.GetNet(config.DefaultNetwork)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if ns != nil && ns.Subnet.IsValid() {
+		return ns.Subnet, nil
+	}
+	if ns == nil {
+		ns = &state.Net{Name: config.DefaultNetwork, Bridge: env.Config.Bridge.Bridge, Allocated: map[netip.Addr]string{}}
+	}
+	def := env.Config.Bridge
+	if err := env.chooseSubnet(host, &def, ns); err != nil {
+		return netip.Prefix{}, err
+	}
+	return ns.Subnet, env.Store.PutNet(ns)
+}
+
+// RemoveNetwork deletes a created network and its bridge; it refuses while
+// containers are attached.
+func (env *Env) RemoveNetwork(name string) error {
+	lock, err := env.Store.Lock(env.lockTimeout())
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	switch name {
+	case config.DefaultNetwork, ModeHost, ModeNone:
+		return fmt.Errorf("network %s is predefined and cannot be removed", name)
+	}
+	if _, ok := env.Config.Networks[name]; ok {
+		return fmt.Errorf("network %s is defined in %s: remove it there", name, env.Config.Path)
+	}
+	def, err := env.Defs.Get(name)
+	if err != nil {
+		return err
+	}
+	if def == nil {
+		return fmt.Errorf("network %s not found", name)
+	}
+	n, err := def.Network()
+	if err != nil {
+		return err
+	}
+	recs, errs := env.Store.List()
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	var attached []string
+	for _, r := range recs {
+		if r.Network == name {
+			attached = append(attached, r.Name)
+		}
+	}
+	if len(attached) > 0 {
+		return fmt.Errorf("network %s has active endpoints: %s", name, strings.Join(attached, ", "))
+	}
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer host.Close()
+	if l, err := host.LinkByName(n.Bridge); err == nil && l.Type() == "bridge" {
+		if err := host.LinkDel(l); err != nil {
+			return fmt.Errorf("delete bridge %s: %w", n.Bridge, err)
+		}
+	}
+	if err := env.Store.DeleteNet(name); err != nil {
+		return err
+	}
+	return env.Defs.Delete(name)
+}
+
+// NetworkEndpoint is one container of a network, for `network inspect`.
+type NetworkEndpoint struct {
+	Name        string `json:"Name"`
+	ID          string `json:"EndpointID"`
+	IPv4Address string `json:"IPv4Address"`
+	MacAddress  string `json:"MacAddress"`
+}
+
+// NetworkInfo is `netshim network inspect`'s view of a network.
+type NetworkInfo struct {
+	Name       string                     `json:"Name"`
+	ID         string                     `json:"Id"`
+	Driver     string                     `json:"Driver"`
+	Subnet     string                     `json:"Subnet"`
+	Gateway    string                     `json:"Gateway"`
+	IPRange    string                     `json:"IPRange,omitempty"`
+	Bridge     string                     `json:"Bridge"`
+	Internal   bool                       `json:"Internal"`
+	MTU        int                        `json:"MTU"`
+	Containers map[string]NetworkEndpoint `json:"Containers"`
+}
+
+// InspectNetwork describes a bridge network and its containers.
+func (env *Env) InspectNetwork(name string) (*NetworkInfo, error) {
+	n, err := env.network(name)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := env.Store.GetNet(name)
+	if err != nil {
+		return nil, err
+	}
+	info := &NetworkInfo{Name: n.Name, ID: n.ID, Driver: "bridge", Bridge: n.Bridge, Internal: n.Internal, MTU: n.MTU,
+		Containers: map[string]NetworkEndpoint{}}
+	subnet, gw := n.Subnet, n.Gateway
+	if !subnet.IsValid() && ns != nil {
+		subnet, gw = ns.Subnet, ns.Gateway
+	}
+	if subnet.IsValid() {
+		info.Subnet, info.Gateway = subnet.String(), gw.String()
+	}
+	if n.IPRange.IsValid() {
+		info.IPRange = n.IPRange.String()
+	}
+	if ns != nil {
+		for addr, id := range ns.Allocated {
+			rec, ok, err := env.Store.Get(id)
+			if err != nil || !ok {
+				continue
+			}
+			info.Containers[id] = NetworkEndpoint{Name: rec.Name, ID: rec.HostVeth, MacAddress: rec.MAC,
+				IPv4Address: netip.PrefixFrom(addr, subnet.Bits()).String()}
+		}
+	}
+	return info, nil
+}
