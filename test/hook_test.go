@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/netshim/netshim/internal/sandbox"
 )
@@ -420,6 +423,60 @@ func TestHookPortAllocation(t *testing.T) {
 	b.mustTeardown()
 	if _, err := os.Stat(filepath.Join(h.stateDir, "ports.json")); err == nil {
 		t.Error("port reservations left after teardown")
+	}
+	assertClean(t, h)
+}
+
+// An internal network's responder answers its own names and forwards
+// nothing; a network created with --internal has no way out.
+func TestHookInternalNetworkDNS(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	up := sandbox.Uplink(t)
+	upstreamDNS(t, up)
+	fakeResolvConf(t, "nameserver 203.0.113.1\n")
+	h := newHost(t, "data_dir = \""+filepath.Join(t.TempDir(), "data")+"\"\n")
+	h.mustNetshim("network", "create", "--internal", "--subnet", "192.0.2.0/24", "backend")
+	h.mustNetshim("network", "create", "--subnet", "198.18.0.0/24", "front")
+	a := h.newProc("a", map[string]string{"netshim/network": "backend", "netshim/name": "api", "netshim/aliases": "svc"})
+	a.mustSetup()
+	f := h.newProc("f", map[string]string{"netshim/network": "front", "netshim/name": "web"})
+	f.mustSetup()
+	ask := func(server, name string) (*dns.Msg, error) {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		c := &dns.Client{Timeout: 2 * time.Second}
+		r, _, err := c.Exchange(m, server)
+		return r, err
+	}
+	for _, name := range []string{"api.", "svc.", "a."} {
+		if r, err := ask("192.0.2.1:53", name); err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "192.0.2.2" {
+			t.Errorf("internal network, %s: %v %v", name, r, err)
+		}
+	}
+	if r, err := ask("192.0.2.1:53", "outside.test."); err != nil || r.Rcode != dns.RcodeServerFailure || len(r.Answer) != 0 {
+		t.Errorf("internal network forwarded outside.test: %v %v", r, err)
+	}
+	if r, err := ask("198.18.0.1:53", "outside.test."); err != nil || len(r.Answer) != 1 {
+		t.Errorf("front network does not forward: %v %v", r, err)
+	}
+	if r, err := ask("198.18.0.1:53", "api."); err != nil || len(r.Answer) != 0 {
+		t.Errorf("front resolves backend's names: %v %v", r, err)
+	}
+	// TCP too.
+	m := new(dns.Msg)
+	m.SetQuestion("web.", dns.TypeA)
+	if r, _, err := (&dns.Client{Net: "tcp", Timeout: 2 * time.Second}).Exchange(m, "198.18.0.1:53"); err != nil || len(r.Answer) != 1 {
+		t.Errorf("tcp query: %v %v", r, err)
+	}
+	if out := a.mustIn("ip", "route"); strings.Contains(out, "default") {
+		t.Errorf("internal network has a default route:\n%s", out)
+	}
+	a.mustTeardown()
+	f.mustTeardown()
+	if r := responders(); len(r) != 0 {
+		t.Errorf("responders left: %v", r)
 	}
 	assertClean(t, h)
 }

@@ -21,8 +21,8 @@ func TestRuncDefaultBridge(t *testing.T) {
 	}
 	upNS := sandbox.Uplink(t)
 	h := newHost(t, "")
-	db := h.newBundle(uniqueID(t, "db"), sleeper, "--name", "db").mustStart()
-	web := h.newBundle(uniqueID(t, "web"), sleeper, "--name", "web", "--link", "db:database").mustStart()
+	db := h.newBundle(uniqueID(t, "db"), sleeper, "--name", "db_wordpress").mustStart()
+	web := h.newBundle(uniqueID(t, "web"), sleeper, "--name", "web", "--link", "db_wordpress:db").mustStart()
 
 	// Addresses and MACs as Docker gives them.
 	for _, c := range []struct {
@@ -77,12 +77,12 @@ func TestRuncDefaultBridge(t *testing.T) {
 		t.Errorf("masquerade rule:\n%s", nft)
 	}
 
-	// --link db:database: resolves through /etc/hosts.
+	// --link db_wordpress:db: resolves through /etc/hosts.
 	hosts := web.mustExec("cat", "/etc/hosts")
-	if !strings.Contains(hosts, "172.17.0.2\tdatabase db\n") || !strings.Contains(hosts, "172.17.0.3\t"+web.id+" web\n") {
+	if !strings.Contains(hosts, "172.17.0.2\tdb db_wordpress\n") || !strings.Contains(hosts, "172.17.0.3\t"+web.id+" web\n") {
 		t.Errorf("web /etc/hosts:\n%s", hosts)
 	}
-	web.mustExec("ping", "-c1", "-W2", "database")
+	web.mustExec("ping", "-c1", "-W2", "db")
 
 	// none: only lo.
 	none := h.newBundle(uniqueID(t, "none"), sleeper, "--network", "none").mustStart()
@@ -96,7 +96,7 @@ func TestRuncDefaultBridge(t *testing.T) {
 	}
 
 	out := h.mustNetshim("ps")
-	for _, want := range []string{"db", "172.17.0.2/16", "02:42:ac:11:00:02", "web", "none", "host"} {
+	for _, want := range []string{"db_wordpress", "172.17.0.2/16", "02:42:ac:11:00:02", "web", "none", "host"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ps lacks %q:\n%s", want, out)
 		}
