@@ -92,7 +92,7 @@ it runs as a createRuntime and poststop hook.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), dnsServeCmd(g))
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), dnsServeCmd(g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError
@@ -159,6 +159,30 @@ func dnsServeCmd(g *globals) *cobra.Command {
 			}
 			ocihook.LeaveCgroup()
 			return resolver.Serve(cmd.Context(), ocihook.NetStatePath(g.stateDir, args[0]), udp, tcp)
+		},
+	}
+}
+
+func gcCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Remove what belongs to containers that no longer exist",
+		Long: `Remove the records, veths, addresses, published ports, firewall rules and DNS
+responders of containers whose process is gone (or whose setup was killed), and
+anything of ours that no record accounts for. Prints one line per thing removed.
+Safe to run at any time, and after a crash or reboot.`,
+		Example: "  netshim gc",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			lines, err := env.GC()
+			for _, l := range lines {
+				fmt.Fprintln(g.stdout, l)
+			}
+			return err
 		},
 	}
 }

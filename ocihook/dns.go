@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -62,15 +63,25 @@ func shortID(id string) string {
 // removeName drops the container's names and, with the network's last
 // container, stops its responder. The caller holds the lock and writes ns.
 func (env *Env) removeName(ns *state.Net, rec *state.Record) {
-	if ns.DNS == nil {
-		return
+	if rec.Network == config.DefaultNetwork {
+		return // no DNS on the default network
 	}
-	if e, ok := ns.DNS.Endpoints[rec.IP]; ok && e.ID == rec.ID {
-		delete(ns.DNS.Endpoints, rec.IP)
-	}
-	if len(ns.DNS.Endpoints) == 0 {
+	if ns.DNS != nil {
+		if e, ok := ns.DNS.Endpoints[rec.IP]; ok && e.ID == rec.ID {
+			delete(ns.DNS.Endpoints, rec.IP)
+		}
+		if len(ns.DNS.Endpoints) > 0 {
+			return
+		}
 		stopProcess(ns.DNS.PID, ns.DNS.Start)
 		ns.DNS = nil
+	}
+	// Undoing a setup killed after it started a responder but before it
+	// recorded it: that responder is found by its command line.
+	if rec.Phase != state.PhaseReady && len(ns.Allocated) == 0 {
+		if pid, start, ok := findResponder(env.Store.Dir, ns.Name); ok {
+			stopProcess(pid, start)
+		}
 	}
 }
 
@@ -105,6 +116,12 @@ func (env *Env) ensureResponder(ns *state.Net) error {
 	if alive(ns.DNS.PID, ns.DNS.Start) {
 		return nil
 	}
+	// A hook killed between starting a responder and recording it leaves
+	// one running, holding the sockets: adopt it.
+	if pid, start, ok := findResponder(env.Store.Dir, ns.Name); ok {
+		ns.DNS.PID, ns.DNS.Start = pid, start
+		return nil
+	}
 	addr := net.JoinHostPort(ns.Gateway.String(), strconv.Itoa(DNSPort))
 	udp, err := net.ListenPacket("udp4", addr)
 	if err != nil {
@@ -130,7 +147,7 @@ func (env *Env) ensureResponder(ns *state.Net) error {
 	if err != nil {
 		return fmt.Errorf("find this binary's path: %w", err)
 	}
-	cmd := exec.Command(self, "--state-dir", env.Store.Dir, "dns-serve", ns.Name)
+	cmd := exec.Command(self, responderArgs(env.Store.Dir, ns.Name)...)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.ExtraFiles = []*os.File{uf, tf} // fds 3 and 4
@@ -146,6 +163,38 @@ func (env *Env) ensureResponder(ns *state.Net) error {
 	ns.DNS.PID, ns.DNS.Start = cmd.Process.Pid, start
 	cmd.Process.Release()
 	return nil
+}
+
+// responderArgs is the responder's command line after the binary's path;
+// it identifies the responder of a state dir and network.
+func responderArgs(stateDir, network string) []string {
+	return []string{"--state-dir", stateDir, "dns-serve", network}
+}
+
+// findResponder looks for a running responder of the network by its
+// command line. It reads /proc, so it is only used when the recorded
+// responder is not alive.
+func findResponder(stateDir, network string) (int, uint64, bool) {
+	want := strings.Join(responderArgs(stateDir, network), "\x00") + "\x00"
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err != nil || !strings.HasSuffix(string(data), want) {
+			continue
+		}
+		// The first argument is the binary; the rest must match exactly.
+		if _, rest, ok := strings.Cut(string(data), "\x00"); !ok || rest != want {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(p, "/proc/"), "/cmdline"))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if start, err := netsetup.ProcStartTime(pid); err == nil {
+			return pid, start, true
+		}
+	}
+	return 0, 0, false
 }
 
 // NetStatePath is where a network's state (and so its names) lives.

@@ -97,6 +97,19 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	if len(errs) > 0 {
 		return name, errs[0]
 	}
+	live := others[:0]
+	for _, o := range others {
+		// Under the lock no setup is in flight: a record still being
+		// created belongs to a setup that was killed. Undo it now.
+		if o.Phase != state.PhaseReady && o.ID != st.ID {
+			if err := env.teardownLocked(o); err != nil {
+				return name, fmt.Errorf("clean up crashed setup of %s: %w", o.ID, err)
+			}
+			continue
+		}
+		live = append(live, o)
+	}
+	others = live
 	for _, o := range others {
 		if o.Name == name && o.ID != st.ID {
 			return name, fmt.Errorf("container name %q is already in use by container %s", name, o.ID)
@@ -207,6 +220,7 @@ func (c *setupCtx) run() error {
 		}
 		c.rec.Files = append(c.rec.Files, p)
 	}
+	fault("setup:files")
 	c.rec.Phase = state.PhaseReady
 	return c.env.Store.Put(c.rec)
 }
@@ -299,11 +313,14 @@ func (c *setupCtx) bridge() error {
 		ns.RulesInstalled, ns.Firewall = true, fw.Name()
 		ns.Installed = union(ns.Installed, fw.NetworkObjects(rules))
 	}
-	// Record what is about to be created before creating it.
-	if err := env.Store.PutNet(ns); err != nil {
+	// Record what is about to be created before creating it: the record
+	// first, so that a crash after it leaves something that names the
+	// address, the ports and the veth.
+	if err := env.Store.Put(rec); err != nil {
 		return err
 	}
-	if err := env.Store.Put(rec); err != nil {
+	fault("setup:record")
+	if err := env.Store.PutNet(ns); err != nil {
 		return err
 	}
 	if ports != nil {
@@ -311,6 +328,7 @@ func (c *setupCtx) bridge() error {
 			return err
 		}
 	}
+	fault("setup:ports-reserved")
 
 	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
@@ -320,6 +338,7 @@ func (c *setupCtx) bridge() error {
 	if err != nil {
 		return err
 	}
+	fault("setup:bridge")
 	// Published ports answer on 127.0.0.1 too: DNATed loopback traffic
 	// must be routable out of the bridge (Docker's userland-proxy=false).
 	if err := netsetup.EnsureSysctl("net.ipv4.conf."+def.Bridge+".route_localnet", "1"); err != nil {
@@ -330,6 +349,7 @@ func (c *setupCtx) bridge() error {
 		if err != nil {
 			return err
 		}
+		fault("setup:rules")
 		ns.Installed = installed
 		if err := env.Store.PutNet(ns); err != nil {
 			return err
@@ -362,6 +382,7 @@ func (c *setupCtx) bridge() error {
 			return err
 		}
 	}
+	fault("setup:veth")
 	ch, err := netlink.NewHandleAt(c.ns)
 	if err != nil {
 		return fmt.Errorf("netlink in container netns: %w", err)
@@ -370,9 +391,11 @@ func (c *setupCtx) bridge() error {
 	if err := netsetup.ConfigureContainer(ch, &vs); err != nil {
 		return err
 	}
+	fault("setup:container")
 	if err := fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports}); err != nil {
 		return err
 	}
+	fault("setup:published")
 	if def.Default {
 		return nil
 	}
@@ -381,6 +404,7 @@ func (c *setupCtx) bridge() error {
 	if err := env.addName(ns, def, rec, c.opts); err != nil {
 		return err
 	}
+	fault("setup:responder")
 	return env.Store.PutNet(ns)
 }
 

@@ -38,13 +38,18 @@ func (env *Env) Teardown(ctx context.Context, id string) (string, error) {
 func (env *Env) teardownLocked(rec *state.Record) error {
 	var errs []error
 	if rec.HostVeth != "" {
-		if err := deleteOwnedLink(rec.HostVeth, vethAlias(rec.ID)); err != nil {
+		// A setup killed between creating the veth and marking it leaves
+		// it without an alias: for a record still being created, the
+		// recorded (random) name is enough.
+		if err := deleteOwnedLink(rec.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	fault("teardown:link")
 	if err := env.releasePorts(rec); err != nil {
 		errs = append(errs, err)
 	}
+	fault("teardown:ports")
 	if rec.Network != "" && len(errs) == 0 {
 		if err := env.releaseAddress(rec); err != nil {
 			errs = append(errs, err)
@@ -53,13 +58,14 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	fault("teardown:address")
 	return env.Store.Delete(rec.ID)
 }
 
 // deleteOwnedLink deletes the host link name if it carries alias: a link of
 // that name without it belongs to someone else (names are reused once the
 // kernel has removed ours with the container's netns).
-func deleteOwnedLink(name, alias string) error {
+func deleteOwnedLink(name, alias string, unmarkedToo bool) error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
@@ -73,7 +79,7 @@ func deleteOwnedLink(name, alias string) error {
 		}
 		return fmt.Errorf("find link %s: %w", name, err)
 	}
-	if link.Attrs().Alias != alias {
+	if a := link.Attrs().Alias; a != alias && !(unmarkedToo && a == "" && link.Type() == "veth") {
 		return nil
 	}
 	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {

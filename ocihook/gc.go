@@ -1,0 +1,234 @@
+package ocihook
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/netsetup"
+	"github.com/netshim/netshim/state"
+)
+
+// FaultEnv names a point at which the hook kills itself with SIGKILL: a
+// test-only switch to prove that a hook killed anywhere leaves only what
+// gc (or the next setup) undoes.
+const FaultEnv = "NETSHIM_FAULT"
+
+var faultPoint = os.Getenv(FaultEnv)
+
+// fault dies at the named point when the switch says so.
+func fault(point string) {
+	if faultPoint == point {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // SIGKILL is not delivered synchronously everywhere
+	}
+}
+
+// processMatches reports whether the record's container process still
+// exists: same PID, same start time and (unless host mode) same netns. A
+// PID reused by another process fails the start-time check.
+func processMatches(r *state.Record) bool {
+	if r.PID <= 0 {
+		return false
+	}
+	start, err := netsetup.ProcStartTime(r.PID)
+	if err != nil || start != r.StartTime {
+		return false
+	}
+	if r.NetnsIno == 0 {
+		return true
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", r.PID), &st); err != nil {
+		return false
+	}
+	return st.Ino == r.NetnsIno && st.Dev == r.NetnsDev
+}
+
+// GC removes what belongs to containers that no longer exist: records of
+// dead processes or of crashed setups (with their links, rules, addresses
+// and ports), host veths of ours that no record names, allocations and
+// names of unknown containers, and responders no container needs. Corrupt
+// state files are reported and left alone. It returns one line per thing
+// removed.
+func (env *Env) GC() ([]string, error) {
+	lock, err := env.Store.Lock(env.lockTimeout())
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock()
+	var report []string
+	recs, errs := env.Store.List()
+	live := map[string]bool{}
+	for _, r := range recs {
+		if r.Phase == state.PhaseReady && processMatches(r) {
+			live[r.ID] = true
+			continue
+		}
+		why := "its process is gone"
+		if r.Phase != state.PhaseReady {
+			why = "its setup did not finish"
+		}
+		if err := env.teardownLocked(r); err != nil {
+			errs = append(errs, fmt.Errorf("container %s: %w", r.ID, err))
+			live[r.ID] = true // kept: its record names what is left
+			continue
+		}
+		report = append(report, fmt.Sprintf("container %s (%s): %s; removed %s", r.ID, r.Name, why, describe(r)))
+	}
+	lines, err := env.gcOrphans(live)
+	report = append(report, lines...)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Error()
+		}
+		return report, fmt.Errorf("gc: %s", strings.Join(msgs, "; "))
+	}
+	return report, nil
+}
+
+func describe(r *state.Record) string {
+	parts := []string{"record"}
+	if r.HostVeth != "" {
+		parts = append(parts, "veth "+r.HostVeth)
+	}
+	if r.IP.IsValid() {
+		parts = append(parts, "address "+r.IP.String())
+	}
+	for _, p := range r.Ports {
+		parts = append(parts, fmt.Sprintf("port %d/%s", p.HostPort, p.Proto))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// gcOrphans removes what no live record accounts for.
+func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
+	var report []string
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		id, ours := strings.CutPrefix(l.Attrs().Alias, "netshim:")
+		if !ours || live[id] || l.Type() != "veth" {
+			continue
+		}
+		if err := h.LinkDel(l); err == nil {
+			report = append(report, fmt.Sprintf("veth %s of unknown container %s", l.Attrs().Name, id))
+		}
+	}
+	idx, err := env.Store.GetPorts()
+	if err != nil {
+		return report, err
+	}
+	changed := false
+	for key, rs := range idx.Reserved {
+		kept := rs[:0]
+		for _, r := range rs {
+			if live[r.ID] {
+				kept = append(kept, r)
+			} else {
+				report = append(report, fmt.Sprintf("port reservation %s of unknown container %s", key, r.ID))
+				changed = true
+			}
+		}
+		if len(kept) == 0 {
+			delete(idx.Reserved, key)
+		} else {
+			idx.Reserved[key] = kept
+		}
+	}
+	if changed {
+		if err := env.Store.PutPorts(idx); err != nil {
+			return report, err
+		}
+	}
+	ents, err := os.ReadDir(env.Store.Dir + "/networks")
+	if err != nil {
+		return report, err
+	}
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || strings.HasPrefix(name, ".") {
+			continue
+		}
+		ns, err := env.Store.GetNet(name)
+		if err != nil || ns == nil {
+			if err != nil {
+				report = append(report, "skipped "+err.Error())
+			}
+			continue
+		}
+		dirty := false
+		for addr, id := range ns.Allocated {
+			if !live[id] {
+				ns.Release(id, addr)
+				report = append(report, fmt.Sprintf("address %s on %s of unknown container %s", addr, name, id))
+				dirty = true
+			}
+		}
+		if ns.DNS == nil || !alive(ns.DNS.PID, ns.DNS.Start) {
+			// A responder nobody recorded (its hook was killed): adopt it
+			// so it is stopped below if no container needs it.
+			if pid, start, ok := findResponder(env.Store.Dir, name); ok {
+				if ns.DNS == nil {
+					ns.DNS = &state.NetDNS{Endpoints: map[netip.Addr]state.DNSEntry{}}
+				}
+				ns.DNS.PID, ns.DNS.Start = pid, start
+				dirty = true
+			}
+		}
+		if ns.DNS != nil {
+			for addr, e := range ns.DNS.Endpoints {
+				if !live[e.ID] {
+					delete(ns.DNS.Endpoints, addr)
+					dirty = true
+				}
+			}
+			if len(ns.DNS.Endpoints) == 0 {
+				if alive(ns.DNS.PID, ns.DNS.Start) {
+					report = append(report, fmt.Sprintf("dns responder of %s (pid %d)", name, ns.DNS.PID))
+				}
+				stopProcess(ns.DNS.PID, ns.DNS.Start)
+				ns.DNS = nil
+				dirty = true
+			}
+		}
+		if len(ns.Allocated) == 0 && ns.RulesInstalled {
+			fw, err := netsetup.NewFirewall(ns.Firewall)
+			if err != nil {
+				return report, err
+			}
+			last, err := env.noOtherRules(name)
+			if err != nil {
+				return report, err
+			}
+			if err := fw.RemoveNetwork(ns.Installed, last); err != nil {
+				return report, err
+			}
+			report = append(report, fmt.Sprintf("firewall rules of network %s", name))
+			ns.RulesInstalled, ns.Installed, ns.Firewall = false, nil, ""
+			dirty = true
+		}
+		if dirty {
+			if err := env.Store.PutNet(ns); err != nil {
+				return report, err
+			}
+		}
+	}
+	return report, nil
+}

@@ -1,0 +1,253 @@
+package test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/netshim/netshim/internal/sandbox"
+)
+
+// hookWithFault runs the hook with the test-only fault switch set and
+// reports whether it was killed by SIGKILL.
+func (p *proc) hookWithFault(stage, status, point string) bool {
+	cmd := exec.Command(netshimBin, "--config", p.h.config, "--state-dir", p.h.stateDir, "hook", stage)
+	cmd.Env = append(os.Environ(), "NETSHIM_FAULT="+point)
+	cmd.Stdin = strings.NewReader(p.state(status))
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return true
+		}
+	}
+	return false
+}
+
+// hostState is everything netshim keeps on the host, as text to compare.
+func hostState(t *testing.T, h *host) string {
+	t.Helper()
+	var b strings.Builder
+	links := sandbox.Run(t, "ip", "-o", "link", "show", "type", "veth")
+	var names []string
+	for _, l := range strings.Split(links, "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			names = append(names, f[1])
+		}
+	}
+	sort.Strings(names)
+	fmt.Fprintf(&b, "veths: %v\n", names)
+	b.WriteString(sandbox.Run(t, "nft", "-s", "list", "ruleset"))
+	var files []string
+	filepath.Walk(h.stateDir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && fi.Name() != "hook.log" {
+			data, _ := os.ReadFile(p)
+			// Allocation hints move; the rest must be exact.
+			files = append(files, strings.TrimPrefix(p, h.stateDir)+" "+stripLow(string(data)))
+		}
+		return nil
+	})
+	sort.Strings(files)
+	b.WriteString(strings.Join(files, "\n"))
+	fmt.Fprintf(&b, "\nresponders: %d\n", len(responders()))
+	return b.String()
+}
+
+func stripLow(s string) string {
+	var kept []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.Contains(l, `"low":`) && !strings.Contains(l, `"pid":`) && !strings.Contains(l, `"start":`) {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept, "\n")
+}
+
+// A hook killed with SIGKILL at any point leaves only what gc, or the next
+// setup, undoes: afterwards the host holds exactly the live container's
+// state.
+func TestHookKilledAnywhere(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "data_dir = \""+filepath.Join(t.TempDir(), "data")+"\"\n")
+	h.mustNetshim("network", "create", "--subnet", "198.18.0.0/24", "solo")
+	keep := h.newProc("keep", map[string]string{"netshim/name": "keep", "netshim/publish": "8080:80"})
+	keep.mustSetup()
+	// One full cycle on solo, so its state file exists in the baseline.
+	warm := h.newProc("warm", map[string]string{"netshim/network": "solo"})
+	warm.mustSetup()
+	warm.mustTeardown()
+	baseline := hostState(t, h)
+
+	setupPoints := []string{"setup:record", "setup:ports-reserved", "setup:bridge", "setup:rules", "setup:veth",
+		"setup:container", "setup:published", "setup:responder", "setup:files"}
+	tried := 0
+	recover := func(i int) {
+		if i%2 == 0 {
+			out := h.mustNetshim("gc")
+			if !strings.Contains(out, "container") {
+				t.Errorf("gc reported nothing:\n%s", out)
+			}
+			return
+		}
+		// The next setup undoes a crashed one, cheaply, under the lock.
+		next := h.newProc(fmt.Sprintf("next%d", i), nil)
+		next.mustSetup()
+		next.mustTeardown()
+	}
+	for i, point := range setupPoints {
+		for _, network := range []string{"bridge", "solo"} {
+			// The bridge's rules are in already (keep's), and only user
+			// networks have a responder: those points are not on the way.
+			if network == "bridge" && (point == "setup:rules" || point == "setup:responder") {
+				continue
+			}
+			id := fmt.Sprintf("crash%d%s", i, network)
+			ann := map[string]string{"netshim/network": network, "netshim/publish": fmt.Sprintf("%d:80", 9000+i)}
+			p := h.newProc(id, ann)
+			if !p.hookWithFault("createRuntime", "creating", point) {
+				t.Errorf("%s on %s: hook was not killed", point, network)
+				p.mustTeardown()
+				continue
+			}
+			tried++
+			recover(i)
+			if got := hostState(t, h); got != baseline {
+				t.Errorf("after a kill at %s on %s:\n--- want\n%s\n--- got\n%s", point, network, baseline, got)
+			}
+			p.cmd.Process.Kill()
+		}
+	}
+	for i, point := range []string{"teardown:link", "teardown:ports", "teardown:address"} {
+		p := h.newProc(fmt.Sprintf("td%d", i), map[string]string{"netshim/network": "solo", "netshim/publish": "7000:80"})
+		p.mustSetup()
+		p.cmd.Process.Kill() // poststop comes after the container is gone
+		p.cmd.Wait()
+		if !p.hookWithFault("poststop", "stopped", point) {
+			t.Errorf("%s: hook was not killed", point)
+			continue
+		}
+		tried++
+		if i%2 == 0 {
+			h.mustNetshim("gc")
+		} else {
+			p.mustTeardown() // poststop run again
+		}
+		if got := hostState(t, h); got != baseline {
+			t.Errorf("after a kill at %s:\n--- want\n%s\n--- got\n%s", point, baseline, got)
+		}
+	}
+	t.Logf("fault points tried: %d", tried)
+	keep.mustIn("ping", "-c1", "-W2", "172.17.0.1")
+	keep.mustTeardown()
+	assertClean(t, h)
+}
+
+// gc reclaims a record whose process is gone even if its PID now belongs to
+// another process, and leaves that process alone.
+func TestGCReusedPID(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a := h.newProc("a", nil)
+	a.mustSetup()
+	b := h.newProc("b", nil)
+	b.mustSetup()
+	// a's container dies; its PID is "reused" by an unrelated process: the
+	// record is pointed at it, as a reused PID would be.
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+	other := exec.Command("sleep", "1000")
+	other.Start()
+	defer other.Process.Kill()
+	rec := filepath.Join(h.stateDir, "containers", "a.json")
+	data, _ := os.ReadFile(rec)
+	data = []byte(strings.Replace(string(data), fmt.Sprintf(`"pid": %d`, a.pid), fmt.Sprintf(`"pid": %d`, other.Process.Pid), 1))
+	os.WriteFile(rec, data, 0o600)
+	out := h.mustNetshim("gc")
+	if !strings.Contains(out, "container a (a): its process is gone") || strings.Contains(out, "container b") {
+		t.Errorf("gc:\n%s", out)
+	}
+	if err := other.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("gc touched the process that reused the PID: %v", err)
+	}
+	if _, err := os.Stat(rec); err == nil {
+		t.Error("a's record kept")
+	}
+	b.mustIn("ping", "-c1", "-W2", "172.17.0.1")
+	if out := h.mustNetshim("gc"); out != "" {
+		t.Errorf("second gc removed more:\n%s", out)
+	}
+	b.mustTeardown()
+	assertClean(t, h)
+}
+
+// 50 containers set up at once on one network get 50 distinct addresses
+// and all answer; 50 teardowns at once leave nothing.
+func TestHookParallel(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	const n = 50
+	procs := make([]*proc, n)
+	for i := range procs {
+		procs[i] = h.newProc(fmt.Sprintf("p%02d", i), map[string]string{"netshim/publish": fmt.Sprintf("%d:80", 10000+i)})
+	}
+	run := func(stage, status string) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, p := range procs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if errOut, err := p.hook(stage, status); err != nil {
+					t.Errorf("%s %s: %v %s", stage, p.id, err, errOut)
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	setup := run("createRuntime", "creating")
+	seen := map[string]string{}
+	for _, p := range procs {
+		out := p.mustIn("ip", "-o", "-4", "addr", "show", "eth0")
+		f := strings.Fields(out)
+		if len(f) < 4 {
+			t.Fatalf("%s: %s", p.id, out)
+		}
+		if other, dup := seen[f[3]]; dup {
+			t.Errorf("%s and %s both have %s", p.id, other, f[3])
+		}
+		seen[f[3]] = p.id
+	}
+	var wg sync.WaitGroup
+	for addr := range seen {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ip := strings.Split(addr, "/")[0]
+			if out, err := exec.Command("ping", "-c1", "-W2", ip).CombinedOutput(); err != nil {
+				t.Errorf("%s does not answer: %s", ip, out)
+			}
+		}()
+	}
+	wg.Wait()
+	teardown := run("poststop", "stopped")
+	t.Logf("50 parallel setups: %v wall; 50 parallel teardowns: %v wall", setup.Round(time.Millisecond), teardown.Round(time.Millisecond))
+	assertClean(t, h)
+	if _, err := os.Stat(filepath.Join(h.stateDir, "ports.json")); err == nil {
+		t.Error("port reservations left")
+	}
+}
