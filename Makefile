@@ -8,7 +8,7 @@ PREFIX  ?= /usr/local
 HOOKSD  ?= /usr/share/containers/oci/hooks.d
 GOFILES := $(shell find . -name '*.go' -not -path './bench/out/*') go.mod go.sum
 
-.PHONY: all build deps test unit demo install uninstall vet clean
+.PHONY: all build deps test unit demo install uninstall vet clean fuzz soak
 
 all: build
 
@@ -32,6 +32,21 @@ test: deps build vet
 # Tests that need neither root nor namespaces.
 unit:
 	$(GO) test -count=1 -short ./config ./state ./netsetup ./ocihook ./cli
+
+# Each fuzz target for FUZZTIME (their seed corpora also run in make test).
+FUZZTIME ?= 60s
+FUZZ := ./ocihook:FuzzReadState ./ocihook:FuzzParseAnnotations ./ocihook:FuzzParsePublish \
+	./ocihook:FuzzParseLinkAddHostIP ./config:FuzzParse ./state:FuzzStateFiles
+fuzz:
+	@set -e; for t in $(FUZZ); do \
+		echo "fuzz $${t#*:} ($${t%%:*}) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) $${t%%:*}; \
+	done
+
+# 1,000 start/stop cycles at the hook level (make test runs 100).
+SOAK_CYCLES ?= 1000
+soak: deps build
+	NETSHIM_BIN=$(CURDIR)/$(BIN) NETSHIM_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -timeout 30m -run '^TestSoak$$' -v ./test | grep -v '^    | ===' | tail -5
 
 demo: deps build
 	@NETSHIM_BIN=$(CURDIR)/$(BIN) unshare --net --mount --propagation private -- examples/demo.sh

@@ -236,6 +236,9 @@ func WriteContainerFile(bundle, rootfs string, mounts []specs.Mount, dest string
 	}
 	dir, err := pathrs.MkdirAllHandle(root, filepath.Dir(rel), 0o755)
 	if err != nil {
+		if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+			return hostPath, &UnsafePathError{Path: hostPath, Reason: filepath.Dir(dest) + " in the rootfs is not a directory (a symlink that leads nowhere inside it?)"}
+		}
 		return hostPath, fmt.Errorf("create %s in rootfs %s: %w", filepath.Dir(dest), rootfs, err)
 	}
 	defer dir.Close()

@@ -5,6 +5,7 @@ package netsetup
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -51,7 +52,7 @@ func SelfNetns() (NSIdentity, error) {
 
 // ProcStartTime returns the start time of pid in clock ticks since boot
 // (field 22 of /proc/PID/stat). With the PID it identifies a process across
-// PID reuse.
+// PID reuse. A zombie (exited, not yet reaped) is reported as gone.
 func ProcStartTime(pid int) (uint64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -64,9 +65,12 @@ func ProcStartTime(pid int) (uint64, error) {
 		return 0, fmt.Errorf("parse /proc/%d/stat: no command field", pid)
 	}
 	fields := bytes.Fields(data[i+1:])
-	// After ')' come fields 3.. ; start time is field 22.
+	// After ')' come fields 3.. : the state is field 3, start time field 22.
 	if len(fields) < 20 {
 		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(fields))
+	}
+	if s := string(fields[0]); s == "Z" || s == "X" {
+		return 0, fmt.Errorf("pid %d: %w", pid, ErrExited)
 	}
 	v, err := strconv.ParseUint(string(fields[19]), 10, 64)
 	if err != nil {
@@ -74,6 +78,9 @@ func ProcStartTime(pid int) (uint64, error) {
 	}
 	return v, nil
 }
+
+// ErrExited says a process has exited (it may wait to be reaped).
+var ErrExited = errors.New("process has exited")
 
 // Do runs fn on an OS thread switched into ns and switches back. If the
 // thread cannot be switched back it is left locked, so the Go runtime

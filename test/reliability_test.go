@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -250,4 +251,124 @@ func TestHookParallel(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.stateDir, "ports.json")); err == nil {
 		t.Error("port reservations left")
 	}
+}
+
+// soakCycles is how many start/stop cycles TestSoak runs: 100 in make
+// test, 1,000 in make soak (NETSHIM_SOAK_CYCLES).
+func soakCycles() int {
+	if n, err := strconv.Atoi(os.Getenv("NETSHIM_SOAK_CYCLES")); err == nil && n > 0 {
+		return n
+	}
+	return 100
+}
+
+func countFiles(dir string) int {
+	n := 0
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+// Start/stop cycles at the hook level, alternating the default bridge with
+// a published port and a user network with its responder: afterwards no
+// link, rule, address, record or helper process is left, and the state dir
+// holds as many files as after the first cycle.
+func TestSoak(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "data_dir = \""+filepath.Join(t.TempDir(), "data")+"\"\n")
+	h.mustNetshim("network", "create", "--subnet", "198.18.0.0/24", "soak")
+	cycle := func(i int) {
+		ann := map[string]string{"netshim/publish": "8080:80,53/udp"}
+		if i%2 == 1 {
+			ann = map[string]string{"netshim/network": "soak", "netshim/name": "s"}
+		}
+		p := h.newProc(fmt.Sprintf("c%d", i), ann)
+		p.mustSetup()
+		p.cmd.Process.Kill() // the container exits, then poststop runs
+		p.cmd.Wait()
+		p.mustTeardown()
+	}
+	cycle(0)
+	cycle(1)
+	files := countFiles(h.stateDir)
+	n := soakCycles()
+	start := time.Now()
+	for i := 2; i < n; i++ {
+		cycle(i)
+	}
+	t.Logf("%d cycles in %v (%v a cycle)", n, time.Since(start).Round(time.Millisecond), (time.Since(start) / time.Duration(n-2)).Round(time.Microsecond))
+	assertClean(t, h)
+	if got := countFiles(h.stateDir); got != files {
+		t.Errorf("state dir has %d files, had %d after the first cycles", got, files)
+	}
+	if r := responders(); len(r) != 0 {
+		t.Errorf("responders left: %v", r)
+	}
+	if out := sandbox.Run(t, "ip", "-o", "addr"); strings.Contains(out, " 172.17.0.2/") || strings.Contains(out, " 198.18.0.2/") {
+		t.Errorf("addresses left:\n%s", out)
+	}
+}
+
+// A hostile rootfs points /etc/hosts or /etc at host files, or a bind
+// mount's source is a symlink: the host file is never written, and the
+// container is configured or the create fails clearly.
+func TestHookHostileRootfs(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	victimDir := t.TempDir()
+	victim := filepath.Join(victimDir, "hosts")
+	os.WriteFile(victim, []byte("precious\n"), 0o644)
+	cases := map[string]func(p *proc){
+		"hosts absolute": func(p *proc) {
+			os.MkdirAll(p.bundle+"/rootfs/etc", 0o755)
+			os.Symlink(victim, p.bundle+"/rootfs/etc/hosts")
+		},
+		"hosts dotdot": func(p *proc) {
+			os.MkdirAll(p.bundle+"/rootfs/etc", 0o755)
+			os.Symlink("../../../../../../.."+victim, p.bundle+"/rootfs/etc/hosts")
+		},
+		"etc absolute": func(p *proc) { os.Symlink(victimDir, p.bundle+"/rootfs/etc") },
+		"etc dotdot":   func(p *proc) { os.Symlink("../../../../../../.."+victimDir, p.bundle+"/rootfs/etc") },
+		"resolv absolute": func(p *proc) {
+			os.MkdirAll(p.bundle+"/rootfs/etc", 0o755)
+			os.Symlink(victim, p.bundle+"/rootfs/etc/resolv.conf")
+		},
+	}
+	i := 0
+	for name, mk := range cases {
+		p := h.newProc(fmt.Sprintf("h%d", i), nil)
+		i++
+		mk(p)
+		errOut, err := p.hook("createRuntime", "creating")
+		if err != nil && !strings.Contains(errOut, "netshim: refusing to write") {
+			t.Errorf("%s: unclear failure %q", name, errOut)
+		}
+		if data, _ := os.ReadFile(victim); string(data) != "precious\n" {
+			t.Fatalf("%s: the host file was written: %q", name, data)
+		}
+		p.mustTeardown()
+	}
+	// A bind mount over /etc/hosts whose source is a symlink to a host file.
+	p := h.newProc("bind", nil)
+	link := filepath.Join(p.bundle, "hosts-link")
+	os.Symlink(victim, link)
+	spec := fmt.Sprintf(`{"ociVersion":"1.0.2","hostname":"x","root":{"path":"rootfs"},"mounts":[{"destination":"/etc/hosts","type":"bind","source":%q,"options":["rbind"]}]}`, link)
+	os.WriteFile(filepath.Join(p.bundle, "config.json"), []byte(spec), 0o644)
+	if errOut, err := p.hook("createRuntime", "creating"); err == nil || !strings.Contains(errOut, "is a symlink") {
+		t.Errorf("symlinked bind source: %v %q", err, errOut)
+	}
+	if data, _ := os.ReadFile(victim); string(data) != "precious\n" {
+		t.Fatalf("bind source: the host file was written: %q", data)
+	}
+	// poststop after a failed create succeeds and leaves nothing.
+	p.mustTeardown()
+	assertClean(t, h)
 }
