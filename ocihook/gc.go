@@ -81,7 +81,12 @@ func (env *Env) GC() ([]string, error) {
 		}
 		report = append(report, fmt.Sprintf("container %s (%s): %s; removed %s", r.ID, r.Name, why, describe(r)))
 	}
-	lines, err := env.gcOrphans(live)
+	lines, err := env.rebuild(recs, live)
+	report = append(report, lines...)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	lines, err = env.gcOrphans(live)
 	report = append(report, lines...)
 	if err != nil {
 		errs = append(errs, err)
@@ -108,6 +113,61 @@ func describe(r *state.Record) string {
 		parts = append(parts, fmt.Sprintf("port %d/%s", p.HostPort, p.Proto))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// rebuild restores, from the live records, allocations and port
+// reservations missing from the state (after a corrupt file was moved
+// aside), so no address or port is handed out twice.
+func (env *Env) rebuild(recs []*state.Record, live map[string]bool) ([]string, error) {
+	var report []string
+	nets := map[string]*state.Net{}
+	idx, err := env.Store.GetPorts()
+	if err != nil {
+		return nil, err
+	}
+	portsDirty := false
+	for _, r := range recs {
+		if !live[r.ID] || r.Network == "" || !r.IP.IsValid() {
+			continue
+		}
+		ns, ok := nets[r.Network]
+		if !ok {
+			if ns, err = env.Store.GetNet(r.Network); err != nil {
+				return report, err
+			}
+			if ns == nil {
+				ns = &state.Net{Name: r.Network, Bridge: r.Bridge, Subnet: r.Subnet, Gateway: r.Gateway,
+					Allocated: map[netip.Addr]string{}, RulesInstalled: true, Firewall: r.Firewall}
+				if fw, err := netsetup.NewFirewall(r.Firewall); err == nil {
+					if def, err := env.network(r.Network); err == nil {
+						ns.Installed = fw.NetworkObjects(netsetup.RulesFor(def, r.Subnet))
+					}
+				}
+				report = append(report, fmt.Sprintf("state of network %s, rebuilt from records", r.Network))
+			}
+			nets[r.Network] = ns
+		}
+		if holder, ok := ns.Allocated[r.IP]; !ok || holder != r.ID {
+			ns.Allocated[r.IP] = r.ID
+			report = append(report, fmt.Sprintf("allocation of %s to %s, restored", r.IP, r.Name))
+		}
+		for _, p := range r.Ports {
+			if h, taken := idx.Holder(p.Proto, p.HostPort, p.HostIP, ""); !taken || h.ID != r.ID {
+				idx.Reserve(p, r.ID, r.Name)
+				portsDirty = true
+				report = append(report, fmt.Sprintf("reservation of port %d/%s for %s, restored", p.HostPort, p.Proto, r.Name))
+			}
+		}
+	}
+	for _, ns := range nets {
+		if err := env.Store.PutNet(ns); err != nil {
+			return report, err
+		}
+	}
+	if portsDirty {
+		return report, env.Store.PutPorts(idx)
+	}
+	return report, nil
 }
 
 // gcOrphans removes what no live record accounts for.

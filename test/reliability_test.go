@@ -372,3 +372,40 @@ func TestHookHostileRootfs(t *testing.T) {
 	p.mustTeardown()
 	assertClean(t, h)
 }
+
+// A corrupt state file stops setups with an error naming it; the
+// documented recovery (move it aside, run gc) keeps the other containers'
+// records and rebuilds their allocations, so no address is handed out twice.
+func TestCorruptStateRecovery(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a := h.newProc("a", map[string]string{"netshim/publish": "8080:80"})
+	a.mustSetup()
+	netFile := filepath.Join(h.stateDir, "networks", "bridge.json")
+	os.WriteFile(netFile, []byte(`{"name": "bridge", "allocated": {`), 0o600)
+	b := h.newProc("b", map[string]string{"netshim/publish": "8080:80"})
+	errOut, err := b.hook("createRuntime", "creating")
+	if err == nil || !strings.Contains(errOut, "netshim: state file "+netFile+" is corrupt") || !strings.Contains(errOut, "run `netshim gc`") {
+		t.Fatalf("corrupt network state: %v %q", err, errOut)
+	}
+	os.Rename(netFile, netFile+".bad")
+	os.Remove(filepath.Join(h.stateDir, "ports.json"))
+	out := h.mustNetshim("gc")
+	if !strings.Contains(out, "allocation of 172.17.0.2 to a, restored") || !strings.Contains(out, "reservation of port 8080/tcp for a, restored") {
+		t.Errorf("gc:\n%s", out)
+	}
+	if errOut, err := b.hook("createRuntime", "creating"); err == nil || !strings.Contains(errOut, "port 8080/tcp is already allocated by a") {
+		t.Errorf("after recovery, a's port is still a's: %v %q", err, errOut)
+	}
+	b.writeSpec(nil)
+	b.mustSetup()
+	if out := b.mustIn("ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(out, "172.17.0.3/16") {
+		t.Errorf("after recovery b got %s; a holds 172.17.0.2", out)
+	}
+	a.mustTeardown()
+	b.mustTeardown()
+	os.Remove(netFile + ".bad")
+	assertClean(t, h)
+}
