@@ -10,6 +10,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -216,4 +217,36 @@ func DeleteLink(h *netlink.Handle, name string) error {
 		return fmt.Errorf("delete link %s: %w", name, err)
 	}
 	return nil
+}
+
+// NetnsGone reports whether no live network namespace has the netns id nsid
+// (as seen from the calling process's namespace). The kernel resolves an id
+// only while its namespace is alive, so a container netns being destroyed
+// answers ENOENT: the kernel then removes the container's veth pair itself,
+// and deleting it here would only wait for an RCU grace period. If the id
+// was reused by another namespace the answer is "alive", which only sends
+// the caller down the slower, exact path.
+func NetnsGone(nsid int) bool {
+	if nsid < 0 || nsid > 1<<31-1 {
+		return false
+	}
+	req := nl.NewNetlinkRequest(unix.RTM_GETNSID, unix.NLM_F_REQUEST)
+	req.AddData(nl.NewRtGenMsg())
+	req.AddData(nl.NewRtAttr(unix.NETNSA_NSID, nl.Uint32Attr(uint32(nsid))))
+	_, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWNSID)
+	return errors.Is(err, unix.ENOENT)
+}
+
+// PeerNetnsDying reports whether the namespace at the other end of a veth
+// is being destroyed: it has no netns id any more, or its id resolves to
+// nothing.
+func PeerNetnsDying(link netlink.Link) bool {
+	id := link.Attrs().NetNsID
+	if id == -1 {
+		return false // no peer in another namespace
+	}
+	if uint32(id) == 0xFFFFFFFF { // NETNSA_NSID_NOT_ASSIGNED: unhashed, dying
+		return true
+	}
+	return NetnsGone(id)
 }

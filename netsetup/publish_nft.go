@@ -67,8 +67,10 @@ func concat2(parts ...[]byte) []byte {
 	return out
 }
 
-// publishInfra queues the maps and constant chains of published ports. The
-// chains are flushed and refilled, so repeating it is harmless.
+// publishInfra queues the maps and, unless they exist, the constant chains
+// of published ports. Existing chains are left alone: flushing them would
+// delete rules, and in nftables every deletion waits for an RCU grace
+// period (10-20 ms here), which the per-container path must not pay.
 func publishInfra(c *nftables.Conn) (map[string]*nftables.Set, error) {
 	t := c.AddTable(table(nftables.TableFamilyIPv4))
 	sets := map[string]*nftables.Set{
@@ -79,6 +81,11 @@ func publishInfra(c *nftables.Conn) (map[string]*nftables.Set, error) {
 		if err := c.AddSet(sets[name], nil); err != nil {
 			return nil, fmt.Errorf("nftables: map %s: %w", name, err)
 		}
+	}
+	// One get, whatever the number of containers. The output chain is made
+	// last in the same batch, so if it exists the others do.
+	if ch, err := c.ListChain(t, chainOut); err == nil && ch != nil {
+		return sets, nil
 	}
 	for _, ch := range publishChains() {
 		nc := &nftables.Chain{Table: t, Name: ch.Name}

@@ -33,8 +33,23 @@ type Env struct {
 	Defs *state.Defs
 	// LockTimeout bounds the wait for the host lock.
 	LockTimeout time.Duration
-	// Debug adds detail to the log.
+	// Debug adds detail to the log: the time each step took.
 	Debug bool
+
+	steps []string
+	last  time.Time
+}
+
+// mark notes, with Debug, how long the step that just ended took.
+func (env *Env) mark(step string) {
+	if !env.Debug {
+		return
+	}
+	now := time.Now()
+	if !env.last.IsZero() {
+		env.steps = append(env.steps, fmt.Sprintf("%s=%s", step, now.Sub(env.last).Round(time.Microsecond)))
+	}
+	env.last = now
 }
 
 // DefaultLockTimeout is how long a hook waits for the host lock.
@@ -123,6 +138,7 @@ func readSpec(bundle string) (*specs.Spec, error) {
 // under the state dir; the error is for the caller to print.
 func Run(ctx context.Context, env *Env, stdin io.Reader, stage string) (err error) {
 	start := time.Now()
+	env.last = start
 	var st *specs.State
 	var name string
 	defer func() {
@@ -166,8 +182,12 @@ func (env *Env) logLine(id, name, stage string, d time.Duration, err error) {
 	if stage == "" {
 		stage = "-"
 	}
-	line := fmt.Sprintf("%s id=%s name=%s stage=%s duration=%s %s\n",
-		time.Now().UTC().Format(time.RFC3339Nano), id, name, stage, d.Round(time.Microsecond), outcome)
+	steps := ""
+	if len(env.steps) > 0 {
+		steps = " steps: " + strings.Join(env.steps, " ")
+	}
+	line := fmt.Sprintf("%s id=%s name=%s stage=%s duration=%s %s%s\n",
+		time.Now().UTC().Format(time.RFC3339Nano), id, name, stage, d.Round(time.Microsecond), outcome, steps)
 	f, ferr := os.OpenFile(filepath.Join(env.Store.Dir, "hook.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if ferr != nil {
 		return

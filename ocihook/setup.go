@@ -55,6 +55,7 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	if !filepath.IsAbs(rootfs) {
 		rootfs = filepath.Join(st.Bundle, rootfs)
 	}
+	env.mark("spec")
 	nsh, nsID, err := netsetup.NetnsOf(st.Pid)
 	if err != nil {
 		return name, err
@@ -76,11 +77,13 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 		return name, err
 	}
 
+	env.mark("netns")
 	lock, err := env.Store.Lock(env.lockTimeout())
 	if err != nil {
 		return name, err
 	}
 	defer lock.Unlock()
+	env.mark("lock")
 
 	if old, ok, err := env.Store.Get(st.ID); err != nil {
 		return name, err
@@ -123,6 +126,7 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	if opts.Network != ModeHost && opts.Network != ModeNone {
 		rec.Mode, rec.Network = ModeBridge, opts.Network
 	}
+	env.mark("records")
 	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh, others: others}
 	if err := c.run(); err != nil {
 		if rerr := env.teardownLocked(rec); rerr != nil {
@@ -221,8 +225,11 @@ func (c *setupCtx) run() error {
 		c.rec.Files = append(c.rec.Files, p)
 	}
 	fault("setup:files")
+	c.env.mark("files")
 	c.rec.Phase = state.PhaseReady
-	return c.env.Store.Put(c.rec)
+	err := c.env.Store.Put(c.rec)
+	c.env.mark("ready")
+	return err
 }
 
 // readHostResolv returns the host's resolv.conf, or systemd-resolved's
@@ -269,6 +276,7 @@ func (c *setupCtx) bridge() error {
 	if err := env.chooseSubnet(host, def, ns); err != nil {
 		return err
 	}
+	env.mark("netstate")
 	ns.Bridge = def.Bridge
 	var reserved []netip.Addr
 	if def.DefaultGateway.IsValid() {
@@ -323,6 +331,7 @@ func (c *setupCtx) bridge() error {
 	if err := env.Store.PutNet(ns); err != nil {
 		return err
 	}
+	env.mark("intent")
 	if ports != nil {
 		if err := env.Store.PutPorts(ports); err != nil {
 			return err
@@ -339,6 +348,7 @@ func (c *setupCtx) bridge() error {
 		return err
 	}
 	fault("setup:bridge")
+	env.mark("bridge")
 	// Published ports answer on 127.0.0.1 too: DNATed loopback traffic
 	// must be routable out of the bridge (Docker's userland-proxy=false).
 	if err := netsetup.EnsureSysctl("net.ipv4.conf."+def.Bridge+".route_localnet", "1"); err != nil {
@@ -355,6 +365,7 @@ func (c *setupCtx) bridge() error {
 			return err
 		}
 	}
+	env.mark("rules")
 	route := ns.Gateway
 	if def.DefaultGateway.IsValid() {
 		route = def.DefaultGateway
@@ -383,6 +394,10 @@ func (c *setupCtx) bridge() error {
 		}
 	}
 	fault("setup:veth")
+	if id, err := host.GetNetNsIdByFd(int(c.ns)); err == nil && id >= 0 {
+		rec.PeerNSID = &id // saved with the ready record
+	}
+	env.mark("veth")
 	ch, err := netlink.NewHandleAt(c.ns)
 	if err != nil {
 		return fmt.Errorf("netlink in container netns: %w", err)
@@ -392,10 +407,12 @@ func (c *setupCtx) bridge() error {
 		return err
 	}
 	fault("setup:container")
+	env.mark("container")
 	if err := fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports}); err != nil {
 		return err
 	}
 	fault("setup:published")
+	env.mark("ports")
 	if def.Default {
 		return nil
 	}

@@ -24,6 +24,7 @@ func (env *Env) Teardown(ctx context.Context, id string) (string, error) {
 		return "", err
 	}
 	defer lock.Unlock()
+	env.mark("lock")
 	rec, ok, err := env.Store.Get(id)
 	if err != nil || !ok {
 		return "", err
@@ -36,20 +37,31 @@ func (env *Env) Teardown(ctx context.Context, id string) (string, error) {
 // rules when its last container goes, and last the record itself, so an
 // interrupted teardown can be run again. The caller holds the lock.
 func (env *Env) teardownLocked(rec *state.Record) error {
-	var errs []error
-	if rec.HostVeth != "" {
+	// Deleting a link and deleting firewall elements each wait for an RCU
+	// grace period in the kernel: do both at once.
+	linkErr := make(chan error, 1)
+	go func() {
+		// The usual poststop: the container's netns is being destroyed and
+		// takes the pair with it; one lookup, no link operation.
+		if rec.HostVeth == "" || (rec.PeerNSID != nil && rec.Phase == state.PhaseReady && netsetup.NetnsGone(*rec.PeerNSID)) {
+			linkErr <- nil
+			return
+		}
 		// A setup killed between creating the veth and marking it leaves
 		// it without an alias: for a record still being created, the
 		// recorded (random) name is enough.
-		if err := deleteOwnedLink(rec.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	fault("teardown:link")
+		linkErr <- deleteOwnedLink(rec.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady)
+	}()
+	var errs []error
 	if err := env.releasePorts(rec); err != nil {
 		errs = append(errs, err)
 	}
 	fault("teardown:ports")
+	if err := <-linkErr; err != nil {
+		errs = append(errs, err)
+	}
+	fault("teardown:link")
+	env.mark("link+ports")
 	if rec.Network != "" && len(errs) == 0 {
 		if err := env.releaseAddress(rec); err != nil {
 			errs = append(errs, err)
@@ -59,7 +71,10 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 		return errors.Join(errs...)
 	}
 	fault("teardown:address")
-	return env.Store.Delete(rec.ID)
+	env.mark("address")
+	err := env.Store.Delete(rec.ID)
+	env.mark("record")
+	return err
 }
 
 // deleteOwnedLink deletes the host link name if it carries alias: a link of
@@ -80,6 +95,11 @@ func deleteOwnedLink(name, alias string, unmarkedToo bool) error {
 		return fmt.Errorf("find link %s: %w", name, err)
 	}
 	if a := link.Attrs().Alias; a != alias && !(unmarkedToo && a == "" && link.Type() == "veth") {
+		return nil
+	}
+	// The container's netns is being destroyed (the usual poststop): the
+	// kernel removes the pair with it.
+	if netsetup.PeerNetnsDying(link) {
 		return nil
 	}
 	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {

@@ -34,13 +34,16 @@ type Record struct {
 	StartTime uint64 `json:"start_time,omitempty"`
 
 	// Endpoint, for bridge mode.
-	Bridge        string       `json:"bridge,omitempty"`
-	IP            netip.Addr   `json:"ip,omitzero"`
-	Subnet        netip.Prefix `json:"subnet,omitzero"`
-	Gateway       netip.Addr   `json:"gateway,omitzero"`
-	MAC           string       `json:"mac,omitempty"`
-	HostVeth      string       `json:"host_veth,omitempty"`
-	ContainerVeth string       `json:"container_veth,omitempty"`
+	Bridge   string       `json:"bridge,omitempty"`
+	IP       netip.Addr   `json:"ip,omitzero"`
+	Subnet   netip.Prefix `json:"subnet,omitzero"`
+	Gateway  netip.Addr   `json:"gateway,omitzero"`
+	MAC      string       `json:"mac,omitempty"`
+	HostVeth string       `json:"host_veth,omitempty"`
+	// PeerNSID is the container netns's id as the host sees it: teardown
+	// asks the kernel whether it still resolves, without touching links.
+	PeerNSID      *int   `json:"peer_nsid,omitempty"`
+	ContainerVeth string `json:"container_veth,omitempty"`
 
 	// Firewall is the backend that installed Rules.
 	Firewall string `json:"firewall,omitempty"`

@@ -125,7 +125,16 @@ func assertClean(t *testing.T, h *host) {
 // assertCleanLinks is assertClean without the firewall.
 func assertCleanLinks(t *testing.T, h *host) {
 	t.Helper()
-	if out := sandbox.Run(t, "ip", "-o", "link"); strings.Contains(out, "veth") {
+	// A veth whose container netns is being destroyed is removed by the
+	// kernel's cleanup, which teardown does not wait for: allow it a moment.
+	out := ""
+	for i := 0; i < 100; i++ {
+		if out = sandbox.Run(t, "ip", "-o", "link"); !strings.Contains(out, "veth") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if strings.Contains(out, "veth") {
 		t.Errorf("veth left:\n%s", out)
 	}
 	recs, _ := filepath.Glob(filepath.Join(h.stateDir, "containers", "*.json"))
