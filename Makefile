@@ -15,7 +15,7 @@ all: build
 build: $(BIN)
 
 $(BIN): $(GOFILES)
-	$(GO) build -trimpath -o $(BIN) ./hook
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./hook
 
 deps:
 	@scripts/deps.sh

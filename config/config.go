@@ -8,10 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"github.com/netshim/netshim/internal/ipv4"
+	"github.com/netshim/netshim/internal/names"
 	"io/fs"
 	"net/netip"
 	"os"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -386,12 +386,10 @@ func canonBridge(b *BridgeFile) (Network, error) {
 	return n, nil
 }
 
-var netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-
 // CheckNetworkName validates a user-defined network's name as Docker does.
 func CheckNetworkName(name string) error {
 	switch {
-	case !netNameRE.MatchString(name) || len(name) > 64:
+	case !names.Valid(name, "_.-", 64):
 		return fmt.Errorf("invalid network name %q: use letters, digits, '_', '.', '-', at most 64", name)
 	case name == DefaultNetwork || name == "host" || name == "none":
 		return fmt.Errorf("network name %q is reserved", name)

@@ -1,7 +1,7 @@
 package netsetup
 
 import (
-	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -30,41 +30,43 @@ func EphemeralRange() (int, int, error) {
 	return lo, hi, nil
 }
 
-// ListeningPorts returns the ports host processes listen on (TCP) or are
-// bound to (UDP) in the calling process's netns, IPv4 and IPv6.
-func ListeningPorts(proto string) (map[int]bool, error) {
-	out := map[int]bool{}
-	for _, suffix := range []string{"", "6"} {
-		path := "/proc/net/" + proto + suffix
-		f, err := os.Open(path)
+// PortInUse reports whether a host process holds proto/port in the calling
+// process's netns: a listening TCP socket, or a bound UDP socket, on any
+// address (IPv4 or IPv6). It asks the kernel directly by binding the
+// wildcard address; /proc/net/tcp would be read in full, which walks the
+// whole (machine-wide) socket hash and costs milliseconds.
+func PortInUse(proto string, port int) (bool, error) {
+	typ := unix.SOCK_STREAM
+	if proto == "udp" {
+		typ = unix.SOCK_DGRAM
+	}
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		fd, err := unix.Socket(fam, typ|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			if os.IsNotExist(err) {
+			if fam == unix.AF_INET6 {
 				continue // no IPv6
 			}
-			return nil, fmt.Errorf("read %s: %w", path, err)
+			return false, fmt.Errorf("probe port %d/%s: %w", port, proto, err)
 		}
-		sc := bufio.NewScanner(f)
-		sc.Scan() // header
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 4 {
-				continue
-			}
-			// TCP: only listeners (state 0A); UDP: every bound socket.
-			if proto == "tcp" && fields[3] != "0A" {
-				continue
-			}
-			_, portHex, ok := strings.Cut(fields[1], ":")
-			if !ok {
-				continue
-			}
-			if port, err := strconv.ParseUint(portHex, 16, 16); err == nil && port != 0 {
-				out[int(port)] = true
-			}
+		if typ == unix.SOCK_STREAM {
+			// Connections in TIME_WAIT do not count, only listeners.
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
 		}
-		f.Close()
+		var sa unix.Sockaddr = &unix.SockaddrInet4{Port: port}
+		if fam == unix.AF_INET6 {
+			unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+			sa = &unix.SockaddrInet6{Port: port}
+		}
+		err = unix.Bind(fd, sa)
+		unix.Close(fd)
+		switch {
+		case errors.Is(err, unix.EADDRINUSE):
+			return true, nil
+		case err != nil && !errors.Is(err, unix.EADDRNOTAVAIL):
+			return false, fmt.Errorf("probe port %d/%s: %w", port, proto, err)
+		}
 	}
-	return out, nil
+	return false, nil
 }
 
 // FlushUDPConntrack drops conntrack entries of UDP traffic to a host port,

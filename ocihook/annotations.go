@@ -3,11 +3,11 @@ package ocihook
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strings"
 
 	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/internal/names"
 )
 
 // Annotation keys (SPEC.md: per-container options).
@@ -199,12 +199,10 @@ func splitList(s string) []string {
 	return out
 }
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
-
 // CheckName validates a container name or alias as Docker does
 // ([a-zA-Z0-9][a-zA-Z0-9_.-]*), at most 128 characters.
 func CheckName(s string) error {
-	if !nameRE.MatchString(s) || len(s) > 128 {
+	if !names.Valid(s, "_.-", 128) {
 		return fmt.Errorf("invalid name %q: use letters, digits, '_', '.', '-', starting with a letter or digit", s)
 	}
 	return nil
@@ -247,8 +245,6 @@ func ParseLink(s string) (Link, error) {
 	return Link{Name: name, Alias: alias}, nil
 }
 
-var hostRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9_.-]*[a-zA-Z0-9])?$`)
-
 // ParseAddHost parses `host:ip`; `host-gateway` stands for the bridge address.
 func ParseAddHost(s string) (AddHost, error) {
 	host, ip, ok := strings.Cut(s, ":")
@@ -259,7 +255,7 @@ func ParseAddHost(s string) (AddHost, error) {
 	if !ok || host == "" || ip == "" {
 		return AddHost{}, fmt.Errorf("%q is not host:ip", s)
 	}
-	if !hostRE.MatchString(host) || len(host) > 253 {
+	if !names.Host(host) {
 		return AddHost{}, fmt.Errorf("%q: %q is not a host name", s, host)
 	}
 	if ip == "host-gateway" {

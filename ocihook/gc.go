@@ -81,7 +81,12 @@ func (env *Env) GC() ([]string, error) {
 		}
 		report = append(report, fmt.Sprintf("container %s (%s): %s; removed %s", r.ID, r.Name, why, describe(r)))
 	}
-	lines, err := env.rebuild(recs, live)
+	lines, err := env.gcIndexes(live)
+	report = append(report, lines...)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	lines, err = env.rebuild(recs, live)
 	report = append(report, lines...)
 	if err != nil {
 		errs = append(errs, err)
@@ -113,6 +118,43 @@ func describe(r *state.Record) string {
 		parts = append(parts, fmt.Sprintf("port %d/%s", p.HostPort, p.Proto))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// gcIndexes drops index entries of containers without a live record, and
+// restores the names of live ones.
+func (env *Env) gcIndexes(live map[string]bool) ([]string, error) {
+	var report []string
+	ids, err := env.Store.Creating()
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		if !live[id] {
+			if err := env.Store.UnmarkCreating(id); err != nil {
+				return report, err
+			}
+		}
+	}
+	names, err := env.Store.Names()
+	if err != nil {
+		return report, err
+	}
+	for name, id := range names {
+		if !live[id] {
+			if err := env.Store.DropName(name, id); err != nil {
+				return report, err
+			}
+		}
+	}
+	for id := range live {
+		if rec, ok, err := env.Store.Get(id); err == nil && ok {
+			if _, held, _ := env.Store.NameOwner(rec.Name); !held {
+				env.Store.SetName(rec.Name, rec.ID)
+				report = append(report, fmt.Sprintf("name %s of %s, restored", rec.Name, rec.ID))
+			}
+		}
+	}
+	return report, nil
 }
 
 // rebuild restores, from the live records, allocations and port

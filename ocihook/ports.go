@@ -34,17 +34,7 @@ func (env *Env) allocatePorts(id, name string, reqs []PortRequest, idx *state.Po
 			return nil, err
 		}
 	}
-	listening := map[string]map[int]bool{}
-	inUse := func(proto string, port int) (bool, error) {
-		if listening[proto] == nil {
-			l, err := netsetup.ListeningPorts(proto)
-			if err != nil {
-				return false, err
-			}
-			listening[proto] = l
-		}
-		return listening[proto][port], nil
-	}
+	inUse := netsetup.PortInUse
 	var out []state.Port
 	for _, r := range reqs {
 		first, last := r.HostLo, r.HostHi

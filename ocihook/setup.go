@@ -96,27 +96,34 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 			return name, fmt.Errorf("clean up earlier setup of %s: %w", st.ID, err)
 		}
 	}
-	others, errs := env.Store.List()
-	if len(errs) > 0 {
-		return name, errs[0]
+	// Under the lock no setup is in flight: one still marked as creating
+	// was killed. Undo it now (the directory is normally empty).
+	crashed, err := env.Store.Creating()
+	if err != nil {
+		return name, err
 	}
-	live := others[:0]
-	for _, o := range others {
-		// Under the lock no setup is in flight: a record still being
-		// created belongs to a setup that was killed. Undo it now.
-		if o.Phase != state.PhaseReady && o.ID != st.ID {
+	for _, id := range crashed {
+		if id == st.ID {
+			continue
+		}
+		o, ok, err := env.Store.Get(id)
+		switch {
+		case err != nil:
+			return name, err
+		case ok && o.Phase != state.PhaseReady:
 			if err := env.teardownLocked(o); err != nil {
 				return name, fmt.Errorf("clean up crashed setup of %s: %w", o.ID, err)
 			}
-			continue
+		default: // killed after the record was ready, or before it existed
+			if err := env.Store.UnmarkCreating(id); err != nil {
+				return name, err
+			}
 		}
-		live = append(live, o)
 	}
-	others = live
-	for _, o := range others {
-		if o.Name == name && o.ID != st.ID {
-			return name, fmt.Errorf("container name %q is already in use by container %s", name, o.ID)
-		}
+	if o, taken, err := env.Store.NameOwner(name); err != nil {
+		return name, err
+	} else if taken && o.ID != st.ID {
+		return name, fmt.Errorf("container name %q is already in use by container %s", name, o.ID)
 	}
 
 	rec := &state.Record{
@@ -127,7 +134,10 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 		rec.Mode, rec.Network = ModeBridge, opts.Network
 	}
 	env.mark("records")
-	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh, others: others}
+	if err := env.Store.MarkCreating(rec.ID); err != nil {
+		return name, err
+	}
+	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh}
 	if err := c.run(); err != nil {
 		if rerr := env.teardownLocked(rec); rerr != nil {
 			return name, fmt.Errorf("%w (and undoing it: %v)", err, rerr)
@@ -152,7 +162,6 @@ type setupCtx struct {
 	rec    *state.Record
 	rootfs string
 	ns     netns.NsHandle
-	others []*state.Record
 }
 
 func (c *setupCtx) run() error {
@@ -160,6 +169,9 @@ func (c *setupCtx) run() error {
 	var resolv netsetup.ResolvSpec
 	switch c.rec.Mode {
 	case ModeHost:
+		if err := c.env.Store.SetName(c.rec.Name, c.rec.ID); err != nil {
+			return err
+		}
 		base, err := os.ReadFile("/etc/hosts")
 		if err != nil {
 			return fmt.Errorf("read host /etc/hosts: %w", err)
@@ -168,6 +180,9 @@ func (c *setupCtx) run() error {
 		resolv = netsetup.ResolvSpec{KeepLoopback: true}
 	case ModeNone:
 		if err := c.env.Store.Put(c.rec); err != nil {
+			return err
+		}
+		if err := c.env.Store.SetName(c.rec.Name, c.rec.ID); err != nil {
 			return err
 		}
 		ch, err := netlink.NewHandleAt(c.ns)
@@ -227,7 +242,10 @@ func (c *setupCtx) run() error {
 	fault("setup:files")
 	c.env.mark("files")
 	c.rec.Phase = state.PhaseReady
-	err := c.env.Store.Put(c.rec)
+	if err := c.env.Store.Put(c.rec); err != nil {
+		return err
+	}
+	err := c.env.Store.UnmarkCreating(c.rec.ID)
 	c.env.mark("ready")
 	return err
 }
@@ -290,8 +308,11 @@ func (c *setupCtx) bridge() error {
 	rec.MAC = netsetup.MACFor(ip).String()
 	rec.HostVeth, rec.ContainerVeth = netsetup.RandomVethName(), netsetup.ContainerIfName
 	for _, l := range c.opts.Links {
-		target := findRunning(c.others, l.Name)
-		if target == nil || target.Mode != ModeBridge || target.Network != rec.Network {
+		target, ok, err := env.Store.NameOwner(l.Name)
+		if err != nil {
+			return err
+		}
+		if !ok || target.Phase != state.PhaseReady || target.Mode != ModeBridge || target.Network != rec.Network {
 			return fmt.Errorf("link %s:%s: no running container named %q on network %s", l.Name, l.Alias, l.Name, rec.Network)
 		}
 		rec.Links = append(rec.Links, state.Link{Name: target.Name, Alias: l.Alias, IP: target.IP})
@@ -325,6 +346,9 @@ func (c *setupCtx) bridge() error {
 	// first, so that a crash after it leaves something that names the
 	// address, the ports and the veth.
 	if err := env.Store.Put(rec); err != nil {
+		return err
+	}
+	if err := env.Store.SetName(rec.Name, rec.ID); err != nil {
 		return err
 	}
 	fault("setup:record")
@@ -465,15 +489,6 @@ func (env *Env) chooseSubnet(host *netlink.Handle, def *config.Network, ns *stat
 		return fmt.Errorf("network %s: %w", def.Name, err)
 	}
 	ns.Subnet, ns.Gateway = p, p.Addr().Next()
-	return nil
-}
-
-func findRunning(recs []*state.Record, name string) *state.Record {
-	for _, r := range recs {
-		if (r.Name == name || r.ID == name) && r.Phase == state.PhaseReady {
-			return r
-		}
-	}
 	return nil
 }
 

@@ -72,6 +72,12 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	}
 	fault("teardown:address")
 	env.mark("address")
+	if err := env.Store.DropName(rec.Name, rec.ID); err != nil {
+		return err
+	}
+	if err := env.Store.UnmarkCreating(rec.ID); err != nil {
+		return err
+	}
 	err := env.Store.Delete(rec.ID)
 	env.mark("record")
 	return err

@@ -11,12 +11,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/internal/names"
 )
 
 // Store is the state directory.
@@ -102,18 +103,23 @@ func readJSON(path string, v any) error {
 	return nil
 }
 
-// writeJSON writes v to path atomically: a temp file in the same directory,
-// fsync, rename.
+// writeJSON writes v to path atomically.
 func writeJSON(path string, v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", path, err)
 	}
+	return writeFile(path, append(data, '\n'))
+}
+
+// writeFile writes path atomically: a temp file in the same directory,
+// fsync, rename.
+func writeFile(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	_, werr := tmp.Write(append(data, '\n'))
+	_, werr := tmp.Write(data)
 	if werr == nil {
 		werr = tmp.Sync()
 	}
@@ -130,11 +136,9 @@ func writeJSON(path string, v any) error {
 	return nil
 }
 
-var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$`)
-
 // CheckID validates an OCI container id for use as a file name.
 func CheckID(id string) error {
-	if !idRE.MatchString(id) {
+	if !names.Valid(id, "_.+-", 128) {
 		return fmt.Errorf("invalid container id %q: use letters, digits, '_', '.', '+', '-', at most 128", id)
 	}
 	return nil

@@ -1,0 +1,240 @@
+// Command bench measures, in one run on one machine, the per-container
+// setup and teardown latency of netshim (both firewall backends), the CNI
+// reference plugins (bridge + host-local + portmap, through cnitool) and
+// netavark, for N containers (processes in fresh netns) with one published
+// port each; and `runc run` of a container that exits at once, with netshim
+// and without networking. It must run as root inside a throwaway network
+// and mount namespace: `make bench` does that.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	flagN       = flag.String("n", "20,1000", "container counts")
+	flagOut     = flag.String("out", "bench", "where results.md and latency.png go")
+	flagNetshim = flag.String("netshim", "bin/netshim", "netshim binary")
+	flagCNI     = flag.String("cni", "bench/out/bin", "directory of the CNI plugins and cnitool")
+	flagRuns    = flag.Int("runc-runs", 20, "runc run repetitions")
+	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,cni,netavark", "tools to measure")
+)
+
+// container is a process in a fresh netns standing in for a container.
+type container struct {
+	i    int
+	id   string
+	cmd  *exec.Cmd
+	pid  int
+	dir  string // bundle
+	port int
+}
+
+func (c *container) netns() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid) }
+
+// tool is one implementation under test.
+type tool interface {
+	name() string
+	// available says why the tool cannot run, or "".
+	available() string
+	prepare(work string) error
+	setup(c *container) error
+	teardown(c *container) error
+	cleanup()
+}
+
+// sample is the latencies of one tool at one N.
+type sample struct {
+	tool     string
+	n        int
+	setup    []time.Duration
+	teardown []time.Duration
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	idx := int(p * float64(len(s)-1))
+	return s[idx]
+}
+
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func spawn(n int, work string) ([]*container, error) {
+	self, _ := os.Readlink("/proc/self/ns/net")
+	cs := make([]*container, n)
+	for i := range cs {
+		cmd := exec.Command("unshare", "-n", "sleep", "100000")
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		dir := filepath.Join(work, fmt.Sprintf("b%d", i))
+		os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
+		cs[i] = &container{i: i, id: fmt.Sprintf("bench%04d", i), cmd: cmd, pid: cmd.Process.Pid, dir: dir, port: 20000 + i}
+	}
+	for _, c := range cs {
+		for k := 0; k < 500; k++ {
+			ns, _ := os.Readlink(c.netns())
+			exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c.pid))
+			if ns != self && strings.HasSuffix(exe, "/sleep") {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return cs, nil
+}
+
+func reap(cs []*container) {
+	for _, c := range cs {
+		if c.cmd.ProcessState == nil {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+		}
+	}
+}
+
+// measure runs setup for every container, then teardown for every one.
+// With afterExit the container's process is killed before its teardown,
+// as a runtime's poststop comes after the container has exited.
+func measure(t tool, n int, work string, afterExit bool) (*sample, error) {
+	dir := filepath.Join(work, fmt.Sprintf("%s-%d-%v", t.name(), n, afterExit))
+	os.MkdirAll(dir, 0o755)
+	if err := t.prepare(dir); err != nil {
+		return nil, err
+	}
+	defer t.cleanup()
+	cs, err := spawn(n, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer reap(cs)
+	name := t.name()
+	if afterExit {
+		name += " (teardown after exit)"
+	}
+	s := &sample{tool: name, n: n}
+	for _, c := range cs {
+		start := time.Now()
+		if err := t.setup(c); err != nil {
+			return nil, fmt.Errorf("%s setup %d: %w", t.name(), c.i, err)
+		}
+		s.setup = append(s.setup, time.Since(start))
+	}
+	for _, c := range cs {
+		if afterExit {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+		}
+		start := time.Now()
+		if err := t.teardown(c); err != nil {
+			return nil, fmt.Errorf("%s teardown %d: %w", t.name(), c.i, err)
+		}
+		s.teardown = append(s.teardown, time.Since(start))
+	}
+	return s, nil
+}
+
+func main() {
+	flag.Parse()
+	if self, init := mustReadlink("/proc/self/ns/net"), mustReadlink("/proc/1/ns/net"); self == init {
+		fmt.Fprintln(os.Stderr, "bench: refusing to run in the machine's own network namespace; use make bench")
+		os.Exit(2)
+	}
+	if err := unix.Mount("tmpfs", "/run", "tmpfs", 0, "mode=755"); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: mount /run:", err)
+		os.Exit(2)
+	}
+	run("ip", "link", "set", "lo", "up")
+	work, _ := os.MkdirTemp("", "netshim-bench")
+	defer os.RemoveAll(work)
+	netshim, _ := filepath.Abs(*flagNetshim)
+	cniDir, _ := filepath.Abs(*flagCNI)
+	all := map[string]tool{
+		"netshim-nftables": &netshimTool{bin: netshim, backend: "nftables"},
+		"netshim-iptables": &netshimTool{bin: netshim, backend: "iptables"},
+		"cni":              &cniTool{dir: cniDir},
+		"netavark":         &netavarkTool{},
+	}
+	var ns []int
+	for _, f := range strings.Split(*flagN, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -n:", err)
+			os.Exit(2)
+		}
+		ns = append(ns, n)
+	}
+	var samples []*sample
+	var skipped []string
+	for _, name := range strings.Split(*flagTools, ",") {
+		t := all[name]
+		if t == nil {
+			fmt.Fprintln(os.Stderr, "bench: unknown tool", name)
+			os.Exit(2)
+		}
+		if why := t.available(); why != "" {
+			skipped = append(skipped, fmt.Sprintf("%s: %s", name, why))
+			fmt.Printf("skip %s: %s\n", name, why)
+			continue
+		}
+		for _, n := range ns {
+			modes := []bool{false}
+			if name == "netshim-nftables" {
+				modes = append(modes, true)
+			}
+			for _, afterExit := range modes {
+				fmt.Printf("measuring %s, N=%d%s ...\n", name, n, map[bool]string{true: ", teardown after exit"}[afterExit])
+				s, err := measure(t, n, work, afterExit)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "bench:", err)
+					os.Exit(1)
+				}
+				samples = append(samples, s)
+				fmt.Printf("  setup p50 %v  teardown p50 %v\n", pct(s.setup, .5).Round(10*time.Microsecond), pct(s.teardown, .5).Round(10*time.Microsecond))
+			}
+		}
+	}
+	fmt.Println("measuring runc run ...")
+	rr, err := runcRuns(netshim, work, *flagRuns)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: runc:", err)
+		os.Exit(1)
+	}
+	report := render(samples, rr, skipped, ns)
+	fmt.Print(report)
+	os.MkdirAll(*flagOut, 0o755)
+	if err := os.WriteFile(filepath.Join(*flagOut, "results.md"), []byte(report), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	if err := chart(samples, ns, filepath.Join(*flagOut, "latency.png")); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: chart:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("wrote %s and %s\n", filepath.Join(*flagOut, "results.md"), filepath.Join(*flagOut, "latency.png"))
+}
+
+func mustReadlink(p string) string {
+	s, _ := os.Readlink(p)
+	return s
+}
