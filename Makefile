@@ -8,7 +8,7 @@ PREFIX  ?= /usr/local
 HOOKSD  ?= /usr/share/containers/oci/hooks.d
 GOFILES := $(shell find . -name '*.go' -not -path './bench/out/*') go.mod go.sum
 
-.PHONY: all build deps test unit demo install uninstall vet clean fuzz soak
+.PHONY: all build deps test unit demo install uninstall vet clean fuzz soak bench
 
 all: build
 
@@ -48,8 +48,16 @@ SOAK_CYCLES ?= 1000
 soak: deps build
 	NETSHIM_BIN=$(CURDIR)/$(BIN) NETSHIM_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -timeout 30m -run '^TestSoak$$' -v ./test | grep -v '^    | ===' | tail -5
 
+# The benchmark against the CNI plugins and netavark, in a throwaway netns;
+# writes bench/results.md and bench/latency.png.
+BENCH_N ?= 20,1000
+bench: deps build
+	@scripts/bench-peers.sh
+	$(GO) build -o bench/out/bench ./bench
+	unshare --net --mount --propagation private -- bench/out/bench -n $(BENCH_N) -netshim $(BIN) -cni bench/out/bin -out bench
+
 demo: deps build
-	@NETSHIM_BIN=$(CURDIR)/$(BIN) unshare --net --mount --propagation private -- examples/demo.sh
+	@NETSHIM_BIN=$(CURDIR)/$(BIN) examples/demo.sh
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/netshim

@@ -92,7 +92,7 @@ it runs as a createRuntime and poststop hook.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), dnsServeCmd(g))
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), doctorCmd(g), dnsServeCmd(g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError
@@ -183,6 +183,35 @@ Safe to run at any time, and after a crash or reboot.`,
 				fmt.Fprintln(g.stdout, l)
 			}
 			return err
+		},
+	}
+}
+
+func doctorCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the host: forwarding, bridge netfilter, firewall backends, subnet collisions",
+		Example: `  netshim doctor
+  netshim --config /etc/netshim/netshim.toml doctor`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			failed := 0
+			for _, c := range env.Doctor() {
+				mark := "ok  "
+				if !c.OK {
+					mark = "FAIL"
+					failed++
+				}
+				fmt.Fprintf(g.stdout, "%s %-18s %s\n", mark, c.Name, c.Detail)
+			}
+			if failed > 0 {
+				return &exitError{code: 1, err: fmt.Errorf("doctor: %d checks failed", failed)}
+			}
+			return nil
 		},
 	}
 }

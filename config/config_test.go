@@ -139,3 +139,16 @@ func TestLoadFile(t *testing.T) {
 		t.Fatalf("%v %+v", err, c)
 	}
 }
+
+// Every example config in examples/ loads.
+func TestExamples(t *testing.T) {
+	files, _ := filepath.Glob("../examples/*.toml")
+	if len(files) < 3 {
+		t.Fatalf("examples: %v", files)
+	}
+	for _, f := range files {
+		if _, err := Load(f, true); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}

@@ -16,6 +16,12 @@ check ip iproute2
 check ping iputils-ping
 check unshare util-linux
 check conntrack conntrack
+check curl curl
+check crun crun
+check podman podman
+check python3 python3
+check redis-server redis-server
+check redis-cli redis-tools
 for extra in "$@"; do
 	cmd=${extra%%:*} pkg=${extra#*:}
 	check "$cmd" "$pkg"

@@ -61,12 +61,14 @@ type host struct {
 	config   string
 	stateDir string
 	runcRoot string
+	// runtime is the OCI runtime the containers run under: runc or crun.
+	runtime string
 }
 
 // newHost makes a config (TOML text, may be empty) and state dir for a test.
 func newHost(t *testing.T, toml string) *host {
 	dir := t.TempDir()
-	h := &host{t: t, dir: dir, config: filepath.Join(dir, "netshim.toml"), stateDir: filepath.Join(dir, "state"), runcRoot: filepath.Join(dir, "runc")}
+	h := &host{t: t, dir: dir, config: filepath.Join(dir, "netshim.toml"), stateDir: filepath.Join(dir, "state"), runcRoot: filepath.Join(dir, "runc"), runtime: "runc"}
 	if err := os.WriteFile(h.config, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -188,9 +190,9 @@ func uniqueID(t *testing.T, name string) string {
 	return fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%1e9)
 }
 
-// runc runs the runtime with this host's root.
+// runc runs the runtime (runc, or crun) with this host's root.
 func (h *host) runc(args ...string) (string, error) {
-	cmd := exec.Command("runc", append([]string{"--root", h.runcRoot}, args...)...)
+	cmd := exec.Command(h.runtime, append([]string{"--root", h.runcRoot}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -202,11 +204,11 @@ func (c *container) start() error {
 		return err
 	}
 	defer log.Close()
-	cmd := exec.Command("runc", "--root", c.h.runcRoot, "run", "-d", "--bundle", c.bundle, c.id)
+	cmd := exec.Command(c.h.runtime, "--root", c.h.runcRoot, "run", "-d", "--bundle", c.bundle, c.id)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Run(); err != nil {
 		out, _ := os.ReadFile(log.Name())
-		return fmt.Errorf("runc run %s: %v: %s", c.id, err, out)
+		return fmt.Errorf("%s run %s: %v: %s", c.h.runtime, c.id, err, out)
 	}
 	return nil
 }

@@ -1,0 +1,109 @@
+package ocihook
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/netsetup"
+)
+
+// Check is one line of `netshim doctor`.
+type Check struct {
+	Name   string
+	OK     bool
+	Detail string
+}
+
+func sysctlValue(name string) string {
+	data, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(name, ".", "/"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// Doctor inspects the host for what netshim needs and what gets in its way.
+func (env *Env) Doctor() []Check {
+	var out []Check
+	fwd := sysctlValue("net.ipv4.ip_forward")
+	out = append(out, Check{"ip_forward", true, map[bool]string{true: "net.ipv4.ip_forward = 1",
+		false: "net.ipv4.ip_forward = " + fwd + " (netshim sets it to 1 at the first bridge setup)"}[fwd == "1"]})
+	brnf := sysctlValue("net.bridge.bridge-nf-call-iptables")
+	switch brnf {
+	case "":
+		out = append(out, Check{"bridge netfilter", true, "br_netfilter is not active: bridged traffic skips the ip firewall hooks"})
+	default:
+		out = append(out, Check{"bridge netfilter", true, "net.bridge.bridge-nf-call-iptables = " + brnf +
+			" (bridged traffic goes through the ip firewall hooks; netshim sets hairpin on its ports for this)"})
+	}
+	c, err := nftables.New()
+	if err == nil {
+		_, err = c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	}
+	if err != nil {
+		out = append(out, Check{"nftables backend", false, "netlink to nf_tables failed: " + err.Error()})
+	} else {
+		detail := "works (netlink to nf_tables)"
+		if ch, err := c.ListChain(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "filter"}, "FORWARD"); err == nil && ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop {
+			detail += "; iptables' FORWARD policy is DROP: netshim adds per-network accepts there"
+		}
+		out = append(out, Check{"nftables backend", true, detail})
+	}
+	if path, err := exec.LookPath("iptables"); err != nil {
+		out = append(out, Check{"iptables backend", false, "iptables is not installed (apt-get install iptables)"})
+	} else if b, err := exec.Command(path, "-w", "-t", "nat", "-S", "POSTROUTING").CombinedOutput(); err != nil {
+		out = append(out, Check{"iptables backend", false, "iptables -t nat fails: " + strings.TrimSpace(string(b))})
+	} else {
+		ver, _ := exec.Command(path, "--version").Output()
+		out = append(out, Check{"iptables backend", true, "works (" + strings.TrimSpace(string(ver)) + ")"})
+	}
+	if b, err := exec.Command("iptables", "-w", "-S", "FORWARD").Output(); err == nil {
+		policy := strings.SplitN(string(b), "\n", 2)[0]
+		out = append(out, Check{"FORWARD policy", true, strings.TrimPrefix(policy, "-P FORWARD ")})
+	}
+	out = append(out, Check{"firewall in use", true, env.Config.Firewall})
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return append(out, Check{"host routes", false, err.Error()})
+	}
+	defer h.Close()
+	nets, err := env.UserNetworks()
+	if err != nil {
+		return append(out, Check{"networks", false, err.Error()})
+	}
+	bridges := []string{env.Config.Bridge.Bridge}
+	subnets := map[string]netip.Prefix{}
+	if s, err := env.Store.GetNet(env.Config.Bridge.Name); err == nil && s != nil && s.Subnet.IsValid() {
+		subnets["bridge"] = s.Subnet
+	} else if env.Config.Bridge.Subnet.IsValid() {
+		subnets["bridge"] = env.Config.Bridge.Subnet
+	}
+	for _, n := range nets {
+		bridges = append(bridges, n.Bridge)
+		subnets[n.Name] = n.Subnet
+	}
+	host, err := netsetup.HostPrefixes(h, bridges...)
+	if err != nil {
+		return append(out, Check{"host routes", false, err.Error()})
+	}
+	clash := false
+	for name, p := range subnets {
+		for _, hp := range host {
+			if hp.Overlaps(p) {
+				clash = true
+				out = append(out, Check{"subnet " + name, false, fmt.Sprintf("%s collides with %s, an address or route of the host", p, hp)})
+			}
+		}
+	}
+	if !clash {
+		out = append(out, Check{"subnets", true, fmt.Sprintf("%d network subnets, none collides with a host address or route", len(subnets))})
+	}
+	return out
+}

@@ -1,0 +1,83 @@
+package test
+
+import (
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/netshim/netshim/internal/sandbox"
+)
+
+// runExample runs a script of examples/ in this test's sandbox.
+func runExample(t *testing.T, script string) string {
+	cmd := exec.Command("bash", "../examples/"+script)
+	cmd.Env = append(cmd.Environ(), "NETSHIM_BIN="+netshimBin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// The seed walkthrough runs green and shows every view of the seed.
+func TestSeedWalkthrough(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	out := runExample(t, "seed-walkthrough.sh")
+	for what, re := range map[string]string{
+		"bridge and its veth ports": `netshim0\s+no\s+veth[0-9a-f]{7} veth[0-9a-f]{7}`,
+		"bridge address":            `inet 172\.17\.0\.1/16 brd 172\.17\.255\.255`,
+		"container ip a":            `eth0@if\d+:[^\n]*\n\s+link/ether 02:42:ac:11:00:03[^\n]*\n\s+inet 172\.17\.0\.3/16`,
+		"MASQUERADE row":            `MASQUERADE\s+(all|0)\s+--\s+\*\s+!netshim0\s+172\.17\.0\.0/16`,
+		"DNAT row for -P":           `DNAT\s+(tcp|6)\s+--\s+\*\s+\*\s+0\.0\.0\.0/0\s+0\.0\.0\.0/0\s+tcp dpt:32768 to:172\.17\.0\.4:80`,
+		"-P answering":              `GET 127\.0\.0\.1:32768 -> hello from nginx-P`,
+		"DNAT row for -p 80:80":     `tcp dpt:80 to:172\.17\.0\.5:80`,
+		"-p 80:80 answering":        `GET 127\.0\.0\.1:80 -> hello from nginx-80`,
+		"link in /etc/hosts":        `172\.17\.0\.6\tdb_wordpress\n`,
+		"DNS on a user network":     `Name:\s+wp-db\nAddress:\s+172\.18\.0\.2`,
+		"host mode":                 `(?m)^uplink@|^netshim0:`,
+		"none mode":                 `1: lo: <LOOPBACK,UP,LOWER_UP>[^\n]*\n(\s+[^\n]*\n){2,4}\n`,
+		"net0":                      `"Subnet": "172\.100\.0\.0/16"[\s\S]*inet 172\.100\.0\.1/16[\s\S]*inet 172\.100\.0\.2/16`,
+		"networks isolated":         `net0 cannot reach wp-net: isolated`,
+		"nothing left":              `veths left: 0; netshim rules left: 0`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("walkthrough output lacks %s (%s)", what, re)
+		}
+	}
+	if t.Failed() {
+		t.Log(out)
+	}
+}
+
+// Host programs in containers: Redis reached by name on a user network,
+// an HTTP server published with -p.
+func TestRealApplication(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	out := runExample(t, "real-app.sh")
+	if strings.HasPrefix(out, "SKIP: ") {
+		t.Skip(strings.TrimSpace(out))
+	}
+	for _, want := range []string{"redis-cli -h cache ping -> PONG", "redis-cli -h cache get greeting -> hello from redis", "GET 127.0.0.1:8080 -> hello from python"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("real-app output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// The demo (make demo) runs green.
+func TestDemo(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	out := runExample(t, "demo.sh")
+	for _, want := range []string{"inet 172.17.0.2/16", "link/ether 02:42:ac:11:00:03", "172.17.0.2\tdatabase db", "0% packet loss", "veths left: 0; netshim rules left: 0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}

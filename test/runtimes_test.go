@@ -1,0 +1,147 @@
+package test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/internal/sandbox"
+)
+
+// need skips the test when a runtime is missing; make test installs them,
+// so in CI this never skips.
+func need(t *testing.T, bins ...string) {
+	for _, b := range bins {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Fatalf("%s is not installed (make test installs it)", b)
+		}
+	}
+}
+
+// crun: the same acceptance as runc (address, ping, a published port from
+// the upstream, clean teardown). crun reports "created" to createRuntime.
+func TestCrun(t *testing.T) {
+	need(t, "crun")
+	if !sandbox.Enter(t) {
+		return
+	}
+	// crun refuses cgroup v1+v2 hybrid hosts; without the unified mount (in
+	// this private mount namespace only) it uses v1.
+	unix.Unmount("/sys/fs/cgroup/unified", unix.MNT_DETACH)
+	up := sandbox.Uplink(t)
+	h := newHost(t, "")
+	h.runtime = "crun"
+	web := h.webBundle("web", "-p", "8080:80").mustStart().waitHTTP()
+	cl := h.newBundle(uniqueID(t, "cl"), sleeper, "--name", "cl").mustStart()
+	if out := web.mustExec("ip", "addr", "show", "eth0"); !strings.Contains(out, "inet 172.17.0.2/16") || !strings.Contains(out, "02:42:ac:11:00:02") {
+		t.Errorf("web eth0:\n%s", out)
+	}
+	cl.mustExec("ping", "-c1", "-W2", "172.17.0.2")
+	cl.mustExec("ping", "-c1", "-W2", "203.0.113.1")
+	if body, err := httpGet(up, "198.51.100.1:8080"); err != nil || body != "hello from web\n" {
+		t.Errorf("published port: %q %v", body, err)
+	}
+	web.stop()
+	cl.stop()
+	assertClean(t, h)
+	log, _ := os.ReadFile(filepath.Join(h.stateDir, "hook.log"))
+	if !strings.Contains(string(log), "name=web stage=createRuntime") {
+		t.Errorf("hook.log:\n%s", log)
+	}
+}
+
+// crun hides a hook's stderr; the failure is in the state dir's log with
+// the container id.
+func TestCrunFailureLogged(t *testing.T) {
+	need(t, "crun")
+	if !sandbox.Enter(t) {
+		return
+	}
+	unix.Unmount("/sys/fs/cgroup/unified", unix.MNT_DETACH)
+	h := newHost(t, "")
+	h.runtime = "crun"
+	c := h.newBundle(uniqueID(t, "bad"), sleeper, "--name", "bad", "--ip", "10.9.9.9")
+	if err := c.start(); err == nil {
+		t.Fatal("started with an address outside the subnet")
+	}
+	c.stop()
+	log, _ := os.ReadFile(filepath.Join(h.stateDir, "hook.log"))
+	if !strings.Contains(string(log), "id="+c.id+" name=bad stage=createRuntime") || !strings.Contains(string(log), "error: address 10.9.9.9 on network bridge: outside subnet") {
+		t.Errorf("hook.log lacks the failure:\n%s", log)
+	}
+	assertClean(t, h)
+}
+
+// Podman with its hooks.d: Podman makes the netns (--network none), netshim
+// wires it from the annotation, and Podman runs the poststop itself, with
+// an empty environment and the bundle as cwd.
+func TestPodman(t *testing.T) {
+	need(t, "podman")
+	if !sandbox.Enter(t) {
+		return
+	}
+	up := sandbox.Uplink(t)
+	h := newHost(t, "")
+	hooks := filepath.Join(h.dir, "hooks.d")
+	os.MkdirAll(hooks, 0o755)
+	hookFile := map[string]any{
+		"version": "1.0.0",
+		"hook": map[string]any{
+			"path":    netshimBin,
+			"args":    []string{"netshim", "--config", h.config, "--state-dir", h.stateDir, "hook"},
+			"env":     []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
+			"timeout": 30,
+		},
+		"when":   map[string]any{"annotations": map[string]string{"^netshim/network$": ".*"}},
+		"stages": []string{"createRuntime", "poststop"},
+	}
+	data, _ := json.Marshal(hookFile)
+	os.WriteFile(filepath.Join(hooks, "netshim.json"), data, 0o644)
+	rootfs := filepath.Join(h.dir, "rootfs")
+	busyboxRootfs(t, rootfs)
+	os.MkdirAll(filepath.Join(rootfs, "www"), 0o755)
+	os.WriteFile(filepath.Join(rootfs, "www", "index.html"), []byte("hello from podman\n"), 0o644)
+	podman := func(args ...string) (string, error) {
+		base := []string{"--root", filepath.Join(h.dir, "storage"), "--runroot", filepath.Join(h.dir, "runroot"),
+			"--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "none"}
+		out, err := exec.Command("podman", append(base, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := podman("run", "-d", "--name", "pweb", "--hooks-dir", hooks, "--network", "none",
+		"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--cap-add", "NET_RAW",
+		"--annotation", "netshim/network=bridge", "--annotation", "netshim/publish=8080:80",
+		"--rootfs", rootfs, "httpd", "-f", "-p", "80", "-h", "/www")
+	if err != nil {
+		t.Fatalf("podman run: %v\n%s", err, out)
+	}
+	defer podman("rm", "-f", "pweb")
+	if out, err := podman("exec", "pweb", "ip", "addr", "show", "eth0"); err != nil || !strings.Contains(out, "inet 172.17.0.2/16") {
+		t.Errorf("podman container eth0: %v\n%s", err, out)
+	}
+	if out, err := podman("exec", "pweb", "ping", "-c1", "-W2", "172.17.0.1"); err != nil {
+		t.Errorf("ping gateway: %v\n%s", err, out)
+	}
+	var body string
+	for i := 0; i < 50; i++ {
+		if body, err = httpGet(up, "198.51.100.1:8080"); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if body != "hello from podman\n" {
+		t.Errorf("published port: %q %v", body, err)
+	}
+	if out := h.mustNetshim("ps"); !strings.Contains(out, "0.0.0.0:8080->80/tcp") {
+		t.Errorf("ps:\n%s", out)
+	}
+	if out, err := podman("rm", "-f", "pweb"); err != nil {
+		t.Fatalf("podman rm: %v\n%s", err, out)
+	}
+	assertClean(t, h)
+}
