@@ -20,8 +20,10 @@ $(BIN): $(GOFILES)
 deps:
 	@scripts/deps.sh
 
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 vet:
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # Every test, privileged ones included: each of those runs in a network and

@@ -3,7 +3,6 @@
 package test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -300,14 +299,4 @@ func acceptRemote(l net.Listener, timeout time.Duration) (string, error) {
 	case <-time.After(timeout):
 		return "", fmt.Errorf("no connection within %s", timeout)
 	}
-}
-
-// sh runs a shell command in the sandbox and returns its output.
-func sh(t *testing.T, script string) string {
-	t.Helper()
-	out, err := exec.CommandContext(context.Background(), "sh", "-c", script).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", script, err, out)
-	}
-	return string(out)
 }
