@@ -253,9 +253,9 @@ func (b *Iptables) AddPorts(p PortRules) error {
 	if len(p.Ports) == 0 {
 		return nil
 	}
-	if err := b.ensureShared(false); err != nil {
-		return err
-	}
+	// Our chains and the jumps to them came with the network's rules,
+	// which setup installs first: every iptables run reads the whole
+	// ruleset, so checking them again would cost per container.
 	for _, r := range iptPortRules(p) {
 		if err := b.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
 			return fmt.Errorf("iptables: add %s: %w", r.object(), err)
