@@ -84,12 +84,12 @@ func networkLsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "ID\tNAME\tDRIVER\tSUBNET")
 			if info, err := env.InspectNetwork(config.DefaultNetwork); err == nil {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(info.ID), info.Name, "bridge", orDash(info.Subnet))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(info.ID), info.Name, "bridge", orDash(info.Subnet))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(config.NetworkID("host")), "host", "host", "-")
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(config.NetworkID("none")), "none", "null", "-")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(config.NetworkID("host")), "host", "host", "-")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(config.NetworkID("none")), "none", "null", "-")
 			for _, n := range nets {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(n.ID), n.Name, "bridge", n.Subnet)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(n.ID), n.Name, "bridge", n.Subnet)
 			}
 			return tw.Flush()
 		},

@@ -9,15 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/netshim/netshim/ocihook"
 	"github.com/netshim/netshim/state"
 )
-
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
 
 func psCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
@@ -46,7 +40,7 @@ func psCmd(g *globals) *cobra.Command {
 				if mac == "" {
 					mac = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", shortID(r.ID), r.Name, network, ip, mac, psPorts(r.Ports))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ocihook.ShortID(r.ID), r.Name, network, ip, mac, psPorts(r.Ports))
 			}
 			tw.Flush()
 			if len(errs) > 0 {

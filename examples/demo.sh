@@ -18,10 +18,7 @@ start web
 ns ps
 
 say "the bridge and its veth ports (brctl show)"
-printf '%-12s %-14s %s\n' "bridge name" "STP enabled" "interfaces"
-stp=$(ip -d link show netshim0 | grep -o 'stp_state [0-9]' | cut -d' ' -f2)
-printf '%-12s %-14s %s\n' netshim0 "$([ "$stp" = 0 ] && echo no || echo yes)" \
-	"$(ip -o link show master netshim0 | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')"
+show_bridge netshim0
 say "the bridge address (ifconfig netshim0)"
 ip addr show netshim0
 

@@ -87,3 +87,12 @@ make_host_bundle() {
 		-e "s/\"hostname\": \"runc\"/\"hostname\": \"$id\"/" "$b/config.json"
 	ns bundle "$b" --name "$id" "$@"
 }
+
+# show_bridge BRIDGE: what `brctl show` prints for it.
+show_bridge() {
+	local stp
+	stp=$(ip -d link show "$1" | grep -o 'stp_state [0-9]' | cut -d' ' -f2)
+	printf '%-12s %-14s %s\n' "bridge name" "STP enabled" "interfaces"
+	printf '%-12s %-14s %s\n' "$1" "$([ "$stp" = 0 ] && echo no || echo yes)" \
+		"$(ip -o link show master "$1" | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')"
+}

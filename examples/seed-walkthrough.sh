@@ -21,10 +21,7 @@ make_bundle c2 "sleep 3600"
 start c1
 start c2
 say "brctl show"
-printf '%-12s %-14s %s\n' "bridge name" "STP enabled" "interfaces"
-stp=$(ip -d link show netshim0 | grep -o 'stp_state [0-9]' | cut -d' ' -f2)
-printf '%-12s %-14s %s\n' netshim0 "$([ "$stp" = 0 ] && echo no || echo yes)" \
-	"$(ip -o link show master netshim0 | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')"
+show_bridge netshim0
 say "ifconfig netshim0 (the bridge's address)"
 ip addr show netshim0
 say "ip a (in container c2: eth0@ifN, 02:42:ac:11:00:03, 172.17.0.3/16)"

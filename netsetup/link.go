@@ -202,16 +202,25 @@ func ConfigureContainer(ch *netlink.Handle, s *VethSpec) error {
 	return nil
 }
 
-// DeleteLink removes a host link by name; a link that is already gone is
-// not an error (the kernel removes a veth when its container netns dies).
-func DeleteLink(h *netlink.Handle, name string) error {
-	link, err := h.LinkByName(name)
+// LookupLink finds a link by name; ok is false when there is none.
+func LookupLink(h *netlink.Handle, name string) (link netlink.Link, ok bool, err error) {
+	link, err = h.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
-			return nil
+			return nil, false, nil
 		}
-		return fmt.Errorf("find link %s: %w", name, err)
+		return nil, false, fmt.Errorf("find link %s: %w", name, err)
+	}
+	return link, true, nil
+}
+
+// DeleteLink removes a host link by name; a link that is already gone is
+// not an error (the kernel removes a veth when its container netns dies).
+func DeleteLink(h *netlink.Handle, name string) error {
+	link, ok, err := LookupLink(h, name)
+	if err != nil || !ok {
+		return err
 	}
 	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete link %s: %w", name, err)

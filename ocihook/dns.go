@@ -42,7 +42,7 @@ func (env *Env) addName(ns *state.Net, def *config.Network, rec *state.Record, o
 		ns.DNS.Upstreams = append(ns.DNS.Upstreams, net.JoinHostPort(a.String(), "53"))
 	}
 	names := append([]string{rec.Name}, opts.Aliases...)
-	if short := shortID(rec.ID); short != rec.Name {
+	if short := ShortID(rec.ID); short != rec.Name {
 		names = append(names, short)
 	}
 	entry := state.DNSEntry{ID: rec.ID, Names: names}
@@ -53,7 +53,8 @@ func (env *Env) addName(ns *state.Net, def *config.Network, rec *state.Record, o
 	return env.ensureResponder(ns)
 }
 
-func shortID(id string) string {
+// ShortID is the first 12 characters of a container id, as Docker shows it.
+func ShortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
 	}

@@ -92,13 +92,9 @@ func deleteOwnedLink(name, alias string, unmarkedToo bool) error {
 		return fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	link, err := h.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
-			return nil
-		}
-		return fmt.Errorf("find link %s: %w", name, err)
+	link, ok, err := netsetup.LookupLink(h, name)
+	if err != nil || !ok {
+		return err
 	}
 	if a := link.Attrs().Alias; a != alias && !(unmarkedToo && a == "" && link.Type() == "veth") {
 		return nil
