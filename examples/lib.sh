@@ -41,7 +41,7 @@ make_bundle() {
 	printf '%s\n' "$cmd" >"$b/rootfs/entry.sh"
 	(cd "$b" && runc spec)
 	# Detached, no terminal, the entry script instead of sh.
-	sed -i -e 's/"terminal": true/"terminal": false/' \
+	sed -i -e 's/"terminal": true/"terminal": false/' -e 's/"readonly": true/"readonly": false/' \
 		-e 's|^\(\s*\)"sh"$|\1"sh", "/entry.sh"|' \
 		-e "s/\"hostname\": \"runc\"/\"hostname\": \"$id\"/" "$b/config.json"
 	ns bundle "$b" --name "$id" --cap-add NET_RAW "$@"
@@ -81,7 +81,7 @@ make_host_bundle() {
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$b/rootfs/etc/passwd"
 	printf '%s\n' "$cmd" >"$b/rootfs/entry.sh"
 	(cd "$b" && runc spec)
-	sed -i -e 's/"terminal": true/"terminal": false/' \
+	sed -i -e 's/"terminal": true/"terminal": false/' -e 's/"readonly": true/"readonly": false/' \
 		-e 's|^\(\s*\)"sh"$|\1"/bin/sh", "/entry.sh"|' \
 		-e "s|\"mounts\": \[|\"mounts\": [$mounts|" \
 		-e "s/\"hostname\": \"runc\"/\"hostname\": \"$id\"/" "$b/config.json"
@@ -95,4 +95,14 @@ show_bridge() {
 	printf '%-12s %-14s %s\n' "bridge name" "STP enabled" "interfaces"
 	printf '%-12s %-14s %s\n' "$1" "$([ "$stp" = 0 ] && echo no || echo yes)" \
 		"$(ip -o link show master "$1" | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')"
+}
+
+# wait_http URL: until an HTTP server answers there (at most 5 s).
+wait_http() {
+	for _ in $(seq 100); do
+		curl -s --max-time 1 -o /dev/null "$1" && return 0
+		sleep 0.05
+	done
+	echo "no answer from $1" >&2
+	return 1
 }

@@ -30,7 +30,7 @@ echo "redis-cli -h cache get greeting -> $(rc exec client redis-cli -h cache get
 say "an HTTP server published with -p 8080:8000"
 make_host_bundle www "echo 'hello from python' >/srv/index.html && cd /srv && exec python3 -m http.server 8000" -p 8080:8000
 start www
-for _ in $(seq 100); do curl -s --max-time 1 http://127.0.0.1:8080/ >/dev/null && break; sleep 0.05; done
+wait_http http://127.0.0.1:8080/
 echo "GET 127.0.0.1:8080 -> $(curl -s --max-time 5 http://127.0.0.1:8080/)"
 ns ps
 

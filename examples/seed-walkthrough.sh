@@ -37,12 +37,14 @@ start nginx-P
 port=$(ns port nginx-P | sed -n 's|^80/tcp -> 0.0.0.0:||p')
 ns port nginx-P
 iptables -t nat -nvL
+wait_http "http://127.0.0.1:$port/"
 echo "GET 127.0.0.1:$port -> $(fetch "http://127.0.0.1:$port/")"
 
 say "-p 80:80"
 make_bundle nginx-80 "$(web nginx-80)" -p 80:80
 start nginx-80
 iptables -t nat -nvL NETSHIM
+wait_http http://127.0.0.1:80/
 echo "GET 127.0.0.1:80 -> $(fetch http://127.0.0.1:80/)"
 ns ps
 
