@@ -366,10 +366,19 @@ func (c *setupCtx) bridge() error {
 	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
 	}
-	gwPrefix := ns.Subnet
-	br, _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: def.Bridge, Subnet: gwPrefix, Gateway: ns.Gateway, MTU: def.MTU})
-	if err != nil {
-		return err
+	bridgeSpec := netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}
+	ensureBridge := func() error {
+		br, _, err := netsetup.EnsureBridge(host, bridgeSpec)
+		if err != nil {
+			return err
+		}
+		ns.BridgeIndex = br.Attrs().Index
+		return env.Store.PutNet(ns)
+	}
+	if ns.BridgeIndex == 0 {
+		if err := ensureBridge(); err != nil {
+			return err
+		}
 	}
 	fault("setup:bridge")
 	env.mark("bridge")
@@ -398,7 +407,7 @@ func (c *setupCtx) bridge() error {
 		route = netip.Addr{} // no route out
 	}
 	vs := netsetup.VethSpec{
-		HostName: rec.HostVeth, BridgeIndex: br.Attrs().Index, MTU: def.MTU, Netns: c.ns,
+		HostName: rec.HostVeth, BridgeIndex: ns.BridgeIndex, MTU: def.MTU, Netns: c.ns,
 		MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
 		Isolated: !def.ICC, Hairpin: true,
 	}
@@ -407,7 +416,21 @@ func (c *setupCtx) bridge() error {
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, unix.EEXIST) || attempt == 4 {
+		if attempt == 4 {
+			return err
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			// The remembered bridge may be gone (deleted by hand, a
+			// reboot): ensure it again, once.
+			if ns.BridgeIndex == vs.BridgeIndex {
+				if berr := ensureBridge(); berr != nil {
+					return berr
+				}
+				if ns.BridgeIndex != vs.BridgeIndex {
+					vs.BridgeIndex = ns.BridgeIndex
+					continue
+				}
+			}
 			return err
 		}
 		// The random host name is taken: record another before retrying.

@@ -133,6 +133,9 @@ func (env *Env) releaseAddress(rec *state.Record) error {
 		}
 		ns.RulesInstalled, ns.Installed, ns.Firewall = false, nil, ""
 	}
+	if len(ns.Allocated) == 0 {
+		ns.BridgeIndex = 0 // checked again by the next setup
+	}
 	return env.Store.PutNet(ns)
 }
 

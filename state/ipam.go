@@ -22,6 +22,10 @@ type Net struct {
 	// taken, so the lowest free address is found from here, in O(1) when
 	// addresses are handed out and returned in order.
 	Low netip.Addr `json:"low,omitzero"`
+	// BridgeIndex is the bridge's ifindex once setup ensured it (address,
+	// MTU, up): later setups use it without asking the kernel, whose reply
+	// for a bridge grows with its ports.
+	BridgeIndex int `json:"bridge_index,omitempty"`
 	// RulesInstalled is true while the network-level firewall rules exist.
 	RulesInstalled bool `json:"rules_installed,omitempty"`
 	// Firewall is the backend that installed the network rules.

@@ -105,7 +105,7 @@ func readJSON(path string, v any) error {
 
 // writeJSON writes v to path atomically.
 func writeJSON(path string, v any) error {
-	data, err := json.MarshalIndent(v, "", "  ")
+	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", path, err)
 	}
