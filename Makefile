@@ -65,7 +65,7 @@ install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/netshim
 	@if [ ! -e $(DESTDIR)/etc/netshim/netshim.toml ]; then \
 		install -D -m 0644 examples/netshim.toml $(DESTDIR)/etc/netshim/netshim.toml; \
-		echo "wrote /etc/netshim/netshim.toml"; fi
+		echo "wrote $(DESTDIR)/etc/netshim/netshim.toml"; fi
 	install -D -m 0644 examples/hooks.d/netshim.json $(DESTDIR)$(HOOKSD)/netshim.json
 
 uninstall:
