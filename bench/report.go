@@ -107,7 +107,8 @@ func runcRuns(netshim, work string, runs int) (*runcResult, error) {
 	}
 	defer reap(cs)
 	keeper := &netshimTool{bin: netshim, backend: "nftables", config: "/dev/null", state: "/run/netshim-bench-runc"}
-	if err := keeper.hook(cs[0], "createRuntime", "creating"); err != nil {
+	cs[0].port = 19999
+	if err := keeper.setup(cs[0]); err != nil {
 		return nil, err
 	}
 	if err := runAll("b", pair{with, &r.with}); err != nil {
