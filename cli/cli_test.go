@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -120,5 +121,65 @@ func TestCLIErrors(t *testing.T) {
 	// A refused bundle edit leaves config.json as it was.
 	if data, _ := os.ReadFile(filepath.Join(dir, "config.json")); string(data) != runcSpec {
 		t.Error("config.json changed by a refused edit")
+	}
+}
+
+// The global flags' environment variables: NETSHIM_STATE_DIR picks the
+// state dir, NETSHIM_CONFIG names a config that must then exist.
+func TestGlobalEnv(t *testing.T) {
+	dir := t.TempDir()
+	st := filepath.Join(dir, "st")
+	t.Setenv(EnvStateDir, st)
+	if code, out, errOut := run(t, "ps"); code != 0 || !strings.HasPrefix(out, "CONTAINER") {
+		t.Fatalf("ps: %d %q %q", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(st, "containers")); err != nil {
+		t.Errorf("NETSHIM_STATE_DIR not used: %v", err)
+	}
+	t.Setenv(EnvConfig, filepath.Join(dir, "named.toml"))
+	if code, _, errOut := run(t, "ps"); code == 0 || !strings.Contains(errOut, "named.toml: cannot read") {
+		t.Errorf("named missing config accepted: %q", errOut)
+	}
+	cfg := filepath.Join(dir, "c.toml")
+	os.WriteFile(cfg, []byte("state_dir = \""+filepath.Join(dir, "fromconfig")+"\"\n"), 0o644)
+	t.Setenv(EnvConfig, cfg)
+	t.Setenv(EnvStateDir, "")
+	if code, _, errOut := run(t, "ps"); code != 0 {
+		t.Fatalf("ps: %q", errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "fromconfig", "containers")); err != nil {
+		t.Errorf("config state_dir not used: %v", err)
+	}
+}
+
+// make install puts the binary, the config (only if absent) and the Podman
+// hooks.d file in place.
+func TestMakeInstall(t *testing.T) {
+	if _, err := os.Stat("../bin/netshim"); err != nil {
+		t.Skip("bin/netshim not built (make test builds it first)")
+	}
+	dest := t.TempDir()
+	os.MkdirAll(filepath.Join(dest, "etc/netshim"), 0o755)
+	os.WriteFile(filepath.Join(dest, "etc/netshim/netshim.toml"), []byte("# mine\n"), 0o644)
+	out, err := exec.Command("make", "-C", "..", "--no-print-directory", "install", "DESTDIR="+dest).CombinedOutput()
+	if err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for _, f := range []string{"usr/local/bin/netshim", "usr/share/containers/oci/hooks.d/netshim.json"} {
+		if _, err := os.Stat(filepath.Join(dest, f)); err != nil {
+			t.Errorf("%s not installed", f)
+		}
+	}
+	if data, _ := os.ReadFile(filepath.Join(dest, "etc/netshim/netshim.toml")); string(data) != "# mine\n" {
+		t.Errorf("an existing config was overwritten: %q", data)
+	}
+	var hook struct {
+		Version string
+		Hook    struct{ Path string }
+		Stages  []string
+	}
+	data, _ := os.ReadFile(filepath.Join(dest, "usr/share/containers/oci/hooks.d/netshim.json"))
+	if err := json.Unmarshal(data, &hook); err != nil || hook.Version != "1.0.0" || hook.Hook.Path != "/usr/local/bin/netshim" || len(hook.Stages) != 2 {
+		t.Errorf("hooks.d file: %v %+v", err, hook)
 	}
 }

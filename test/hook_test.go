@@ -70,7 +70,10 @@ func (p *proc) hook(stage, status string) (string, error) {
 	if stage != "" {
 		args = append(args, stage)
 	}
-	_, errOut, err := p.h.netshim(p.state(status), args...)
+	out, errOut, err := p.h.netshim(p.state(status), args...)
+	if out != "" {
+		p.h.t.Errorf("hook %s printed on stdout: %q", stage, out)
+	}
 	return errOut, err
 }
 
