@@ -21,7 +21,7 @@ func HostPrefixes(h *netlink.Handle, ignore ...string) ([]netip.Prefix, error) {
 		}
 	}
 	var out []netip.Prefix
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, unix.AF_INET) })
+	addrs, err := RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, unix.AF_INET) })
 	if err != nil {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}
@@ -35,7 +35,7 @@ func HostPrefixes(h *netlink.Handle, ignore ...string) ([]netip.Prefix, error) {
 			out = append(out, netip.PrefixFrom(ip, ones).Masked())
 		}
 	}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
+	routes, err := RetryDump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -54,9 +54,9 @@ func HostPrefixes(h *netlink.Handle, ignore ...string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// retryDump repeats a netlink dump interrupted by a concurrent change, which
+// RetryDump repeats a netlink dump interrupted by a concurrent change, which
 // would otherwise return a partial list.
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+func RetryDump[T any](dump func() ([]T, error)) ([]T, error) {
 	var err error
 	for i := 0; i < 10; i++ {
 		var out []T

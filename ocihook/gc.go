@@ -220,7 +220,7 @@ func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	links, err := h.LinkList()
+	links, err := netsetup.RetryDump(h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
