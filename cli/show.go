@@ -92,6 +92,15 @@ func endpointOf(r *state.Record) Endpoint {
 	return e
 }
 
+// container finds a container's record by id, id prefix or name.
+func (g *globals) container(ref string) (*state.Record, error) {
+	env, err := g.env()
+	if err != nil {
+		return nil, err
+	}
+	return env.Store.Find(ref)
+}
+
 // PortJSON is one published port in `netshim inspect`.
 type PortJSON struct {
 	ContainerPort int    `json:"ContainerPort"`
@@ -117,11 +126,7 @@ func portCmd(g *globals) *cobra.Command {
   netshim port web 80/tcp   # 0.0.0.0:32768`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
-			if err != nil {
-				return err
-			}
-			r, err := env.Store.Find(args[0])
+			r, err := g.container(args[0])
 			if err != nil {
 				return err
 			}
@@ -157,11 +162,7 @@ func inspectCmd(g *globals) *cobra.Command {
 		Example: "  netshim inspect web\n  netshim inspect 3f2a",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
-			if err != nil {
-				return err
-			}
-			r, err := env.Store.Find(args[0])
+			r, err := g.container(args[0])
 			if err != nil {
 				return err
 			}

@@ -123,25 +123,20 @@ func networkChains(n NetRules) []nftChain {
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	}}
 	if n.Internal {
+		// One side is the bridge, the other is not: nothing in or out.
+		crossing := func(this, other expr.MetaKey) []expr.Any {
+			return []expr.Any{
+				&expr.Meta{Key: this, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Meta{Key: other, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			}
+		}
 		fwd = append(fwd,
-			// iifname BRIDGE oifname != BRIDGE drop
-			[]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Counter{},
-				&expr.Verdict{Kind: expr.VerdictDrop},
-			},
-			// oifname BRIDGE iifname != BRIDGE drop
-			[]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Counter{},
-				&expr.Verdict{Kind: expr.VerdictDrop},
-			})
+			crossing(expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME), // iifname BRIDGE oifname != BRIDGE drop
+			crossing(expr.MetaKeyOIFNAME, expr.MetaKeyIIFNAME)) // oifname BRIDGE iifname != BRIDGE drop
 	}
 	chains = append(chains, nftChain{
 		Family: nftables.TableFamilyIPv4, Name: "fwd-" + n.Name,

@@ -79,3 +79,14 @@ func TestReadState(t *testing.T) {
 }
 
 func specsState(s string) specs.ContainerState { return specs.ContainerState(s) }
+
+func TestContainerResolvBase(t *testing.T) {
+	host := []byte("nameserver 127.0.0.53\nnameserver 198.51.100.53\n")
+	if got := containerResolvBase(host, false); string(got) != string(host) {
+		t.Errorf("a usable nameserver: %q", got)
+	}
+	loop := []byte("nameserver 127.0.0.53\n")
+	if got := containerResolvBase(loop, true); string(got) != string(loop) {
+		t.Errorf("host mode keeps loopback: %q", got)
+	}
+}

@@ -24,7 +24,7 @@ var DNSPort = 53
 // addName makes the container resolvable on its user network and makes
 // sure the network's responder runs. The caller holds the lock and writes
 // ns afterwards; from then on the responder answers for the name.
-func (env *Env) addName(ns *state.Net, def *config.Network, rec *state.Record, opts *Options) error {
+func (env *Env) addName(ns *state.Net, def *config.Network, rec *state.Record, opts *Options, hostResolv []byte) error {
 	if ns.DNS == nil {
 		ns.DNS = &state.NetDNS{Endpoints: map[netip.Addr]state.DNSEntry{}}
 	}
@@ -34,9 +34,7 @@ func (env *Env) addName(ns *state.Net, def *config.Network, rec *state.Record, o
 	if len(upstreams) == 0 {
 		// The responder runs in the host's namespace, so a loopback
 		// resolver of the host (127.0.0.53) is reachable from it.
-		if data, err := os.ReadFile(HostResolvConf); err == nil {
-			upstreams, _, _ = netsetup.ParseResolv(data)
-		}
+		upstreams, _, _ = netsetup.ParseResolv(hostResolv)
 	}
 	for _, a := range upstreams {
 		ns.DNS.Upstreams = append(ns.DNS.Upstreams, net.JoinHostPort(a.String(), "53"))

@@ -179,7 +179,7 @@ func (env *Env) rebuild(recs []*state.Record, live map[string]bool) ([]string, e
 			}
 			if ns == nil {
 				ns = &state.Net{Name: r.Network, Bridge: r.Bridge, Subnet: r.Subnet, Gateway: r.Gateway,
-					Allocated: map[netip.Addr]string{}, RulesInstalled: true, Firewall: r.Firewall}
+					Allocated: map[netip.Addr]string{}, Firewall: r.Firewall}
 				if fw, err := netsetup.NewFirewall(r.Firewall); err == nil {
 					if def, err := env.network(r.Network); err == nil {
 						ns.Installed = fw.NetworkObjects(netsetup.RulesFor(def, r.Subnet))
@@ -310,7 +310,7 @@ func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
 				dirty = true
 			}
 		}
-		if len(ns.Allocated) == 0 && ns.RulesInstalled {
+		if len(ns.Allocated) == 0 && ns.RulesInstalled() {
 			fw, err := netsetup.NewFirewall(ns.Firewall)
 			if err != nil {
 				return report, err
@@ -323,7 +323,7 @@ func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
 				return report, err
 			}
 			report = append(report, fmt.Sprintf("firewall rules of network %s", name))
-			ns.RulesInstalled, ns.Installed, ns.Firewall = false, nil, ""
+			ns.Installed, ns.Firewall = nil, ""
 			dirty = true
 		}
 		if dirty {

@@ -162,6 +162,10 @@ type setupCtx struct {
 	rec    *state.Record
 	rootfs string
 	ns     netns.NsHandle
+	// def is the bridge network's definition, looked up once.
+	def *config.Network
+	// hostResolv caches the host's resolv.conf.
+	hostResolv []byte
 }
 
 func (c *setupCtx) run() error {
@@ -210,23 +214,21 @@ func (c *setupCtx) run() error {
 		}
 		hosts.Extra = append(hosts.Extra, netsetup.HostEntry{Name: h.Name, IP: ip})
 	}
-	resolv.Host = readHostResolv(resolv.KeepLoopback)
+	resolv.Host = containerResolvBase(c.hostResolvConf(), resolv.KeepLoopback)
 	resolv.Nameservers, resolv.Search, resolv.Options = c.opts.DNS, c.opts.DNSSearch, c.opts.DNSOptions
-	if c.rec.Mode == ModeBridge {
-		if n, err := c.env.network(c.rec.Network); err == nil {
-			if !n.Default {
-				// The network's responder answers (and forwards --dns).
-				resolv.Nameservers = []netip.Addr{c.rec.Gateway}
-			}
-			if len(resolv.Nameservers) == 0 {
-				resolv.Nameservers = n.DNS
-			}
-			if len(resolv.Search) == 0 {
-				resolv.Search = n.DNSSearch
-			}
-			if len(resolv.Options) == 0 {
-				resolv.Options = n.DNSOptions
-			}
+	if n := c.def; n != nil {
+		if !n.Default {
+			// The network's responder answers (and forwards --dns).
+			resolv.Nameservers = []netip.Addr{c.rec.Gateway}
+		}
+		if len(resolv.Nameservers) == 0 {
+			resolv.Nameservers = n.DNS
+		}
+		if len(resolv.Search) == 0 {
+			resolv.Search = n.DNSSearch
+		}
+		if len(resolv.Options) == 0 {
+			resolv.Options = n.DNSOptions
 		}
 	}
 	for _, f := range []struct {
@@ -250,25 +252,35 @@ func (c *setupCtx) run() error {
 	return err
 }
 
-// readHostResolv returns the host's resolv.conf, or systemd-resolved's
-// upstream list when the host's names only loopback servers.
-func readHostResolv(keepLoopback bool) []byte {
-	data, err := os.ReadFile(HostResolvConf)
-	if err != nil {
-		return nil
-	}
-	if !keepLoopback && onlyLoopback(data) {
-		if alt, err := os.ReadFile(resolvedResolvConf); err == nil {
-			return alt
+// hostResolvConf is the host's resolv.conf, read once per setup.
+func (c *setupCtx) hostResolvConf() []byte {
+	if c.hostResolv == nil {
+		data, err := os.ReadFile(HostResolvConf)
+		if err != nil {
+			data = []byte{}
 		}
+		c.hostResolv = data
 	}
-	return data
+	return c.hostResolv
 }
 
-func onlyLoopback(resolv []byte) bool {
-	out := netsetup.BuildResolv(netsetup.ResolvSpec{Host: resolv})
-	fallback := netsetup.BuildResolv(netsetup.ResolvSpec{Nameservers: netsetup.DockerFallbackDNS, Host: resolv})
-	return string(out) == string(fallback)
+// containerResolvBase is what a container's resolv.conf is built from: the
+// host's, or systemd-resolved's upstream list when the host's names only
+// loopback servers, which a container cannot reach.
+func containerResolvBase(host []byte, keepLoopback bool) []byte {
+	if keepLoopback {
+		return host
+	}
+	ns, _, _ := netsetup.ParseResolv(host)
+	for _, a := range ns {
+		if !a.IsLoopback() {
+			return host
+		}
+	}
+	if alt, err := os.ReadFile(resolvedResolvConf); err == nil {
+		return alt
+	}
+	return host
 }
 
 // bridge sets up bridge mode: address, record, bridge, rules, veth.
@@ -278,6 +290,7 @@ func (c *setupCtx) bridge() error {
 	if err != nil {
 		return err
 	}
+	c.def = def
 	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
@@ -335,12 +348,12 @@ func (c *setupCtx) bridge() error {
 		}
 	}
 	rules := netsetup.RulesFor(def, ns.Subnet)
-	installRules := !ns.RulesInstalled
+	installRules := !ns.RulesInstalled()
 	if installRules {
 		// Record the intent first: a crash after the rules are in leaves a
 		// state that names them.
-		ns.RulesInstalled, ns.Firewall = true, fw.Name()
-		ns.Installed = union(ns.Installed, fw.NetworkObjects(rules))
+		ns.Firewall = fw.Name()
+		ns.Installed = fw.NetworkObjects(rules)
 	}
 	// Record what is about to be created before creating it: the record
 	// first, so that a crash after it leaves something that names the
@@ -465,7 +478,7 @@ func (c *setupCtx) bridge() error {
 	}
 	// User networks resolve their containers' names: from the moment
 	// this write is done, the responder answers for this one.
-	if err := env.addName(ns, def, rec, c.opts); err != nil {
+	if err := env.addName(ns, def, rec, c.opts, c.hostResolvConf()); err != nil {
 		return err
 	}
 	fault("setup:responder")
@@ -513,16 +526,4 @@ func (env *Env) chooseSubnet(host *netlink.Handle, def *config.Network, ns *stat
 	}
 	ns.Subnet, ns.Gateway = p, p.Addr().Next()
 	return nil
-}
-
-func union(a, b []string) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, s := range append(append([]string{}, a...), b...) {
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	return out
 }

@@ -119,7 +119,7 @@ func (env *Env) releaseAddress(rec *state.Record) error {
 	}
 	ns.Release(rec.ID, rec.IP)
 	env.removeName(ns, rec)
-	if len(ns.Allocated) == 0 && ns.RulesInstalled {
+	if len(ns.Allocated) == 0 && ns.RulesInstalled() {
 		fw, err := netsetup.NewFirewall(ns.Firewall)
 		if err != nil {
 			return err
@@ -131,7 +131,7 @@ func (env *Env) releaseAddress(rec *state.Record) error {
 		if err := fw.RemoveNetwork(ns.Installed, last); err != nil {
 			return err
 		}
-		ns.RulesInstalled, ns.Installed, ns.Firewall = false, nil, ""
+		ns.Installed, ns.Firewall = nil, ""
 	}
 	if len(ns.Allocated) == 0 {
 		ns.BridgeIndex = 0 // checked again by the next setup
@@ -154,7 +154,7 @@ func (env *Env) noOtherRules(name string) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if other != nil && other.RulesInstalled {
+		if other != nil && other.RulesInstalled() {
 			return false, nil
 		}
 	}

@@ -26,8 +26,6 @@ type Net struct {
 	// MTU, up): later setups use it without asking the kernel, whose reply
 	// for a bridge grows with its ports.
 	BridgeIndex int `json:"bridge_index,omitempty"`
-	// RulesInstalled is true while the network-level firewall rules exist.
-	RulesInstalled bool `json:"rules_installed,omitempty"`
 	// Firewall is the backend that installed the network rules.
 	Firewall string `json:"firewall,omitempty"`
 	// DNS is what the network's DNS responder serves (user networks).
@@ -68,6 +66,10 @@ func (s *Store) DeleteNet(name string) error {
 	}
 	return nil
 }
+
+// RulesInstalled reports whether the network-level firewall rules exist
+// (or are being installed): they are exactly what Installed names.
+func (n *Net) RulesInstalled() bool { return len(n.Installed) > 0 }
 
 // ErrAddressInUse is returned for a static address another container holds.
 var ErrAddressInUse = errors.New("address already in use")

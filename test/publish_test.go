@@ -211,6 +211,12 @@ func testPublish(t *testing.T, backend string) {
 	if out := h.mustNetshim("port", "web"); !strings.Contains(out, "80/tcp -> 0.0.0.0:8080\n") || !strings.Contains(out, "80/tcp -> 127.0.0.1:9090\n") || !strings.Contains(out, "5353/udp -> 0.0.0.0:5353\n") {
 		t.Errorf("netshim port web:\n%s", out)
 	}
+	if out := h.mustNetshim("port", "web", "80/tcp"); out != "0.0.0.0:8080\n127.0.0.1:9090\n" {
+		t.Errorf("netshim port web 80/tcp: %q", out)
+	}
+	if _, errOut, err := h.netshim("", "port", "web", "81"); err == nil || !strings.Contains(errOut, "netshim: no public port 81/tcp published for web") {
+		t.Errorf("netshim port web 81: %v %q", err, errOut)
+	}
 	if out := h.mustNetshim("ps"); !strings.Contains(out, "0.0.0.0:8080->80/tcp, 127.0.0.1:9090->80/tcp, 0.0.0.0:5353->5353/udp") {
 		t.Errorf("ps:\n%s", out)
 	}
