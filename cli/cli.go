@@ -92,7 +92,7 @@ it runs as a createRuntime and poststop hook.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), doctorCmd(g), dnsServeCmd(g))
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError
@@ -136,7 +136,10 @@ Success prints nothing; failure prints one line and exits non-zero.`,
 			if len(args) == 1 {
 				stage = args[0]
 			}
-			return ocihook.Run(cmd.Context(), env, g.stdin, stage)
+			env.DeferReclaim()
+			err = ocihook.Run(cmd.Context(), env, g.stdin, stage)
+			env.HandOff()
+			return err
 		},
 	}
 }
@@ -159,6 +162,27 @@ func dnsServeCmd(g *globals) *cobra.Command {
 			}
 			ocihook.LeaveCgroup()
 			return resolver.Serve(cmd.Context(), ocihook.NetStatePath(g.stateDir, args[0]), udp, tcp)
+		},
+	}
+}
+
+func reclaimCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    "reclaim WORK",
+		Short:  "Finish deletions a hook handed over (started by the hook)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.stateDir == "" {
+				return fmt.Errorf("reclaim needs --state-dir")
+			}
+			// No config: the work names everything, and the hook that
+			// started it may have used another config file.
+			store, err := state.New(g.stateDir)
+			if err != nil {
+				return err
+			}
+			return ocihook.RunReclaimer(&ocihook.Env{Store: store, Debug: g.debug}, args[0])
 		},
 	}
 }

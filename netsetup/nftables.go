@@ -232,9 +232,9 @@ func coexistRules(n NetRules) []iptRule {
 // EnsureNetwork implements Firewall. Chains are created, flushed and filled
 // in one transaction, so repeating it never duplicates a rule.
 func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
-	c, err := nftables.New()
+	c, err := newNftConn()
 	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
+		return nil, err
 	}
 	var xt, xtPrev []string
 	var own []string
@@ -319,9 +319,9 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 
 // RemoveNetwork implements Firewall.
 func (*Nftables) RemoveNetwork(installed []string, last bool) error {
-	c, err := nftables.New()
+	c, err := newNftConn()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
 	var own, xt []string
 	for _, obj := range installed {

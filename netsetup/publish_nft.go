@@ -167,9 +167,9 @@ func (*Nftables) AddPorts(p PortRules) error {
 	if len(p.Ports) == 0 {
 		return nil
 	}
-	c, err := nftables.New()
+	c, err := newNftConn()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
 	sets, err := publishInfra(c)
 	if err != nil {
@@ -193,9 +193,9 @@ func (*Nftables) RemovePorts(p PortRules) error {
 	if len(p.Ports) == 0 {
 		return nil
 	}
-	c, err := nftables.New()
+	c, err := newNftConn()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
 	t := table(nftables.TableFamilyIPv4)
 	del := func(elems map[string][]nftables.SetElement) error {

@@ -38,6 +38,8 @@ type Env struct {
 
 	steps []string
 	last  time.Time
+	// reclaim, when set, collects what teardowns leave to the reclaimer.
+	reclaim *Reclaim
 }
 
 // mark notes, with Debug, how long the step that just ended took.

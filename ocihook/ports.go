@@ -86,11 +86,19 @@ func (env *Env) releasePorts(rec *state.Record) error {
 		return err
 	}
 	for _, p := range rec.Ports {
-		if p.Proto == "udp" {
-			if err := netsetup.FlushUDPConntrack(p.HostPort); err != nil {
-				return err
-			}
+		if p.Proto != "udp" {
+			continue
 		}
+		// After the map element is gone: no new flow is DNATed to this
+		// container, and the ones that were are forgotten.
+		if env.reclaim != nil {
+			env.reclaim.UDPPorts = append(env.reclaim.UDPPorts, p.HostPort)
+		} else if err := netsetup.FlushUDPConntrack(p.HostPort); err != nil {
+			return err
+		}
+	}
+	if env.reclaim != nil {
+		env.reclaim.deleted = true
 	}
 	idx, err := env.Store.GetPorts()
 	if err != nil {

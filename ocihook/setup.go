@@ -139,7 +139,13 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	}
 	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh}
 	if err := c.run(); err != nil {
-		if rerr := env.teardownLocked(rec); rerr != nil {
+		// A failed setup leaves nothing behind when it returns: undo it
+		// without leaving anything to a reclaimer.
+		deferred := env.reclaim
+		env.reclaim = nil
+		rerr := env.teardownLocked(rec)
+		env.reclaim = deferred
+		if rerr != nil {
 			return name, fmt.Errorf("%w (and undoing it: %v)", err, rerr)
 		}
 		return name, err

@@ -38,27 +38,36 @@ func (env *Env) Teardown(ctx context.Context, id string) (string, error) {
 // interrupted teardown can be run again. The caller holds the lock.
 func (env *Env) teardownLocked(rec *state.Record) error {
 	// Deleting a link and deleting firewall elements each wait for an RCU
-	// grace period in the kernel: do both at once.
-	linkErr := make(chan error, 1)
+	// grace period in the kernel: do both at once (or, in a hook, hand the
+	// waits to the reclaimer: see netsetup.RetainNetfilterSockets).
+	type linkResult struct {
+		doomed *netsetup.DoomedLink
+		err    error
+	}
+	linkDone := make(chan linkResult, 1)
+	deferred := env.reclaim != nil
 	go func() {
 		// The usual poststop: the container's netns is being destroyed and
 		// takes the pair with it; one lookup, no link operation.
 		if rec.HostVeth == "" || (rec.PeerNSID != nil && rec.Phase == state.PhaseReady && netsetup.NetnsGone(*rec.PeerNSID)) {
-			linkErr <- nil
+			linkDone <- linkResult{}
 			return
 		}
 		// A setup killed between creating the veth and marking it leaves
 		// it without an alias: for a record still being created, the
 		// recorded (random) name is enough.
-		linkErr <- deleteOwnedLink(rec.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady)
+		d, err := removeOwnedLink(rec.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady, deferred)
+		linkDone <- linkResult{d, err}
 	}()
 	var errs []error
 	if err := env.releasePorts(rec); err != nil {
 		errs = append(errs, err)
 	}
 	fault("teardown:ports")
-	if err := <-linkErr; err != nil {
-		errs = append(errs, err)
+	if r := <-linkDone; r.err != nil {
+		errs = append(errs, r.err)
+	} else if r.doomed != nil {
+		env.reclaim.Links = append(env.reclaim.Links, *r.doomed)
 	}
 	fault("teardown:link")
 	env.mark("link+ports")
@@ -83,31 +92,39 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	return err
 }
 
-// deleteOwnedLink deletes the host link name if it carries alias: a link of
+// removeOwnedLink removes the host link name if it carries alias: a link of
 // that name without it belongs to someone else (names are reused once the
-// kernel has removed ours with the container's netns).
-func deleteOwnedLink(name, alias string, unmarkedToo bool) error {
+// kernel has removed ours with the container's netns). With deferred, the
+// link is only stopped (set down) and returned for the reclaimer to delete.
+func removeOwnedLink(name, alias string, unmarkedToo, deferred bool) (*netsetup.DoomedLink, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
 	link, ok, err := netsetup.LookupLink(h, name)
 	if err != nil || !ok {
-		return err
+		return nil, err
 	}
 	if a := link.Attrs().Alias; a != alias && !(unmarkedToo && a == "" && link.Type() == "veth") {
-		return nil
+		return nil, nil
 	}
 	// The container's netns is being destroyed (the usual poststop): the
 	// kernel removes the pair with it.
 	if netsetup.PeerNetnsDying(link) {
-		return nil
+		return nil, nil
+	}
+	if deferred {
+		d, err := netsetup.StopLink(h, link)
+		if err != nil {
+			return nil, err
+		}
+		return &d, nil
 	}
 	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete link %s: %w", name, err)
+		return nil, fmt.Errorf("delete link %s: %w", name, err)
 	}
-	return nil
+	return nil, nil
 }
 
 // releaseAddress frees the record's address and, when the network has no
@@ -130,6 +147,9 @@ func (env *Env) releaseAddress(rec *state.Record) error {
 		}
 		if err := fw.RemoveNetwork(ns.Installed, last); err != nil {
 			return err
+		}
+		if env.reclaim != nil {
+			env.reclaim.deleted = true
 		}
 		ns.Installed, ns.Firewall = nil, ""
 	}

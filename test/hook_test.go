@@ -483,3 +483,48 @@ func TestHookInternalNetworkDNS(t *testing.T) {
 	}
 	assertClean(t, h)
 }
+
+// Teardown of a container that is still running (CNI DEL style) cuts it off
+// before the hook returns: its host veth is down, the gateway no longer
+// answers, the published port is withdrawn. Deleting the veth is left to a
+// detached reclaimer, which leaves nothing behind, and the address can be
+// handed out again at once.
+func TestHookTeardownLiveContainer(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a := h.newProc("live", map[string]string{"netshim/publish": "8080:80"})
+	a.mustSetup()
+	var rec struct {
+		HostVeth string `json:"host_veth"`
+		IP       string `json:"ip"`
+	}
+	data, err := os.ReadFile(filepath.Join(h.stateDir, "containers", a.id+".json"))
+	if err != nil || json.Unmarshal(data, &rec) != nil || rec.HostVeth == "" {
+		t.Fatalf("record: %v %s", err, data)
+	}
+	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.1")
+	a.mustTeardown()
+	if out, err := exec.Command("ip", "-o", "link", "show", rec.HostVeth).CombinedOutput(); err == nil && !strings.Contains(string(out), "state DOWN") {
+		t.Errorf("host veth still up after teardown: %s", out)
+	}
+	if out, err := a.in("ping", "-c", "1", "-W", "1", "172.17.0.1"); err == nil {
+		t.Errorf("torn-down container still reaches the gateway: %s", out)
+	}
+	if out := sandbox.Run(t, "nft", "list", "ruleset"); strings.Contains(out, "8080") {
+		t.Errorf("port still published:\n%s", out)
+	}
+	b := h.newProc("next", map[string]string{"netshim/publish": "8080:80"})
+	b.mustSetup()
+	if out := b.mustIn("ip", "-4", "-o", "addr", "show", "eth0"); !strings.Contains(out, rec.IP+"/") {
+		t.Errorf("address %s not handed out again: %s", rec.IP, out)
+	}
+	waitReclaimers(t)
+	if out, err := exec.Command("ip", "link", "show", rec.HostVeth).CombinedOutput(); err == nil {
+		t.Errorf("reclaimer left the veth: %s", out)
+	}
+	b.mustTeardown()
+	waitReclaimers(t)
+	assertClean(t, h)
+}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,16 +60,32 @@ func fakeResolvConf(t *testing.T, content string) {
 }
 
 // responders lists running DNS responder processes.
-func responders() []string {
+func responders() []string { return netshimProcs("dns-serve") }
+
+// netshimProcs lists the command lines of netshim helpers doing what.
+func netshimProcs(what string) []string {
 	var out []string
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		data, _ := os.ReadFile(p)
-		if strings.Contains(string(data), "dns-serve") {
-			out = append(out, strings.ReplaceAll(string(data), "\x00", " "))
+		if args := strings.Split(string(data), "\x00"); slices.Contains(args, what) {
+			out = append(out, strings.Join(args, " "))
 		}
 	}
 	return out
+}
+
+// waitReclaimers waits until no reclaimer started by a hook is running:
+// a hook returns once traffic has stopped, and leaves the slow deletions
+// (links, the release of netfilter objects) to its reclaimer.
+func waitReclaimers(t *testing.T) {
+	t.Helper()
+	for i := 0; i < 500 && len(netshimProcs("reclaim")) > 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if left := netshimProcs("reclaim"); len(left) > 0 {
+		t.Fatalf("reclaimers still running after 5s: %v", left)
+	}
 }
 
 // The seed's second half: a user network where containers find each other

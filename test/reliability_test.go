@@ -37,6 +37,7 @@ func (p *proc) hookWithFault(stage, status, point string) bool {
 // hostState is everything netshim keeps on the host, as text to compare.
 func hostState(t *testing.T, h *host) string {
 	t.Helper()
+	waitReclaimers(t)
 	var b strings.Builder
 	links := sandbox.Run(t, "ip", "-o", "link", "show", "type", "veth")
 	var names []string
