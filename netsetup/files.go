@@ -219,8 +219,114 @@ func WriteContainerFile(bundle, rootfs string, mounts []specs.Mount, dest string
 	defer root.Close()
 	hostPath := filepath.Join(rootfs, dest)
 	rel := strings.TrimPrefix(dest, "/")
-	// Resolve inside the rootfs: symlinks are taken relative to it, as the
-	// container would see them, and never lead out of it.
+	// The kernel resolves paths as if rootfs were "/" (symlinks included,
+	// ".." stops at it) and gives O_PATH handles: opening a device node
+	// could have effects, so only a regular file is reopened for writing,
+	// through the host's /proc (the hook runs in the host's mount
+	// namespace). Kernels without openat2 get pathrs-lite, which does the
+	// same in user space, more slowly.
+	resolve := func(p string, flags uint64) (int, error) {
+		return unix.Openat2(int(root.Fd()), p, &unix.OpenHow{
+			Flags:   flags | unix.O_PATH | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+		})
+	}
+	pfd, err := resolve(rel, 0)
+	switch {
+	case err == nil:
+		defer unix.Close(pfd)
+		var st unix.Stat_t
+		if err := unix.Fstat(pfd, &st); err != nil {
+			return hostPath, fmt.Errorf("stat %s in rootfs: %w", dest, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return hostPath, &UnsafePathError{Path: hostPath, Reason: "not a regular file"}
+		}
+		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", pfd), os.O_WRONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		if err != nil {
+			return hostPath, fmt.Errorf("open %s in rootfs: %w", dest, err)
+		}
+		defer f.Close()
+		return hostPath, rewrite(f, hostPath, content)
+	case errors.Is(err, unix.ENOSYS):
+		return writeInRootCompat(root, rel, dest, hostPath, content)
+	case !errors.Is(err, unix.ENOENT):
+		return hostPath, resolveErr(dest, hostPath, rootfs, err)
+	}
+	// The file does not exist: create it in its directory (made if need be).
+	dfd, err := resolve(filepath.Dir(rel), unix.O_DIRECTORY)
+	if errors.Is(err, unix.ENOENT) {
+		dfd, err = mkdirInRoot(resolve, filepath.Dir(rel))
+	}
+	if err != nil {
+		return hostPath, resolveErr(filepath.Dir(dest), hostPath, rootfs, err)
+	}
+	defer unix.Close(dfd)
+	return hostPath, createIn(dfd, filepath.Base(rel), dest, hostPath, content)
+}
+
+// mkdirInRoot makes the directory rel and its missing parents, each one
+// with mkdirat in its parent as resolved in the root, and returns a handle
+// to it. An entry that exists but does not resolve to a directory (a
+// dangling symlink, a file) fails the resolution that follows.
+func mkdirInRoot(resolve func(string, uint64) (int, error), rel string) (int, error) {
+	cur := "."
+	for _, comp := range strings.Split(filepath.Clean(rel), "/") {
+		next := filepath.Join(cur, comp)
+		fd, err := resolve(next, unix.O_DIRECTORY)
+		if errors.Is(err, unix.ENOENT) {
+			pfd, perr := resolve(cur, unix.O_DIRECTORY)
+			if perr != nil {
+				return -1, perr
+			}
+			merr := unix.Mkdirat(pfd, comp, 0o755)
+			unix.Close(pfd)
+			if merr != nil && !errors.Is(merr, unix.EEXIST) {
+				return -1, merr
+			}
+			fd, err = resolve(next, unix.O_DIRECTORY)
+			if merr != nil && errors.Is(err, unix.ENOENT) {
+				err = unix.ELOOP // there is an entry, leading nowhere: a dangling symlink
+			}
+		}
+		if err != nil {
+			return -1, err
+		}
+		if next == filepath.Clean(rel) {
+			return fd, nil
+		}
+		unix.Close(fd)
+		cur = next
+	}
+	return -1, unix.ENOENT
+}
+
+// resolveErr explains a failure to resolve what in the rootfs.
+func resolveErr(what, hostPath, rootfs string, err error) error {
+	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
+		return &UnsafePathError{Path: hostPath, Reason: what + " in the rootfs is not reachable inside it (a symlink that leads nowhere inside it, or through a non-directory)"}
+	}
+	return fmt.Errorf("resolve %s in rootfs %s: %w", what, rootfs, err)
+}
+
+// createIn creates name in the directory dfd, refusing an existing entry
+// (which, since resolving it failed, is a dangling symlink).
+func createIn(dfd int, name, dest, hostPath string, content []byte) error {
+	fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return &UnsafePathError{Path: hostPath, Reason: dest + " is a dangling symlink"}
+		}
+		return fmt.Errorf("create %s in rootfs: %w", dest, err)
+	}
+	f := os.NewFile(uintptr(fd), hostPath)
+	defer f.Close()
+	return rewrite(f, hostPath, content)
+}
+
+// writeInRootCompat is WriteContainerFile's rootfs case for kernels
+// without openat2.
+func writeInRootCompat(root *os.File, rel, dest, hostPath string, content []byte) (string, error) {
 	h, err := pathrs.OpenatInRoot(root, rel)
 	switch {
 	case err == nil:
@@ -232,26 +338,14 @@ func WriteContainerFile(bundle, rootfs string, mounts []specs.Mount, dest string
 		defer f.Close()
 		return hostPath, rewrite(f, hostPath, content)
 	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOENT):
-		return hostPath, fmt.Errorf("resolve %s in rootfs %s: %w", dest, rootfs, err)
+		return hostPath, resolveErr(dest, hostPath, root.Name(), err)
 	}
 	dir, err := pathrs.MkdirAllHandle(root, filepath.Dir(rel), 0o755)
 	if err != nil {
-		if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
-			return hostPath, &UnsafePathError{Path: hostPath, Reason: filepath.Dir(dest) + " in the rootfs is not a directory (a symlink that leads nowhere inside it?)"}
-		}
-		return hostPath, fmt.Errorf("create %s in rootfs %s: %w", filepath.Dir(dest), rootfs, err)
+		return hostPath, resolveErr(filepath.Dir(dest), hostPath, root.Name(), err)
 	}
 	defer dir.Close()
-	fd, err := unix.Openat(int(dir.Fd()), filepath.Base(rel), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return hostPath, &UnsafePathError{Path: hostPath, Reason: dest + " is a dangling symlink"}
-		}
-		return hostPath, fmt.Errorf("create %s in rootfs: %w", dest, err)
-	}
-	f := os.NewFile(uintptr(fd), hostPath)
-	defer f.Close()
-	return hostPath, rewrite(f, hostPath, content)
+	return hostPath, createIn(int(dir.Fd()), filepath.Base(rel), dest, hostPath, content)
 }
 
 // rewrite replaces a regular file's content in place, keeping its inode so

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/state"
 )
@@ -126,4 +127,26 @@ func TestHostileSymlinks(t *testing.T) {
 		t.Errorf("symlinked bind source: %v", err)
 	}
 	check("bind source")
+}
+
+// A FIFO or a device node at /etc/hosts is refused without being opened
+// for writing (opening one can block, or start a device).
+func TestWriteContainerFileNotRegular(t *testing.T) {
+	for name, mk := range map[string]func(string) error{
+		"fifo":   func(p string) error { return unix.Mkfifo(p, 0o644) },
+		"device": func(p string) error { return unix.Mknod(p, unix.S_IFCHR|0o644, int(unix.Mkdev(1, 3))) },
+	} {
+		bundle := t.TempDir()
+		rootfs := filepath.Join(bundle, "rootfs")
+		os.MkdirAll(rootfs+"/etc", 0o755)
+		if err := mk(rootfs + "/etc/hosts"); err != nil {
+			t.Logf("%s: cannot make one here: %v", name, err)
+			continue
+		}
+		_, err := WriteContainerFile(bundle, rootfs, nil, "/etc/hosts", []byte("x\n"))
+		var ue *UnsafePathError
+		if !errors.As(err, &ue) {
+			t.Errorf("%s: %v, want a refusal", name, err)
+		}
+	}
 }

@@ -163,6 +163,9 @@ func (p PortRules) elements() map[string][]nftables.SetElement {
 }
 
 // AddPorts implements Firewall: one batch adds the container's elements.
+// The maps and chains almost always exist (the network's first container
+// made them): the elements go first on their own, and only if the kernel
+// has no such map is the whole infrastructure queued with them.
 func (*Nftables) AddPorts(p PortRules) error {
 	if len(p.Ports) == 0 {
 		return nil
@@ -170,6 +173,19 @@ func (*Nftables) AddPorts(p PortRules) error {
 	c, err := newNftConn()
 	if err != nil {
 		return err
+	}
+	t := table(nftables.TableFamilyIPv4)
+	for name, elems := range p.elements() {
+		if err := c.SetAddElements(mapRef(t, name), elems); err != nil {
+			return fmt.Errorf("nftables: map %s: %w", name, err)
+		}
+	}
+	err = c.Flush()
+	if err == nil || !errors.Is(err, unix.ENOENT) {
+		if err != nil {
+			return fmt.Errorf("nftables: publish ports: %w", err)
+		}
+		return nil
 	}
 	sets, err := publishInfra(c)
 	if err != nil {
@@ -186,6 +202,15 @@ func (*Nftables) AddPorts(p PortRules) error {
 	return nil
 }
 
+// mapRef names an existing published-port map, for element operations.
+func mapRef(t *nftables.Table, name string) *nftables.Set {
+	s := &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: keyAny, DataType: dataTo}
+	if name == mapByIP {
+		s.KeyType = keyByIP
+	}
+	return s
+}
+
 // RemovePorts implements Firewall: one batch deletes the container's
 // elements. If an element is already gone the batch fails as a whole; then
 // each is deleted on its own and absence is not an error.
@@ -200,11 +225,7 @@ func (*Nftables) RemovePorts(p PortRules) error {
 	t := table(nftables.TableFamilyIPv4)
 	del := func(elems map[string][]nftables.SetElement) error {
 		for name, es := range elems {
-			s := &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: keyAny, DataType: dataTo}
-			if name == mapByIP {
-				s.KeyType = keyByIP
-			}
-			if err := c.SetDeleteElements(s, es); err != nil {
+			if err := c.SetDeleteElements(mapRef(t, name), es); err != nil {
 				return err
 			}
 		}

@@ -118,8 +118,18 @@ func ReadState(r io.Reader) (*specs.State, error) {
 	return &st, nil
 }
 
+// bundleConfig is the part of a bundle's config.json the hook uses. The
+// rest (process, linux, seccomp...) is skipped by the decoder rather than
+// decoded into runtime-spec types the hook never reads.
+type bundleConfig struct {
+	Hostname    string            `json:"hostname,omitempty"`
+	Root        *specs.Root       `json:"root,omitempty"`
+	Mounts      []specs.Mount     `json:"mounts,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
 // readSpec reads <bundle>/config.json.
-func readSpec(bundle string) (*specs.Spec, error) {
+func readSpec(bundle string) (*bundleConfig, error) {
 	if !filepath.IsAbs(bundle) {
 		return nil, &InputError{What: "state field bundle", Value: bundle, Reason: "not an absolute path"}
 	}
@@ -128,7 +138,7 @@ func readSpec(bundle string) (*specs.Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read bundle config %s: %w", path, err)
 	}
-	var spec specs.Spec
+	var spec bundleConfig
 	if err := json.Unmarshal(data, &spec); err != nil {
 		return nil, &InputError{What: "bundle config " + path, Reason: err.Error()}
 	}

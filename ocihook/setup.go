@@ -163,7 +163,7 @@ func (env *Env) lockTimeout() time.Duration {
 type setupCtx struct {
 	env    *Env
 	st     *specs.State
-	spec   *specs.Spec
+	spec   *bundleConfig
 	opts   *Options
 	rec    *state.Record
 	rootfs string
