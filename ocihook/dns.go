@@ -77,7 +77,7 @@ func (env *Env) removeName(ns *state.Net, rec *state.Record) {
 	}
 	// Undoing a setup killed after it started a responder but before it
 	// recorded it: that responder is found by its command line.
-	if rec.Phase != state.PhaseReady && len(ns.Allocated) == 0 {
+	if inUse, err := ns.InUse(); rec.Phase != state.PhaseReady && err == nil && !inUse {
 		if pid, start, ok := findResponder(env.Store.Dir, ns.Name); ok {
 			stopProcess(pid, start)
 		}

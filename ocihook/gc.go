@@ -178,8 +178,8 @@ func (env *Env) rebuild(recs []*state.Record, live map[string]bool) ([]string, e
 				return report, err
 			}
 			if ns == nil {
-				ns = &state.Net{Name: r.Network, Bridge: r.Bridge, Subnet: r.Subnet, Gateway: r.Gateway,
-					Allocated: map[netip.Addr]string{}, Firewall: r.Firewall}
+				ns = env.Store.NewNet(r.Network)
+				ns.Bridge, ns.Subnet, ns.Gateway, ns.Firewall = r.Bridge, r.Subnet, r.Gateway, r.Firewall
 				if fw, err := netsetup.NewFirewall(r.Firewall); err == nil {
 					if def, err := env.network(r.Network); err == nil {
 						ns.Installed = fw.NetworkObjects(netsetup.RulesFor(def, r.Subnet))
@@ -189,13 +189,21 @@ func (env *Env) rebuild(recs []*state.Record, live map[string]bool) ([]string, e
 			}
 			nets[r.Network] = ns
 		}
-		if holder, ok := ns.Allocated[r.IP]; !ok || holder != r.ID {
-			ns.Allocated[r.IP] = r.ID
+		if holder, err := ns.Holder(r.IP); err != nil {
+			return report, err
+		} else if holder != r.ID {
+			ns.Hold(r.IP, r.ID)
 			report = append(report, fmt.Sprintf("allocation of %s to %s, restored", r.IP, r.Name))
 		}
 		for _, p := range r.Ports {
-			if h, taken := idx.Holder(p.Proto, p.HostPort, p.HostIP, ""); !taken || h.ID != r.ID {
-				idx.Reserve(p, r.ID, r.Name)
+			h, taken, err := idx.Holder(p.Proto, p.HostPort, p.HostIP, "")
+			if err != nil {
+				return report, err
+			}
+			if !taken || h.ID != r.ID {
+				if err := idx.Reserve(p, r.ID, r.Name); err != nil {
+					return report, err
+				}
 				portsDirty = true
 				report = append(report, fmt.Sprintf("reservation of port %d/%s for %s, restored", p.HostPort, p.Proto, r.Name))
 			}
@@ -237,27 +245,23 @@ func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
 	if err != nil {
 		return report, err
 	}
-	changed := false
-	for key, rs := range idx.Reserved {
-		kept := rs[:0]
-		for _, r := range rs {
-			if live[r.ID] {
-				kept = append(kept, r)
-			} else {
+	if err := idx.LoadAll(); err != nil {
+		return report, err
+	}
+	for _, key := range idx.Keys() {
+		dead := false
+		for _, r := range idx.Reserved[key] {
+			if !live[r.ID] {
 				report = append(report, fmt.Sprintf("port reservation %s of unknown container %s", key, r.ID))
-				changed = true
+				dead = true
 			}
 		}
-		if len(kept) == 0 {
-			delete(idx.Reserved, key)
-		} else {
-			idx.Reserved[key] = kept
+		if dead {
+			idx.Drop(key, func(r state.Reservation) bool { return !live[r.ID] })
 		}
 	}
-	if changed {
-		if err := env.Store.PutPorts(idx); err != nil {
-			return report, err
-		}
+	if err := env.Store.PutPorts(idx); err != nil {
+		return report, err
 	}
 	ents, err := os.ReadDir(env.Store.Dir + "/networks")
 	if err != nil {
@@ -276,9 +280,15 @@ func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
 			continue
 		}
 		dirty := false
-		for addr, id := range ns.Allocated {
+		all, err := ns.Allocations()
+		if err != nil {
+			return report, err
+		}
+		for addr, id := range all {
 			if !live[id] {
-				ns.Release(id, addr)
+				if err := ns.Release(id, addr); err != nil {
+					return report, err
+				}
 				report = append(report, fmt.Sprintf("address %s on %s of unknown container %s", addr, name, id))
 				dirty = true
 			}
@@ -310,7 +320,11 @@ func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
 				dirty = true
 			}
 		}
-		if len(ns.Allocated) == 0 && ns.RulesInstalled() {
+		inUse, err := ns.InUse()
+		if err != nil {
+			return report, err
+		}
+		if !inUse && ns.RulesInstalled() {
 			fw, err := netsetup.NewFirewall(ns.Firewall)
 			if err != nil {
 				return report, err

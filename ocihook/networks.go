@@ -209,7 +209,8 @@ func (env *Env) settleDefaultSubnet(host *netlink.Handle) (netip.Prefix, error) 
 		return ns.Subnet, nil
 	}
 	if ns == nil {
-		ns = &state.Net{Name: config.DefaultNetwork, Bridge: env.Config.Bridge.Bridge, Allocated: map[netip.Addr]string{}}
+		ns = env.Store.NewNet(config.DefaultNetwork)
+		ns.Bridge = env.Config.Bridge.Bridge
 	}
 	def := env.Config.Bridge
 	if err := env.chooseSubnet(host, &def, ns); err != nil {
@@ -318,7 +319,11 @@ func (env *Env) InspectNetwork(name string) (*NetworkInfo, error) {
 		info.IPRange = n.IPRange.String()
 	}
 	if ns != nil {
-		for addr, id := range ns.Allocated {
+		all, err := ns.Allocations()
+		if err != nil {
+			return nil, err
+		}
+		for addr, id := range all {
 			rec, ok, err := env.Store.Get(id)
 			if err != nil || !ok {
 				continue

@@ -44,7 +44,11 @@ func (env *Env) allocatePorts(id, name string, reqs []PortRequest, idx *state.Po
 		}
 		chosen := 0
 		for port := first; port <= last && chosen == 0; port++ {
-			if holder, taken := idx.Holder(r.Proto, port, r.HostIP, id); taken {
+			holder, taken, err := idx.Holder(r.Proto, port, r.HostIP, id)
+			if err != nil {
+				return nil, err
+			}
+			if taken {
 				if first == last {
 					return nil, &PortAllocatedError{Port: port, Proto: r.Proto, Holder: holder.Name}
 				}
@@ -66,7 +70,9 @@ func (env *Env) allocatePorts(id, name string, reqs []PortRequest, idx *state.Po
 			return nil, fmt.Errorf("no free host port in %d-%d/%s", first, last, r.Proto)
 		}
 		p := state.Port{Proto: r.Proto, HostIP: r.HostIP, HostPort: chosen, ContainerPort: r.ContainerPort}
-		idx.Reserve(p, id, name)
+		if err := idx.Reserve(p, id, name); err != nil {
+			return nil, err
+		}
 		out = append(out, p)
 	}
 	return out, nil
@@ -104,6 +110,8 @@ func (env *Env) releasePorts(rec *state.Record) error {
 	if err != nil {
 		return err
 	}
-	idx.Release(rec.ID, rec.Ports)
+	if err := idx.Release(rec.ID, rec.Ports); err != nil {
+		return err
+	}
 	return env.Store.PutPorts(idx)
 }

@@ -308,7 +308,7 @@ func (c *setupCtx) bridge() error {
 		return err
 	}
 	if ns == nil {
-		ns = &state.Net{Name: def.Name, Allocated: map[netip.Addr]string{}}
+		ns = env.Store.NewNet(def.Name)
 	}
 	if err := env.chooseSubnet(host, def, ns); err != nil {
 		return err
@@ -496,9 +496,13 @@ func (c *setupCtx) bridge() error {
 // else the first free pool.
 func (env *Env) chooseSubnet(host *netlink.Handle, def *config.Network, ns *state.Net) error {
 	if def.Subnet.IsValid() {
-		if ns.Subnet.IsValid() && (ns.Subnet != def.Subnet || ns.Gateway != def.Gateway) && len(ns.Allocated) > 0 {
-			return fmt.Errorf("network %s: subnet changed from %s to %s while %d containers are attached; stop them first",
-				def.Name, ns.Subnet, def.Subnet, len(ns.Allocated))
+		if ns.Subnet.IsValid() && (ns.Subnet != def.Subnet || ns.Gateway != def.Gateway) {
+			if inUse, err := ns.InUse(); err != nil {
+				return err
+			} else if inUse {
+				return fmt.Errorf("network %s: subnet changed from %s to %s while containers are attached; stop them first",
+					def.Name, ns.Subnet, def.Subnet)
+			}
 		}
 		ns.Subnet, ns.Gateway = def.Subnet, def.Gateway
 		return nil

@@ -134,9 +134,15 @@ func (env *Env) releaseAddress(rec *state.Record) error {
 	if err != nil || ns == nil {
 		return err
 	}
-	ns.Release(rec.ID, rec.IP)
+	if err := ns.Release(rec.ID, rec.IP); err != nil {
+		return err
+	}
 	env.removeName(ns, rec)
-	if len(ns.Allocated) == 0 && ns.RulesInstalled() {
+	inUse, err := ns.InUse()
+	if err != nil {
+		return err
+	}
+	if !inUse && ns.RulesInstalled() {
 		fw, err := netsetup.NewFirewall(ns.Firewall)
 		if err != nil {
 			return err
@@ -153,7 +159,7 @@ func (env *Env) releaseAddress(rec *state.Record) error {
 		}
 		ns.Installed, ns.Firewall = nil, ""
 	}
-	if len(ns.Allocated) == 0 {
+	if !inUse {
 		ns.BridgeIndex = 0 // checked again by the next setup
 	}
 	return env.Store.PutNet(ns)

@@ -2,6 +2,7 @@ package state
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +26,8 @@ func FuzzStateFiles(f *testing.F) {
 			t.Fatal(err)
 		}
 		st.Put(&Record{ID: "good"})
-		for _, p := range []string{filepath.Join(dir, "containers", "x.json"), filepath.Join(dir, "networks", "n.json"), filepath.Join(dir, "ports.json")} {
+		for _, p := range []string{filepath.Join(dir, "containers", "x.json"), filepath.Join(dir, "networks", "n.json"), filepath.Join(dir, "ports", "tcp-80")} {
+			os.MkdirAll(filepath.Dir(p), 0o700)
 			os.WriteFile(p, []byte(s), 0o600)
 		}
 		check := func(err error) {
@@ -38,7 +40,8 @@ func FuzzStateFiles(f *testing.F) {
 		check(err)
 		_, err = st.GetNet("n")
 		check(err)
-		_, err = st.GetPorts()
+		idx, _ := st.GetPorts()
+		_, _, err = idx.Holder("tcp", 80, netip.Addr{}, "")
 		check(err)
 		recs, _ := st.List()
 		found := false

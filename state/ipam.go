@@ -3,21 +3,30 @@ package state
 import (
 	"errors"
 	"fmt"
-	"github.com/netshim/netshim/internal/ipv4"
 	"io/fs"
 	"net/netip"
+	"os"
 	"path/filepath"
+
+	"github.com/netshim/netshim/internal/ipv4"
 )
 
 // Net is the persisted state of one network: its subnet once chosen (so the
 // default network's pool stays stable) and its address allocations.
+//
+// The network's file holds what does not grow with its containers; each
+// allocated address is a file of its own, networks/<name>.addrs/<address>,
+// holding the container id. Setup and teardown then read and write a
+// constant amount whatever the number of containers. Changes to
+// allocations are kept in memory and written by PutNet.
 type Net struct {
 	Name    string       `json:"name"`
 	Bridge  string       `json:"bridge"`
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway"`
-	// Allocated maps an address to the container id holding it.
-	Allocated map[netip.Addr]string `json:"allocated"`
+	// Legacy is where allocations were kept before they had files: read
+	// once and moved into files.
+	Legacy map[netip.Addr]string `json:"allocated,omitempty"`
 	// Low is a hint: every address of the allocation range below it is
 	// taken, so the lowest free address is found from here, in O(1) when
 	// addresses are handed out and returned in order.
@@ -33,29 +42,69 @@ type Net struct {
 	// Installed names the firewall objects of the network's rules, as the
 	// backend returned them; removal hands them back.
 	Installed []string `json:"installed,omitempty"`
+
+	// dir holds the allocation files; "" keeps allocations in memory only.
+	dir string
+	// known caches holders read or set ("" = free); changed is what
+	// PutNet must write ("" = remove).
+	known   map[netip.Addr]string
+	changed map[netip.Addr]string
 }
 
 func (s *Store) netPath(name string) string {
 	return filepath.Join(s.Dir, "networks", name+".json")
 }
 
+func (s *Store) addrDir(name string) string {
+	return filepath.Join(s.Dir, "networks", name+".addrs")
+}
+
+// NewNet returns the state of a network that has none yet.
+func (s *Store) NewNet(name string) *Net {
+	return &Net{Name: name, dir: s.addrDir(name)}
+}
+
 // GetNet returns the state of network name, or nil when it has none yet.
 func (s *Store) GetNet(name string) (*Net, error) {
-	n := &Net{}
+	n := s.NewNet(name)
 	if err := readJSON(s.netPath(name), n); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
 		return nil, err
 	}
-	if n.Allocated == nil {
-		n.Allocated = map[netip.Addr]string{}
+	n.Name, n.dir = name, s.addrDir(name)
+	for a, id := range n.Legacy {
+		n.Hold(a, id)
 	}
 	return n, nil
 }
 
-// PutNet writes a network's state atomically.
+// PutNet writes a network's state: its allocation changes, then its file
+// (atomically).
 func (s *Store) PutNet(n *Net) error {
+	if n.dir == "" {
+		n.dir = s.addrDir(n.Name)
+	}
+	if len(n.changed) > 0 {
+		if err := os.MkdirAll(n.dir, 0o700); err != nil {
+			return fmt.Errorf("write allocations of network %s: %w", n.Name, err)
+		}
+	}
+	for a, id := range n.changed {
+		p := filepath.Join(n.dir, a.String())
+		var err error
+		if id == "" {
+			err = removeIfExists(p)
+		} else {
+			err = os.WriteFile(p, []byte(id), 0o600)
+		}
+		if err != nil {
+			return fmt.Errorf("write allocation %s of network %s: %w", a, n.Name, err)
+		}
+		delete(n.changed, a)
+	}
+	n.Legacy = nil
 	return writeJSON(s.netPath(n.Name), n)
 }
 
@@ -64,7 +113,121 @@ func (s *Store) DeleteNet(name string) error {
 	if err := removeIfExists(s.netPath(name)); err != nil {
 		return fmt.Errorf("remove state of network %s: %w", name, err)
 	}
+	if err := os.RemoveAll(s.addrDir(name)); err != nil {
+		return fmt.Errorf("remove allocations of network %s: %w", name, err)
+	}
 	return nil
+}
+
+// Holder returns the container id holding addr ("" when free).
+func (n *Net) Holder(addr netip.Addr) (string, error) {
+	if id, ok := n.changed[addr]; ok {
+		return id, nil
+	}
+	if id, ok := n.known[addr]; ok || n.dir == "" {
+		return id, nil
+	}
+	data, err := os.ReadFile(filepath.Join(n.dir, addr.String()))
+	id := string(data)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		id = ""
+	case err != nil:
+		return "", fmt.Errorf("read allocation %s of network %s: %w", addr, n.Name, err)
+	case id == "":
+		id = "?" // torn write of a killed hook: held by nobody known (gc frees it)
+	}
+	n.remember(addr, id)
+	return id, nil
+}
+
+func (n *Net) remember(addr netip.Addr, id string) {
+	if n.known == nil {
+		n.known = map[netip.Addr]string{}
+	}
+	n.known[addr] = id
+}
+
+// Hold records that container id holds addr (id "" frees it).
+func (n *Net) Hold(addr netip.Addr, id string) {
+	n.remember(addr, id)
+	if n.changed == nil {
+		n.changed = map[netip.Addr]string{}
+	}
+	n.changed[addr] = id
+}
+
+// Allocations lists every allocated address and its holder. It reads every
+// allocation file: for gc, inspect and errors, not for setup.
+func (n *Net) Allocations() (map[netip.Addr]string, error) {
+	out := map[netip.Addr]string{}
+	if n.dir != "" {
+		ents, err := os.ReadDir(n.dir)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("list allocations of network %s: %w", n.Name, err)
+		}
+		for _, e := range ents {
+			if a, err := netip.ParseAddr(e.Name()); err == nil {
+				if _, err := n.Holder(a); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	for a, id := range n.known {
+		if id != "" {
+			out[a] = id
+		}
+	}
+	for a, id := range n.changed {
+		if id == "" {
+			delete(out, a)
+		} else {
+			out[a] = id
+		}
+	}
+	return out, nil
+}
+
+// InUse reports whether any address is allocated. It reads at most a
+// directory block, whatever the number of containers.
+func (n *Net) InUse() (bool, error) {
+	for _, id := range n.changed {
+		if id != "" {
+			return true, nil
+		}
+	}
+	if n.dir == "" {
+		for _, id := range n.known {
+			if id != "" {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	d, err := os.Open(n.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list allocations of network %s: %w", n.Name, err)
+	}
+	defer d.Close()
+	for {
+		names, err := d.Readdirnames(64)
+		for _, name := range names {
+			a, perr := netip.ParseAddr(name)
+			if perr != nil {
+				continue
+			}
+			if id, ok := n.changed[a]; !ok || id != "" {
+				return true, nil
+			}
+		}
+		if err != nil {
+			return false, nil // io.EOF: every file is one being removed
+		}
+	}
 }
 
 // RulesInstalled reports whether the network-level firewall rules exist
@@ -102,14 +265,9 @@ func (e *AddressError) Unwrap() error { return e.Err }
 // Allocate gives container id an address of the network. With a valid
 // static address it takes exactly that one; otherwise the lowest free
 // address of rng (the subnet when rng is invalid). The network, broadcast,
-// gateway and extra reserved addresses are never handed out. Allocating for
-// an id that already holds an address returns that address.
+// gateway and extra reserved addresses are never handed out. The change is
+// written by PutNet.
 func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved ...netip.Addr) (netip.Addr, error) {
-	for a, holder := range n.Allocated {
-		if holder == id && (!static.IsValid() || static == a) {
-			return a, nil
-		}
-	}
 	isReserved := func(a netip.Addr) bool {
 		if a == n.Subnet.Addr() || a == ipv4.Last(n.Subnet) || a == n.Gateway {
 			return true
@@ -128,10 +286,14 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 		case isReserved(static):
 			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Reason: "reserved (network, broadcast or gateway address)"}
 		}
-		if holder, taken := n.Allocated[static]; taken {
+		holder, err := n.Holder(static)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		if holder != "" && holder != id {
 			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Holder: holder, Err: ErrAddressInUse}
 		}
-		n.Allocated[static] = id
+		n.Hold(static, id)
 		return static, nil
 	}
 	if !rng.IsValid() {
@@ -146,10 +308,14 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 		if isReserved(a) {
 			continue
 		}
-		if _, taken := n.Allocated[a]; taken {
+		holder, err := n.Holder(a)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		if holder != "" {
 			continue
 		}
-		n.Allocated[a] = id
+		n.Hold(a, id)
 		n.Low = a.Next()
 		return a, nil
 	}
@@ -157,13 +323,18 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 }
 
 // Release frees addr if id holds it.
-func (n *Net) Release(id string, addr netip.Addr) {
-	if holder, ok := n.Allocated[addr]; ok && holder == id {
-		delete(n.Allocated, addr)
+func (n *Net) Release(id string, addr netip.Addr) error {
+	holder, err := n.Holder(addr)
+	if err != nil {
+		return err
+	}
+	if holder == id {
+		n.Hold(addr, "")
 		if !n.Low.IsValid() || addr.Less(n.Low) {
 			n.Low = addr
 		}
 	}
+	return nil
 }
 
 // NetDNS is the DNS state of a user-defined network: the names of its

@@ -12,8 +12,7 @@ import (
 )
 
 func newNet() *Net {
-	return &Net{Name: "bridge", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: netip.MustParseAddr("172.17.0.1"),
-		Allocated: map[netip.Addr]string{}}
+	return &Net{Name: "bridge", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: netip.MustParseAddr("172.17.0.1")}
 }
 
 func TestAllocateLowestFree(t *testing.T) {
@@ -29,12 +28,8 @@ func TestAllocateLowestFree(t *testing.T) {
 	if d != b {
 		t.Fatalf("lowest free: got %v want %v", d, b)
 	}
-	again, _ := n.Allocate("d", netip.Addr{}, netip.Prefix{})
-	if again != d {
-		t.Fatalf("second allocation for one id: %v", again)
-	}
 	n.Release("x", a) // not the holder: no effect
-	if n.Allocated[a] != "a" {
+	if h, _ := n.Holder(a); h != "a" {
 		t.Fatal("released by a stranger")
 	}
 }
@@ -61,7 +56,7 @@ func TestAllocateRangeAndStatic(t *testing.T) {
 			t.Errorf("static %s accepted", bad)
 		}
 	}
-	small := &Net{Name: "s", Subnet: netip.MustParsePrefix("10.1.1.0/30"), Gateway: netip.MustParseAddr("10.1.1.1"), Allocated: map[netip.Addr]string{}}
+	small := &Net{Name: "s", Subnet: netip.MustParsePrefix("10.1.1.0/30"), Gateway: netip.MustParseAddr("10.1.1.1")}
 	if a, err := small.Allocate("a", netip.Addr{}, netip.Prefix{}); err != nil || a.String() != "10.1.1.2" {
 		t.Fatalf("/30: %v %v", a, err)
 	}
@@ -168,4 +163,51 @@ func TestLockTimeoutAndExclusion(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// Allocations persist as one file per address, written by PutNet: a later
+// GetNet sees them without reading the others, and a release removes it.
+func TestAllocationFiles(t *testing.T) {
+	s, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := s.NewNet("bridge")
+	n.Subnet, n.Gateway = netip.MustParsePrefix("10.9.0.0/24"), netip.MustParseAddr("10.9.0.1")
+	a, _ := n.Allocate("a", netip.Addr{}, netip.Prefix{})
+	b, _ := n.Allocate("b", netip.Addr{}, netip.Prefix{})
+	if err := s.PutNet(n); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(s.Dir, "networks", "bridge.addrs", b.String())); string(data) != "b" {
+		t.Fatalf("allocation file of %s: %q", b, data)
+	}
+	m, _ := s.GetNet("bridge")
+	if h, _ := m.Holder(a); h != "a" {
+		t.Fatalf("holder of %s after reload: %q", a, h)
+	}
+	if c, _ := m.Allocate("c", netip.Addr{}, netip.Prefix{}); c.String() != "10.9.0.4" {
+		t.Fatalf("next after reload: %v", c)
+	}
+	m.Release("a", a)
+	m.Release("b", b)
+	if inUse, _ := m.InUse(); !inUse {
+		t.Fatal("c still holds an address")
+	}
+	m.Release("c", netip.MustParseAddr("10.9.0.4"))
+	if inUse, _ := m.InUse(); inUse {
+		t.Fatal("in use after every release (before PutNet)")
+	}
+	s.PutNet(m)
+	all, _ := m.Allocations()
+	if left, _ := os.ReadDir(filepath.Join(s.Dir, "networks", "bridge.addrs")); len(left) != 0 || len(all) != 0 {
+		t.Fatalf("left: %v %v", left, all)
+	}
+	// State written before allocations had files is moved into files.
+	os.WriteFile(filepath.Join(s.Dir, "networks", "old.json"), []byte(`{"name":"old","subnet":"10.8.0.0/24","gateway":"10.8.0.1","allocated":{"10.8.0.2":"x"}}`), 0o600)
+	o, _ := s.GetNet("old")
+	s.PutNet(o)
+	if data, _ := os.ReadFile(filepath.Join(s.Dir, "networks", "old.addrs", "10.8.0.2")); string(data) != "x" {
+		t.Fatalf("legacy allocation not moved: %q", data)
+	}
 }

@@ -273,7 +273,7 @@ func TestHookParallel(t *testing.T) {
 	teardown := run("poststop", "stopped")
 	t.Logf("50 parallel setups: %v wall; 50 parallel teardowns: %v wall", setup.Round(time.Millisecond), teardown.Round(time.Millisecond))
 	assertClean(t, h)
-	if _, err := os.Stat(filepath.Join(h.stateDir, "ports.json")); err == nil {
+	if left, _ := os.ReadDir(filepath.Join(h.stateDir, "ports")); len(left) > 0 {
 		t.Error("port reservations left")
 	}
 }
@@ -409,14 +409,17 @@ func TestCorruptStateRecovery(t *testing.T) {
 	a := h.newProc("a", map[string]string{"netshim/publish": "8080:80"})
 	a.mustSetup()
 	netFile := filepath.Join(h.stateDir, "networks", "bridge.json")
-	os.WriteFile(netFile, []byte(`{"name": "bridge", "allocated": {`), 0o600)
+	os.WriteFile(netFile, []byte(`{"name": "bridge", "subnet": `), 0o600)
 	b := h.newProc("b", map[string]string{"netshim/publish": "8080:80"})
 	errOut, err := b.hook("createRuntime", "creating")
 	if err == nil || !strings.Contains(errOut, "netshim: state file "+netFile+" is corrupt") || !strings.Contains(errOut, "run `netshim gc`") {
 		t.Fatalf("corrupt network state: %v %q", err, errOut)
 	}
+	// The user moves the bad file aside; the allocation and reservation
+	// files are lost too.
 	os.Rename(netFile, netFile+".bad")
-	os.Remove(filepath.Join(h.stateDir, "ports.json"))
+	os.RemoveAll(filepath.Join(h.stateDir, "networks", "bridge.addrs"))
+	os.RemoveAll(filepath.Join(h.stateDir, "ports"))
 	out := h.mustNetshim("gc")
 	if !strings.Contains(out, "allocation of 172.17.0.2 to a, restored") || !strings.Contains(out, "reservation of port 8080/tcp for a, restored") {
 		t.Errorf("gc:\n%s", out)

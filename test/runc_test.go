@@ -2,7 +2,6 @@ package test
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -141,13 +140,8 @@ func assertCleanLinks(t *testing.T, h *host) {
 	if len(recs) != 0 {
 		t.Errorf("records left: %v", recs)
 	}
-	nets, _ := filepath.Glob(filepath.Join(h.stateDir, "networks", "*.json"))
-	for _, n := range nets {
-		var st struct{ Allocated map[string]string }
-		data, _ := os.ReadFile(n)
-		json.Unmarshal(data, &st)
-		if len(st.Allocated) != 0 {
-			t.Errorf("allocations left in %s: %v", n, st.Allocated)
-		}
+	addrs, _ := filepath.Glob(filepath.Join(h.stateDir, "networks", "*.addrs", "*"))
+	if len(addrs) != 0 {
+		t.Errorf("allocations left: %v", addrs)
 	}
 }
