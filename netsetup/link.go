@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/netshim/netshim/internal/ipv4"
 	"net"
 	"net/netip"
 
@@ -13,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/internal/ipv4"
 )
 
 // ContainerIfName is the container end of the veth pair, as in Docker.
@@ -146,12 +147,15 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 	if err := h.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth %s: %w", s.HostName, err)
 	}
-	if s.Alias == "" && !s.Isolated && !s.Hairpin {
-		return nil
-	}
 	link, err := h.LinkByName(s.HostName)
 	if err != nil {
 		return fmt.Errorf("find new veth %s: %w", s.HostName, err)
+	}
+	// A bridge port needs no IPv6 address; 1,000 of them would be 1,000
+	// link-local routes that the host's IPv6 route walks go through. The
+	// carrier is down until the container side is up, so none is made yet.
+	if err := noIPv6LinkLocal(h, link); err != nil {
+		return err
 	}
 	// The kernel ignores IFLA_IFALIAS when creating a link: set it after.
 	if s.Alias != "" {
@@ -168,6 +172,30 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 		if err := h.LinkSetIsolated(link, true); err != nil {
 			return fmt.Errorf("isolate bridge port %s: %w", s.HostName, err)
 		}
+	}
+	return nil
+}
+
+// SetUpContainer configures the container's side from inside its netns,
+// on one thread switched in once (see ConfigureContainer).
+func SetUpContainer(ns netns.NsHandle, s *VethSpec) error {
+	return Do(ns, func() error {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink in container netns: %w", err)
+		}
+		defer h.Close()
+		return ConfigureContainer(h, s)
+	})
+}
+
+// noIPv6LinkLocal stops the kernel from giving link an IPv6 link-local
+// address. A kernel without IPv6 has nothing to stop.
+func noIPv6LinkLocal(h *netlink.Handle, link netlink.Link) error {
+	const in6AddrGenModeNone = 1 // IN6_ADDR_GEN_MODE_NONE, linux/if_link.h
+	err := h.LinkSetIP6AddrGenMode(link, in6AddrGenModeNone)
+	if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) && !errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("set IPv6 address generation of %s: %w", link.Attrs().Name, err)
 	}
 	return nil
 }
@@ -189,6 +217,13 @@ func ConfigureContainer(ch *netlink.Handle, s *VethSpec) error {
 	addr := &netlink.Addr{IPNet: ipnet(s.Subnet, s.IP), Broadcast: net.IP(ipv4.Last(s.Subnet).AsSlice())}
 	if err := ch.AddrAdd(eth, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add address %s to %s in container: %w", s.IP, ContainerIfName, err)
+	}
+	// No IPv6 link-local address (set before the link comes up): the
+	// network has no IPv6, and each new eth0's duplicate address detection
+	// and MLD reports would be flooded by the bridge to every other
+	// container, a cost that grows with their number.
+	if err := noIPv6LinkLocal(ch, eth); err != nil {
+		return err
 	}
 	if err := ch.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("set %s up in container: %w", ContainerIfName, err)

@@ -195,12 +195,7 @@ func (c *setupCtx) run() error {
 		if err := c.env.Store.SetName(c.rec.Name, c.rec.ID); err != nil {
 			return err
 		}
-		ch, err := netlink.NewHandleAt(c.ns)
-		if err != nil {
-			return fmt.Errorf("netlink in container netns: %w", err)
-		}
-		defer ch.Close()
-		if err := netsetup.ConfigureContainer(ch, nil); err != nil {
+		if err := netsetup.SetUpContainer(c.ns, nil); err != nil {
 			return err
 		}
 	default:
@@ -464,12 +459,7 @@ func (c *setupCtx) bridge() error {
 		rec.PeerNSID = &id // saved with the ready record
 	}
 	env.mark("veth")
-	ch, err := netlink.NewHandleAt(c.ns)
-	if err != nil {
-		return fmt.Errorf("netlink in container netns: %w", err)
-	}
-	defer ch.Close()
-	if err := netsetup.ConfigureContainer(ch, &vs); err != nil {
+	if err := netsetup.SetUpContainer(c.ns, &vs); err != nil {
 		return err
 	}
 	fault("setup:container")

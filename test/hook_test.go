@@ -528,3 +528,31 @@ func TestHookTeardownLiveContainer(t *testing.T) {
 	waitReclaimers(t)
 	assertClean(t, h)
 }
+
+// The network has no IPv6: neither end of a container's veth gets a
+// link-local address, so no duplicate address detection or MLD report is
+// flooded by the bridge to every other container.
+func TestHookNoIPv6LinkLocal(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a := h.newProc("v6a", nil)
+	a.mustSetup()
+	b := h.newProc("v6b", nil)
+	b.mustSetup()
+	time.Sleep(300 * time.Millisecond) // addrconf would have added them by now
+	if out := a.mustIn("ip", "-6", "-o", "addr", "show", "dev", "eth0"); strings.Contains(out, "fe80") {
+		t.Errorf("container eth0 has an IPv6 link-local address: %s", out)
+	}
+	for _, l := range strings.Split(sandbox.Run(t, "ip", "-6", "-o", "addr"), "\n") {
+		if strings.Contains(l, "veth") {
+			t.Errorf("a host veth has an IPv6 address: %s", l)
+		}
+	}
+	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.3")
+	a.mustTeardown()
+	b.mustTeardown()
+	waitReclaimers(t)
+	assertClean(t, h)
+}
