@@ -202,6 +202,9 @@ func main() {
 	var samples []*sample
 	var skipped []string
 	for _, name := range strings.Split(*flagTools, ",") {
+		if name == "" {
+			continue // -tools "": runc run only
+		}
 		t := all[name]
 		if t == nil {
 			fmt.Fprintln(os.Stderr, "bench: unknown tool", name)

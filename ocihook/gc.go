@@ -16,16 +16,20 @@ import (
 
 // FaultEnv names a point at which the hook kills itself with SIGKILL: a
 // test-only switch to prove that a hook killed anywhere leaves only what
-// gc (or the next setup) undoes.
+// gc (or the next setup) undoes. "stop:<point>" stops it there instead
+// (SIGSTOP), to show that a slow setup is not mistaken for a crashed one.
 const FaultEnv = "NETSHIM_FAULT"
 
 var faultPoint = os.Getenv(FaultEnv)
 
-// fault dies at the named point when the switch says so.
+// fault dies, or stops, at the named point when the switch says so.
 func fault(point string) {
-	if faultPoint == point {
+	switch faultPoint {
+	case point:
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // SIGKILL is not delivered synchronously everywhere
+	case "stop:" + point:
+		syscall.Kill(os.Getpid(), syscall.SIGSTOP)
 	}
 }
 
@@ -66,8 +70,8 @@ func (env *Env) GC() ([]string, error) {
 	recs, errs := env.Store.List()
 	live := map[string]bool{}
 	for _, r := range recs {
-		if r.Phase == state.PhaseReady && processMatches(r) {
-			live[r.ID] = true
+		if (r.Phase == state.PhaseReady && processMatches(r)) || (r.Phase != state.PhaseReady && env.inFlight(r.ID)) {
+			live[r.ID] = true // running, or being set up by a live hook
 			continue
 		}
 		why := "its process is gone"
@@ -129,7 +133,7 @@ func (env *Env) gcIndexes(live map[string]bool) ([]string, error) {
 		return nil, err
 	}
 	for _, id := range ids {
-		if !live[id] {
+		if !live[id] && !env.inFlight(id) {
 			if err := env.Store.UnmarkCreating(id); err != nil {
 				return report, err
 			}

@@ -78,11 +78,21 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	}
 
 	env.mark("netns")
+	// The lock covers what other hooks read: records, indexes, address
+	// and port reservations, a network's bridge and rules. The
+	// container's own links and files are made after it is released.
 	lock, err := env.Store.Lock(env.lockTimeout())
 	if err != nil {
 		return name, err
 	}
-	defer lock.Unlock()
+	held := true
+	unlock := func() {
+		if held {
+			lock.Unlock()
+			held = false
+		}
+	}
+	defer func() { unlock() }()
 	env.mark("lock")
 
 	if old, ok, err := env.Store.Get(st.ID); err != nil {
@@ -96,14 +106,14 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 			return name, fmt.Errorf("clean up earlier setup of %s: %w", st.ID, err)
 		}
 	}
-	// Under the lock no setup is in flight: one still marked as creating
-	// was killed. Undo it now (the directory is normally empty).
+	// A setup still marked as creating whose hook is gone was killed:
+	// undo it now (the directory normally holds only setups in flight).
 	crashed, err := env.Store.Creating()
 	if err != nil {
 		return name, err
 	}
 	for _, id := range crashed {
-		if id == st.ID {
+		if id == st.ID || env.inFlight(id) {
 			continue
 		}
 		o, ok, err := env.Store.Get(id)
@@ -134,11 +144,22 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 		rec.Mode, rec.Network = ModeBridge, opts.Network
 	}
 	env.mark("records")
-	if err := env.Store.MarkCreating(rec.ID); err != nil {
+	me, meStart, err := selfProcess()
+	if err != nil {
 		return name, err
 	}
-	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh}
-	if err := c.run(); err != nil {
+	if err := env.Store.MarkCreating(rec.ID, me, meStart); err != nil {
+		return name, err
+	}
+	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh, unlock: unlock}
+	if runErr := c.run(); runErr != nil {
+		if !held { // failed after the lock was released: undo under it
+			l, lerr := env.Store.Lock(env.lockTimeout())
+			if lerr != nil {
+				return name, fmt.Errorf("%w (and undoing it: %v)", runErr, lerr)
+			}
+			lock, held = l, true
+		}
 		// A failed setup leaves nothing behind when it returns: undo it
 		// without leaving anything to a reclaimer.
 		deferred := env.reclaim
@@ -146,11 +167,25 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 		rerr := env.teardownLocked(rec)
 		env.reclaim = deferred
 		if rerr != nil {
-			return name, fmt.Errorf("%w (and undoing it: %v)", err, rerr)
+			return name, fmt.Errorf("%w (and undoing it: %v)", runErr, rerr)
 		}
-		return name, err
+		return name, runErr
 	}
 	return name, nil
+}
+
+// selfProcess identifies this hook process, for its creating marker.
+func selfProcess() (int, uint64, error) {
+	pid := os.Getpid()
+	start, err := netsetup.ProcStartTime(pid)
+	return pid, start, err
+}
+
+// inFlight reports whether the setup of id marked as creating is still
+// running in another hook.
+func (env *Env) inFlight(id string) bool {
+	pid, start, ok := env.Store.CreatingOwner(id)
+	return ok && pid != os.Getpid() && alive(pid, start)
 }
 
 func (env *Env) lockTimeout() time.Duration {
@@ -172,6 +207,8 @@ type setupCtx struct {
 	def *config.Network
 	// hostResolv caches the host's resolv.conf.
 	hostResolv []byte
+	// unlock releases the host lock once the shared state is settled.
+	unlock func()
 }
 
 func (c *setupCtx) run() error {
@@ -413,6 +450,21 @@ func (c *setupCtx) bridge() error {
 		}
 	}
 	env.mark("rules")
+	if !def.Default {
+		// User networks resolve their containers' names: from the moment
+		// this write is done, the responder answers for this one.
+		if err := env.addName(ns, def, rec, c.opts, c.hostResolvConf()); err != nil {
+			return err
+		}
+		fault("setup:responder")
+		if err := env.Store.PutNet(ns); err != nil {
+			return err
+		}
+	}
+	// Everything other hooks read is settled: the rest is this
+	// container's own (its veth, its netns, its map elements, its files),
+	// done without holding up other hooks.
+	c.unlock()
 	route := ns.Gateway
 	if def.DefaultGateway.IsValid() {
 		route = def.DefaultGateway
@@ -435,13 +487,15 @@ func (c *setupCtx) bridge() error {
 		}
 		if !errors.Is(err, unix.EEXIST) {
 			// The remembered bridge may be gone (deleted by hand, a
-			// reboot): ensure it again, once.
-			if ns.BridgeIndex == vs.BridgeIndex {
-				if berr := ensureBridge(); berr != nil {
+			// reboot): ensure it again, once, under the lock and on the
+			// network's current state.
+			if attempt == 0 {
+				idx, berr := env.reensureBridge(host, def.Name, bridgeSpec)
+				if berr != nil {
 					return berr
 				}
-				if ns.BridgeIndex != vs.BridgeIndex {
-					vs.BridgeIndex = ns.BridgeIndex
+				if idx != vs.BridgeIndex {
+					vs.BridgeIndex = idx
 					continue
 				}
 			}
@@ -469,16 +523,27 @@ func (c *setupCtx) bridge() error {
 	}
 	fault("setup:published")
 	env.mark("ports")
-	if def.Default {
-		return nil
+	return nil
+}
+
+// reensureBridge ensures a network's bridge again, under the lock, and
+// records its index in the network's current state.
+func (env *Env) reensureBridge(host *netlink.Handle, network string, spec netsetup.BridgeSpec) (int, error) {
+	lock, err := env.Store.Lock(env.lockTimeout())
+	if err != nil {
+		return 0, err
 	}
-	// User networks resolve their containers' names: from the moment
-	// this write is done, the responder answers for this one.
-	if err := env.addName(ns, def, rec, c.opts, c.hostResolvConf()); err != nil {
-		return err
+	defer lock.Unlock()
+	br, _, err := netsetup.EnsureBridge(host, spec)
+	if err != nil {
+		return 0, err
 	}
-	fault("setup:responder")
-	return env.Store.PutNet(ns)
+	ns, err := env.Store.GetNet(network)
+	if err != nil || ns == nil {
+		return 0, fmt.Errorf("state of network %s: gone while attaching (%v)", network, err)
+	}
+	ns.BridgeIndex = br.Attrs().Index
+	return ns.BridgeIndex, env.Store.PutNet(ns)
 }
 
 // chooseSubnet settles the network's subnet: the configured one, else the

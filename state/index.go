@@ -61,16 +61,30 @@ func (s *Store) DropName(name, id string) error {
 	return nil
 }
 
-// MarkCreating notes that setup of id is in progress.
-func (s *Store) MarkCreating(id string) error {
+// MarkCreating notes that setup of id is in progress, in the process pid
+// that started at start (setup finishes without the lock, so a marker
+// alone does not mean its setup was killed).
+func (s *Store) MarkCreating(id string, pid int, start uint64) error {
 	if err := s.ensureDir("creating"); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(s.creatingPath(id), os.O_WRONLY|os.O_CREATE, 0o600)
-	if err != nil {
+	if err := os.WriteFile(s.creatingPath(id), []byte(fmt.Sprintf("%d %d\n", pid, start)), 0o600); err != nil {
 		return s.indexErr("create", s.creatingPath(id), err)
 	}
-	return f.Close()
+	return nil
+}
+
+// CreatingOwner returns the process doing the setup of id, as marked; ok
+// is false without a marker or an owner in it.
+func (s *Store) CreatingOwner(id string) (pid int, start uint64, ok bool) {
+	data, err := os.ReadFile(s.creatingPath(id))
+	if err != nil {
+		return 0, 0, false
+	}
+	if _, err := fmt.Sscanf(string(data), "%d %d", &pid, &start); err != nil {
+		return 0, 0, false
+	}
+	return pid, start, true
 }
 
 // UnmarkCreating drops the mark of id.

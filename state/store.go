@@ -41,31 +41,48 @@ var ErrLockTimeout = errors.New("timed out")
 // Lock is the held host lock.
 type Lock struct{ f *os.File }
 
-// Lock takes the host-wide lock, waiting at most timeout.
+// Lock takes the host-wide lock, waiting at most timeout. A waiter sleeps
+// in the kernel and is woken the moment the holder releases the lock (no
+// polling interval is added to a wait).
 func (s *Store) Lock(timeout time.Duration) (*Lock, error) {
 	path := filepath.Join(s.Dir, "lock")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open state lock %s: %w", path, err)
 	}
-	deadline := time.Now().Add(timeout)
-	wait := 200 * time.Microsecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return &Lock{f: f}, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+	err = flock(f, unix.LOCK_EX|unix.LOCK_NB)
+	if err == nil {
+		return &Lock{f: f}, nil
+	}
+	if !errors.Is(err, unix.EWOULDBLOCK) {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- flock(f, unix.LOCK_EX) }()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-got:
+		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w after %s (another netshim holds it)", path, ErrLockTimeout, timeout)
-		}
-		time.Sleep(wait)
-		if wait < 10*time.Millisecond {
-			wait *= 2
+		return &Lock{f: f}, nil
+	case <-timer.C:
+		// The blocked flock cannot be interrupted: if it ever succeeds,
+		// release the lock at once.
+		go func() { <-got; f.Close() }()
+		return nil, fmt.Errorf("lock %s: %w after %s (another netshim holds it)", path, ErrLockTimeout, timeout)
+	}
+}
+
+// flock is flock(2), restarted when a signal interrupts it.
+func flock(f *os.File, how int) error {
+	for {
+		err := unix.Flock(int(f.Fd()), how)
+		if !errors.Is(err, unix.EINTR) {
+			return err
 		}
 	}
 }

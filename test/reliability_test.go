@@ -173,6 +173,54 @@ func TestHookKilledAnywhere(t *testing.T) {
 	assertClean(t, h)
 }
 
+// A setup wires its container's own links after releasing the lock. One
+// stopped there (as a slow hook would be) is not mistaken for a crashed
+// one: gc and other setups run meanwhile and leave it alone, and it
+// finishes when it resumes.
+func TestSetupInFlightNotReaped(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	slow := h.newProc("slow", map[string]string{"netshim/publish": "8080:80"})
+	cmd := exec.Command(netshimBin, "--config", h.config, "--state-dir", h.stateDir, "hook", "createRuntime")
+	cmd.Env = append(os.Environ(), "NETSHIM_FAULT=stop:setup:veth")
+	cmd.Stdin = strings.NewReader(slow.state("creating"))
+	var errOut strings.Builder
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := func() bool {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		f := strings.Fields(string(data))
+		return len(f) > 2 && f[2] == "T"
+	}
+	for i := 0; i < 500 && !stopped(); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !stopped() {
+		t.Fatalf("hook did not stop at setup:veth: %s", errOut.String())
+	}
+	other := h.newProc("other", nil)
+	other.mustSetup() // takes the lock, looks for crashed setups
+	if out := h.mustNetshim("gc"); strings.Contains(out, "slow") {
+		t.Errorf("gc took the setup in flight for a crashed one:\n%s", out)
+	}
+	cmd.Process.Signal(syscall.SIGCONT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("resumed setup: %v %s", err, errOut.String())
+	}
+	slow.mustIn("ping", "-c1", "-W2", "172.17.0.1")
+	if out := slow.mustIn("ip", "-4", "-o", "addr", "show", "eth0"); !strings.Contains(out, "172.17.0.2/16") {
+		t.Errorf("slow container's address: %s", out)
+	}
+	slow.mustTeardown()
+	other.mustTeardown()
+	waitReclaimers(t)
+	assertClean(t, h)
+}
+
 // gc reclaims a record whose process is gone even if its PID now belongs to
 // another process, and leaves that process alone.
 func TestGCReusedPID(t *testing.T) {
