@@ -168,21 +168,26 @@ func dnsServeCmd(g *globals) *cobra.Command {
 
 func reclaimCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:    "reclaim WORK",
-		Short:  "Finish deletions a hook handed over (started by the hook)",
+		Use:    "reclaim",
+		Short:  "Finish deletions hooks hand over (started by the hook)",
 		Hidden: true,
-		Args:   cobra.ExactArgs(1),
+		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if g.stateDir == "" {
 				return fmt.Errorf("reclaim needs --state-dir")
 			}
-			// No config: the work names everything, and the hook that
-			// started it may have used another config file.
+			l, err := ocihook.ReclaimerListener()
+			if err != nil {
+				return err
+			}
+			ocihook.LeaveCgroup()
+			// No config: the work names everything, and the hooks that
+			// hand it over may use other config files.
 			store, err := state.New(g.stateDir)
 			if err != nil {
 				return err
 			}
-			return ocihook.RunReclaimer(&ocihook.Env{Store: store, Debug: g.debug}, args[0])
+			return ocihook.RunReclaimer(&ocihook.Env{Store: store, Debug: g.debug}, l)
 		},
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/google/nftables"
 	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,10 +23,16 @@ import (
 //   - Deleting a veth waits for the same grace periods in
 //     unregister_netdevice, with RTNL held.
 //
+//   - The release on close holds nftables' commit mutex while it waits, so a
+//     process closing such a socket also holds up every other nftables
+//     commit on the host for the rest of the grace period.
+//
 // A hook stops the traffic itself (map elements deleted, the host veth set
-// down, both done when it returns) and hands the rest to a detached
-// reclaimer: the last references to its netfilter sockets, and the links to
-// delete. The reclaimer pays the grace periods; nobody waits for it.
+// down and put in DoomedGroup, both done when it returns) and hands the rest
+// to a reclaimer: the last references to its netfilter sockets, and the
+// deletion of the doomed links. The reclaimer closes the sockets once no
+// deletion has come for a while (nothing is then pending, so closing costs
+// nothing and holds up nobody) and deletes the doomed links in batches.
 
 var retained struct {
 	sync.Mutex
@@ -83,42 +90,36 @@ func newNftConn() (*nftables.Conn, error) {
 	return c, nil
 }
 
-// DoomedLink is a host link whose traffic is already stopped (it is down)
-// and that only has to be deleted. Index, name and alias together identify
-// it: none is enough alone once the kernel reuses them.
-type DoomedLink struct {
-	Index int
-	Name  string
-	Alias string
-}
+// DoomedGroup is the link group (IFLA_GROUP) of host veths whose traffic
+// is stopped and that only wait to be deleted. Deleting a group is one
+// RTM_DELLINK for all its links, so the kernel unregisters them in one
+// batch: the RCU grace periods are paid once, not once per link.
+const DoomedGroup = 0x6e73686d // "nshm"
 
 // StopLink sets a host link down, which takes it out of its bridge's
 // forwarding at once (no RCU grace period: RTNL is held, so the kernel
-// expedites), so that its deletion can be left to a reclaimer.
-func StopLink(h *netlink.Handle, link netlink.Link) (DoomedLink, error) {
-	a := link.Attrs()
-	d := DoomedLink{Index: a.Index, Name: a.Name, Alias: a.Alias}
-	if err := h.LinkSetDown(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return d, fmt.Errorf("set link %s down: %w", a.Name, err)
-	}
-	return d, nil
-}
-
-// DeleteDoomed deletes a stopped link if it is still the one recorded.
-func DeleteDoomed(h *netlink.Handle, d DoomedLink) error {
-	link, err := h.LinkByIndex(d.Index)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+// expedites), and moves it to DoomedGroup, for a reclaimer to delete.
+func StopLink(h *netlink.Handle, link netlink.Link) error {
+	name := link.Attrs().Name
+	if err := h.LinkSetDown(link); err != nil {
+		if errors.Is(err, unix.ENODEV) {
 			return nil
 		}
-		return fmt.Errorf("find link %s: %w", d.Name, err)
+		return fmt.Errorf("set link %s down: %w", name, err)
 	}
-	if a := link.Attrs(); a.Name != d.Name || a.Alias != d.Alias {
-		return nil // the index was reused
+	if err := h.LinkSetGroup(link, DoomedGroup); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("set link %s aside for deletion: %w", name, err)
 	}
-	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete link %s: %w", d.Name, err)
+	return nil
+}
+
+// DeleteDoomed deletes every link of DoomedGroup, in one batch.
+func DeleteDoomed() error {
+	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DoomedGroup)))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete links set aside: %w", err)
 	}
 	return nil
 }

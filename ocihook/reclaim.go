@@ -1,27 +1,30 @@
 package ocihook
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/netsetup"
 )
 
-// Reclaim is what a hook leaves to its reclaimer: the slow tail of
+// Reclaim is what a hook leaves to the reclaimer: the slow tail of
 // deletions whose effect is already in place when the hook returns (see
-// netsetup.RetainNetfilterSockets). Its traffic is stopped: the links are
+// netsetup.RetainNetfilterSockets). The traffic is stopped: the links are
 // down, the map elements gone; what remains costs RCU grace periods.
 type Reclaim struct {
-	// Links are host veths set down, to delete.
-	Links []netsetup.DoomedLink `json:"links,omitempty"`
+	// Doomed says host veths were set down and put in
+	// netsetup.DoomedGroup, to delete.
+	Doomed bool `json:"doomed,omitempty"`
 	// UDPPorts are host ports whose UDP conntrack entries to drop (after
 	// the port's map element is gone, so no new flow goes to the old
 	// container).
@@ -32,84 +35,15 @@ type Reclaim struct {
 	deleted bool
 }
 
-func (r *Reclaim) empty() bool { return len(r.Links) == 0 && len(r.UDPPorts) == 0 && !r.deleted }
+func (r *Reclaim) empty() bool { return !r.Doomed && len(r.UDPPorts) == 0 && !r.deleted }
 
-// DeferReclaim makes this Env's teardowns leave their slow tail to a
-// detached reclaimer, started by HandOff. The hook does; commands a user
-// waits on (gc) do not.
-func (env *Env) DeferReclaim() {
-	env.reclaim = &Reclaim{}
-	netsetup.RetainNetfilterSockets()
-}
-
-// HandOff starts the reclaimer for what this Env's teardowns deferred, in
-// its own session with stdio on /dev/null (a runtime that waits for the
-// hook's output to end must not wait for it), holding the last references
-// to the netfilter sockets. If it cannot be started, the work is done here.
-func (env *Env) HandOff() {
-	socks := netsetup.RetainedSockets()
-	defer func() {
-		for _, f := range socks {
-			f.Close()
-		}
-	}()
-	if env.reclaim == nil || env.reclaim.empty() {
-		return
-	}
-	work, err := json.Marshal(env.reclaim)
-	if err == nil {
-		var self string
-		if self, err = os.Executable(); err == nil {
-			args := []string{"--state-dir", env.Store.Dir, "reclaim", string(work)}
-			if env.Debug {
-				args = append([]string{"--debug"}, args...)
-			}
-			cmd := exec.Command(self, args...)
-			cmd.Dir = "/"
-			cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-			cmd.ExtraFiles = socks
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-			if err = cmd.Start(); err == nil {
-				cmd.Process.Release()
-				return
-			}
-		}
-	}
-	env.logLine("-", "-", "reclaim", 0, fmt.Errorf("start reclaimer: %w; reclaiming in the hook", err))
-	if err := env.reclaim.Do(); err != nil {
-		env.logLine("-", "-", "reclaim", 0, err)
-	}
-}
-
-// RunReclaimer is the reclaimer: it does the work a hook handed over and
-// exits, which releases the netfilter sockets it inherited. Failures go to
-// the hook log: nobody waits for it.
-func RunReclaimer(env *Env, arg string) error {
-	start := time.Now()
-	var r Reclaim
-	if err := json.Unmarshal([]byte(arg), &r); err != nil {
-		return &InputError{What: "reclaim work", Value: arg, Reason: err.Error()}
-	}
-	err := r.Do()
-	if err != nil || env.Debug {
-		env.logLine("-", "-", "reclaim", time.Since(start), err)
-	}
-	return err
-}
-
-// Do deletes the links and drops the conntrack entries.
+// Do deletes the doomed links and drops the conntrack entries, here and
+// now.
 func (r *Reclaim) Do() error {
 	var errs []error
-	if len(r.Links) > 0 {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			return fmt.Errorf("netlink: %w", err)
-		}
-		defer h.Close()
-		for _, l := range r.Links {
-			if err := netsetup.DeleteDoomed(h, l); err != nil {
-				errs = append(errs, err)
-			}
+	if r.Doomed {
+		if err := netsetup.DeleteDoomed(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, p := range r.UDPPorts {
@@ -118,4 +52,287 @@ func (r *Reclaim) Do() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// DeferReclaim makes this Env's teardowns leave their slow tail to the
+// reclaimer, handed over by HandOff. The hook does; commands a user waits
+// on (gc) do not.
+func (env *Env) DeferReclaim() {
+	env.reclaim = &Reclaim{}
+	netsetup.RetainNetfilterSockets()
+}
+
+// The reclaimer serves one state dir, on an abstract unix socket of the
+// hook's network namespace; it exits when it has had nothing to do for
+// reclaimLinger.
+const (
+	// reclaimQuiet: the netfilter sockets are closed once no handoff has
+	// come for this long. Deletions are then no longer pending in the
+	// kernel (a grace period is 8-25 ms here), so closing costs nothing.
+	reclaimQuiet = 100 * time.Millisecond
+	// reclaimMaxHold bounds how long sockets are held under a steady
+	// stream of handoffs: then they are closed anyway, in one batch.
+	reclaimMaxHold = 2 * time.Second
+	reclaimLinger  = 2 * time.Second
+)
+
+func reclaimerAddr(stateDir string) *net.UnixAddr {
+	sum := sha256.Sum256([]byte(stateDir))
+	return &net.UnixAddr{Net: "unixpacket", Name: "@netshim-reclaim-" + hex.EncodeToString(sum[:8])}
+}
+
+// HandOff gives the reclaimer what this Env's teardowns deferred, with the
+// netfilter sockets this process used. A setup (nothing deferred) hands
+// its sockets over only to a reclaimer already running: one runs only
+// after recent deletions, which closing them here would wait for. If the
+// reclaimer cannot be reached, the work is done here.
+func (env *Env) HandOff() {
+	socks := netsetup.RetainedSockets()
+	defer func() {
+		for _, f := range socks {
+			f.Close()
+		}
+	}()
+	r := env.reclaim
+	if r == nil || (r.empty() && len(socks) == 0) {
+		return
+	}
+	needed := !r.empty()
+	work, err := json.Marshal(r)
+	if err == nil {
+		if err = env.sendToReclaimer(work, socks, needed); err == nil || !needed {
+			return
+		}
+	}
+	env.logLine("-", "-", "reclaim", 0, fmt.Errorf("hand over to the reclaimer: %w; reclaiming in the hook", err))
+	if err := r.Do(); err != nil {
+		env.logLine("-", "-", "reclaim", 0, err)
+	}
+}
+
+// sendToReclaimer delivers work and files to the reclaimer, starting one
+// if none runs and start is set.
+func (env *Env) sendToReclaimer(work []byte, files []*os.File, start bool) error {
+	addr := reclaimerAddr(env.Store.Dir)
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var c *net.UnixConn
+		if c, err = net.DialUnix("unixpacket", nil, addr); err == nil {
+			// A running reclaimer acknowledges: one that was just
+			// exiting does not, and another is started.
+			err = send(c, work, files, true)
+			c.Close()
+			if err == nil {
+				return nil
+			}
+			continue
+		}
+		if !start {
+			return err
+		}
+		var l *net.UnixListener
+		if l, err = net.ListenUnix("unixpacket", addr); err != nil {
+			continue // another hook just started one: use it
+		}
+		if err = env.startReclaimer(l); err != nil {
+			return err
+		}
+		// The new reclaimer holds the listener: the connection waits in
+		// its backlog, the message (and the files' references) in the
+		// connection, until it accepts.
+		if c, err = net.DialUnix("unixpacket", nil, addr); err == nil {
+			err = send(c, work, files, false)
+			c.Close()
+			if err == nil {
+				return nil
+			}
+		}
+	}
+	return err
+}
+
+func send(c *net.UnixConn, work []byte, files []*os.File, ack bool) error {
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.WriteMsgUnix(work, oob, nil); err != nil {
+		return err
+	}
+	if !ack {
+		return nil
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil {
+		return fmt.Errorf("reclaimer did not acknowledge: %w", err)
+	}
+	return nil
+}
+
+// startReclaimer starts the reclaimer on listener l, detached: its own
+// session, stdio on /dev/null (a runtime that waits for the hook's output
+// to end must not wait for it), nothing but the listener.
+func (env *Env) startReclaimer(l *net.UnixListener) error {
+	defer l.Close()
+	lf, err := l.File()
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this binary's path: %w", err)
+	}
+	args := []string{"--state-dir", env.Store.Dir, "reclaim"}
+	if env.Debug {
+		args = append([]string{"--debug"}, args...)
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = "/"
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.ExtraFiles = []*os.File{lf} // fd 3
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start reclaimer: %w", err)
+	}
+	return cmd.Process.Release()
+}
+
+// handoff is one hook's work and netfilter sockets.
+type handoff struct {
+	work  Reclaim
+	files []*os.File
+}
+
+// ReclaimerListener is the listener a hook handed to the reclaimer.
+func ReclaimerListener() (*net.UnixListener, error) {
+	f := os.NewFile(3, "reclaim")
+	if f == nil {
+		return nil, errors.New("reclaim needs its listener on fd 3 (it is started by the hook)")
+	}
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("reclaim needs its listener on fd 3 (it is started by the hook): %w", err)
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, errors.New("reclaim: fd 3 is not a unix socket")
+	}
+	return ul, nil
+}
+
+// RunReclaimer is the reclaimer: it takes hooks' handoffs on l, deletes
+// doomed links in batches (one at a time, so handoffs that come meanwhile
+// join the next), drops conntrack entries, and holds the netfilter sockets
+// until no handoff has come for reclaimQuiet. It exits after reclaimLinger
+// with nothing to do. Failures go to the hook log: nobody waits for it.
+func RunReclaimer(env *Env, l *net.UnixListener) error {
+	msgs := make(chan handoff)
+	go acceptHandoffs(l, msgs)
+	var (
+		held               []*os.File
+		heldSince, lastMsg = time.Time{}, time.Now()
+		pending            Reclaim
+		busy               bool
+		done               = make(chan error, 1)
+		closing            bool
+	)
+	tick := time.NewTicker(reclaimQuiet / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case h, ok := <-msgs:
+			if !ok {
+				msgs = nil
+				break
+			}
+			if len(h.files) > 0 && len(held) == 0 {
+				heldSince = time.Now()
+			}
+			held = append(held, h.files...)
+			lastMsg = time.Now()
+			pending.Doomed = pending.Doomed || h.work.Doomed
+			pending.UDPPorts = append(pending.UDPPorts, h.work.UDPPorts...)
+		case err := <-done:
+			busy = false
+			if err != nil {
+				env.logLine("-", "-", "reclaim", 0, err)
+			}
+		case <-tick.C:
+		}
+		if !busy && (pending.Doomed || len(pending.UDPPorts) > 0) {
+			work := pending
+			pending = Reclaim{}
+			busy = true
+			go func() {
+				start := time.Now()
+				err := work.Do()
+				if env.Debug {
+					env.logLine("-", "-", "reclaim", time.Since(start), err)
+				}
+				done <- err
+			}()
+		}
+		now := time.Now()
+		if len(held) > 0 && (now.Sub(lastMsg) >= reclaimQuiet || now.Sub(heldSince) >= reclaimMaxHold) {
+			for _, f := range held {
+				f.Close()
+			}
+			held = nil
+		}
+		idle := len(held) == 0 && !busy && !pending.Doomed && len(pending.UDPPorts) == 0
+		if idle && !closing && now.Sub(lastMsg) >= reclaimLinger {
+			// New hooks now fail to connect and start another; handoffs
+			// already accepted are still drained from msgs.
+			closing = true
+			l.Close()
+		}
+		if idle && closing && msgs == nil {
+			return nil
+		}
+	}
+}
+
+// acceptHandoffs receives handoffs until l is closed, acknowledging each
+// once its files are in hand.
+func acceptHandoffs(l *net.UnixListener, msgs chan<- handoff) {
+	defer close(msgs)
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*253)) // SCM_MAX_FD descriptors
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		c.SetDeadline(time.Now().Add(time.Second))
+		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		var h handoff
+		if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, cm := range cmsgs {
+				if fds, err := unix.ParseUnixRights(&cm); err == nil {
+					for _, fd := range fds {
+						h.files = append(h.files, os.NewFile(uintptr(fd), "netfilter"))
+					}
+				}
+			}
+		}
+		json.Unmarshal(buf[:n], &h.work)
+		c.Write([]byte{1})
+		c.Close()
+		msgs <- h
+	}
 }

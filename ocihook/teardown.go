@@ -41,7 +41,7 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	// grace period in the kernel: do both at once (or, in a hook, hand the
 	// waits to the reclaimer: see netsetup.RetainNetfilterSockets).
 	type linkResult struct {
-		doomed *netsetup.DoomedLink
+		doomed bool
 		err    error
 	}
 	linkDone := make(chan linkResult, 1)
@@ -66,8 +66,8 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	fault("teardown:ports")
 	if r := <-linkDone; r.err != nil {
 		errs = append(errs, r.err)
-	} else if r.doomed != nil {
-		env.reclaim.Links = append(env.reclaim.Links, *r.doomed)
+	} else if r.doomed {
+		env.reclaim.Doomed = true
 	}
 	fault("teardown:link")
 	env.mark("link+ports")
@@ -95,36 +95,33 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 // removeOwnedLink removes the host link name if it carries alias: a link of
 // that name without it belongs to someone else (names are reused once the
 // kernel has removed ours with the container's netns). With deferred, the
-// link is only stopped (set down) and returned for the reclaimer to delete.
-func removeOwnedLink(name, alias string, unmarkedToo, deferred bool) (*netsetup.DoomedLink, error) {
+// link is only stopped (netsetup.StopLink) and doomed reports it, for the
+// reclaimer to delete.
+func removeOwnedLink(name, alias string, unmarkedToo, deferred bool) (doomed bool, err error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
+		return false, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
 	link, ok, err := netsetup.LookupLink(h, name)
 	if err != nil || !ok {
-		return nil, err
+		return false, err
 	}
 	if a := link.Attrs().Alias; a != alias && !(unmarkedToo && a == "" && link.Type() == "veth") {
-		return nil, nil
+		return false, nil
 	}
 	// The container's netns is being destroyed (the usual poststop): the
 	// kernel removes the pair with it.
 	if netsetup.PeerNetnsDying(link) {
-		return nil, nil
+		return false, nil
 	}
 	if deferred {
-		d, err := netsetup.StopLink(h, link)
-		if err != nil {
-			return nil, err
-		}
-		return &d, nil
+		return true, netsetup.StopLink(h, link)
 	}
 	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return nil, fmt.Errorf("delete link %s: %w", name, err)
+		return false, fmt.Errorf("delete link %s: %w", name, err)
 	}
-	return nil, nil
+	return false, nil
 }
 
 // releaseAddress frees the record's address and, when the network has no

@@ -556,3 +556,41 @@ func TestHookNoIPv6LinkLocal(t *testing.T) {
 	waitReclaimers(t)
 	assertClean(t, h)
 }
+
+// Teardowns hand their slow tail to one reclaimer: it deletes the links
+// set aside in batches, and exits once it has had nothing to do for a
+// while.
+func TestHookOneReclaimer(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	var ps []*proc
+	for i := 0; i < 5; i++ {
+		p := h.newProc(fmt.Sprintf("r%d", i), map[string]string{"netshim/publish": fmt.Sprintf("%d:80", 9000+i)})
+		p.mustSetup()
+		ps = append(ps, p)
+	}
+	for _, p := range ps {
+		p.mustTeardown() // alive: each host veth is set aside for the reclaimer
+	}
+	mine := func() (out []string) {
+		for _, p := range netshimProcs("reclaim") {
+			if strings.Contains(p, h.stateDir) {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	if n := len(mine()); n != 1 {
+		t.Errorf("%d reclaimers for 5 teardowns, want 1: %v", n, mine())
+	}
+	waitReclaimers(t)
+	assertClean(t, h)
+	for i := 0; i < 100 && len(mine()) > 0; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if left := mine(); len(left) > 0 {
+		t.Errorf("reclaimer still running 5s after its last work: %v", left)
+	}
+}

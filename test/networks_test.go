@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -75,17 +76,20 @@ func netshimProcs(what string) []string {
 	return out
 }
 
-// waitReclaimers waits until no reclaimer started by a hook is running:
-// a hook returns once traffic has stopped, and leaves the slow deletions
-// (links, the release of netfilter objects) to its reclaimer.
+// waitReclaimers waits until the reclaimer has deleted the links hooks
+// set aside: a hook returns once traffic has stopped, and leaves the slow
+// deletions (links, the release of netfilter objects) to the reclaimer.
 func waitReclaimers(t *testing.T) {
 	t.Helper()
-	for i := 0; i < 500 && len(netshimProcs("reclaim")) > 0; i++ {
+	group := strconv.Itoa(netsetup.DoomedGroup)
+	left := ""
+	for i := 0; i < 500; i++ {
+		if left = sandbox.Run(t, "ip", "-o", "link", "show", "group", group); strings.TrimSpace(left) == "" {
+			return
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if left := netshimProcs("reclaim"); len(left) > 0 {
-		t.Fatalf("reclaimers still running after 5s: %v", left)
-	}
+	t.Fatalf("links set aside still there after 5s:\n%s", left)
 }
 
 // The seed's second half: a user network where containers find each other
