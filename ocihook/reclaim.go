@@ -151,7 +151,32 @@ func (env *Env) sendToReclaimer(work []byte, files []*os.File, start bool) error
 	return err
 }
 
+// peerIsRoot reports whether the other end of c runs as root. Abstract
+// sockets have no permissions: anyone could bind the reclaimer's name
+// first, or connect to it. A hook never hands its netfilter sockets (which
+// carry its privileges) to anyone but root, and the reclaimer takes work
+// from root only.
+func peerIsRoot(c *net.UnixConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var cred *unix.Ucred
+	if err := rc.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cred == nil {
+		return false
+	}
+	return cred.Uid == 0
+}
+
+// errNotRoot refuses a peer that is not root.
+var errNotRoot = errors.New("the reclaimer's socket is held by a process that is not root")
+
 func send(c *net.UnixConn, work []byte, files []*os.File, ack bool) error {
+	if !peerIsRoot(c) {
+		return errNotRoot
+	}
 	fds := make([]int, len(files))
 	for i, f := range files {
 		fds[i] = int(f.Fd())
@@ -312,6 +337,10 @@ func acceptHandoffs(l *net.UnixListener, msgs chan<- handoff) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			continue
+		}
+		if !peerIsRoot(c) {
+			c.Close()
 			continue
 		}
 		c.SetDeadline(time.Now().Add(time.Second))

@@ -1,12 +1,16 @@
 package test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +18,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/netshim/netshim/internal/sandbox"
+	"github.com/netshim/netshim/netsetup"
 )
 
 // proc is a process in a fresh netns standing in for a container: the hook
@@ -593,4 +598,62 @@ func TestHookOneReclaimer(t *testing.T) {
 	if left := mine(); len(left) > 0 {
 		t.Errorf("reclaimer still running 5s after its last work: %v", left)
 	}
+}
+
+// The reclaimer's abstract socket has no permissions: an unprivileged
+// process that binds its name first gets no netfilter socket (they carry
+// root's privileges) and no work; the hook does the work itself.
+func TestHookReclaimerSquatted(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	sum := sha256.Sum256([]byte(h.stateDir))
+	name := "netshim-reclaim-" + hex.EncodeToString(sum[:8])
+	dir, err := os.MkdirTemp("", "squatter") // reachable by nobody, unlike t.TempDir
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777)
+	report := filepath.Join(dir, "report")
+	squatter := exec.Command("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c", `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.bind("\0" + sys.argv[1])
+s.listen(8)
+open(sys.argv[2], "w").write("listening\n")
+got = 0
+while True:
+    c, _ = s.accept()
+    try:
+        msg, anc, _, _ = c.recvmsg(65536, socket.CMSG_SPACE(4 * 253))
+        got += sum(len(d) // 4 for lvl, typ, d in anc if typ == socket.SCM_RIGHTS)
+    except OSError:
+        pass
+    c.close()
+    open(sys.argv[2], "a").write("fds %d\n" % got)
+`, name, report)
+	if err := squatter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { squatter.Process.Kill(); squatter.Wait() }()
+	listening := func() bool { data, _ := os.ReadFile(report); return strings.Contains(string(data), "listening") }
+	for i := 0; i < 300 && !listening(); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !listening() {
+		t.Fatal("the squatter did not start")
+	}
+	a := h.newProc("sq", map[string]string{"netshim/publish": "8080:80"})
+	a.mustSetup()
+	a.mustTeardown() // alive: a veth to delete and a map element withdrawn
+	if out := sandbox.Run(t, "ip", "-o", "link", "show", "group", strconv.Itoa(netsetup.DoomedGroup)); strings.TrimSpace(out) != "" {
+		t.Errorf("without a reclaimer the hook left links set aside:\n%s", out)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if data, _ := os.ReadFile(report); regexp.MustCompile(`fds [1-9]`).Match(data) {
+		t.Errorf("an unprivileged squatter got the hook's sockets:\n%s", data)
+	}
+	assertClean(t, h)
 }
