@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -36,6 +37,7 @@ type Env struct {
 	// Debug adds detail to the log: the time each step took.
 	Debug bool
 
+	marks sync.Mutex // setup marks steps from two goroutines
 	steps []string
 	last  time.Time
 	// reclaim, when set, collects what teardowns leave to the reclaimer.
@@ -47,6 +49,8 @@ func (env *Env) mark(step string) {
 	if !env.Debug {
 		return
 	}
+	env.marks.Lock()
+	defer env.marks.Unlock()
 	now := time.Now()
 	if !env.last.IsZero() {
 		env.steps = append(env.steps, fmt.Sprintf("%s=%s", step, now.Sub(env.last).Round(time.Microsecond)))

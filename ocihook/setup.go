@@ -212,19 +212,11 @@ type setupCtx struct {
 }
 
 func (c *setupCtx) run() error {
-	var hosts netsetup.HostsSpec
-	var resolv netsetup.ResolvSpec
 	switch c.rec.Mode {
 	case ModeHost:
 		if err := c.env.Store.SetName(c.rec.Name, c.rec.ID); err != nil {
 			return err
 		}
-		base, err := os.ReadFile("/etc/hosts")
-		if err != nil {
-			return fmt.Errorf("read host /etc/hosts: %w", err)
-		}
-		hosts = netsetup.HostsSpec{Base: base}
-		resolv = netsetup.ResolvSpec{KeepLoopback: true}
 	case ModeNone:
 		if err := c.env.Store.Put(c.rec); err != nil {
 			return err
@@ -236,9 +228,42 @@ func (c *setupCtx) run() error {
 			return err
 		}
 	default:
-		if err := c.bridge(); err != nil {
-			return err
+		return c.bridge() // writes the files meanwhile, and marks ready
+	}
+	paths, err := c.files()
+	if err != nil {
+		return err
+	}
+	c.rec.Files = paths
+	return c.ready()
+}
+
+// ready marks the record complete.
+func (c *setupCtx) ready() error {
+	c.rec.Phase = state.PhaseReady
+	if err := c.env.Store.Put(c.rec); err != nil {
+		return err
+	}
+	err := c.env.Store.UnmarkCreating(c.rec.ID)
+	c.env.mark("ready")
+	return err
+}
+
+// files writes the container's /etc/hosts and /etc/resolv.conf and
+// returns the host paths written. It reads the record, never writes it:
+// in bridge mode it runs while the links are made.
+func (c *setupCtx) files() ([]string, error) {
+	var hosts netsetup.HostsSpec
+	var resolv netsetup.ResolvSpec
+	switch c.rec.Mode {
+	case ModeHost:
+		base, err := os.ReadFile("/etc/hosts")
+		if err != nil {
+			return nil, fmt.Errorf("read host /etc/hosts: %w", err)
 		}
+		hosts = netsetup.HostsSpec{Base: base}
+		resolv = netsetup.ResolvSpec{KeepLoopback: true}
+	case ModeBridge:
 		hosts = netsetup.HostsSpec{IP: c.rec.IP, Links: c.rec.Links}
 	}
 	hosts.Hostname, hosts.Name = c.spec.Hostname, c.rec.Name
@@ -246,7 +271,7 @@ func (c *setupCtx) run() error {
 		ip := h.IP
 		if h.HostGateway {
 			if !c.rec.Gateway.IsValid() {
-				return &AnnotationError{Key: AnnAddHost, Value: h.Name + ":host-gateway", Reason: "host-gateway needs a bridge network"}
+				return nil, &AnnotationError{Key: AnnAddHost, Value: h.Name + ":host-gateway", Reason: "host-gateway needs a bridge network"}
 			}
 			ip = c.rec.Gateway
 		}
@@ -269,25 +294,20 @@ func (c *setupCtx) run() error {
 			resolv.Options = n.DNSOptions
 		}
 	}
+	var paths []string
 	for _, f := range []struct {
 		dest    string
 		content []byte
 	}{{"/etc/hosts", netsetup.BuildHosts(hosts)}, {"/etc/resolv.conf", netsetup.BuildResolv(resolv)}} {
 		p, err := netsetup.WriteContainerFile(c.st.Bundle, c.rootfs, c.spec.Mounts, f.dest, f.content)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		c.rec.Files = append(c.rec.Files, p)
+		paths = append(paths, p)
 	}
 	fault("setup:files")
 	c.env.mark("files")
-	c.rec.Phase = state.PhaseReady
-	if err := c.env.Store.Put(c.rec); err != nil {
-		return err
-	}
-	err := c.env.Store.UnmarkCreating(c.rec.ID)
-	c.env.mark("ready")
-	return err
+	return paths, nil
 }
 
 // hostResolvConf is the host's resolv.conf, read once per setup.
@@ -465,6 +485,49 @@ func (c *setupCtx) bridge() error {
 	// container's own (its veth, its netns, its map elements, its files),
 	// done without holding up other hooks.
 	c.unlock()
+	// The files need nothing from the links: write them meanwhile.
+	type filesResult struct {
+		paths []string
+		err   error
+	}
+	filesDone := make(chan filesResult, 1)
+	go func() {
+		paths, err := c.files()
+		filesDone <- filesResult{paths, err}
+	}()
+	werr := c.wire(host, def, ns, ip, fw, bridgeSpec)
+	fr := <-filesDone
+	switch {
+	case werr != nil:
+		return werr
+	case fr.err != nil:
+		return fr.err
+	}
+	rec.Files = fr.paths
+	return c.ready()
+}
+
+// wire makes the container's own links and published ports: its veth
+// (host end on the bridge, eth0 in its netns), its netns configuration, and
+// its map elements. The lock is not held.
+func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net, ip netip.Addr, fw netsetup.Firewall, bridgeSpec netsetup.BridgeSpec) (err error) {
+	env, rec := c.env, c.rec
+	// The map elements need nothing from the links either. Every return
+	// waits for them: an undo must not race an element still being added.
+	portsDone := make(chan error, 1)
+	go func() {
+		err := fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports})
+		if err == nil {
+			fault("setup:published")
+			env.mark("ports")
+		}
+		portsDone <- err
+	}()
+	defer func() {
+		if perr := <-portsDone; err == nil {
+			err = perr
+		}
+	}()
 	route := ns.Gateway
 	if def.DefaultGateway.IsValid() {
 		route = def.DefaultGateway
@@ -518,11 +581,6 @@ func (c *setupCtx) bridge() error {
 	}
 	fault("setup:container")
 	env.mark("container")
-	if err := fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports}); err != nil {
-		return err
-	}
-	fault("setup:published")
-	env.mark("ports")
 	return nil
 }
 
