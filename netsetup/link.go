@@ -127,16 +127,19 @@ type VethSpec struct {
 	Isolated bool
 }
 
-// CreateVeth creates the pair: the host end up on the bridge, the container
-// end as eth0 in the container's netns with the MAC. It returns EEXIST
-// (wrapped) when the host name is taken, so the caller can pick another.
-func CreateVeth(h *netlink.Handle, s VethSpec) error {
+// CreateVeth creates the pair: the host end (down) on the bridge, the
+// container end as eth0 in the container's netns with the MAC, and returns
+// the host end. It returns EEXIST (wrapped) when the host name is taken, so
+// the caller can pick another.
+func CreateVeth(h *netlink.Handle, s VethSpec) (netlink.Link, error) {
+	// The host end is created down, and comes up in FinishHostVeth once
+	// it has no IPv6 address generation: the pair's carrier, and with it
+	// address generation, needs both ends up.
 	veth := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:        s.HostName,
 			MTU:         s.MTU,
 			TxQLen:      -1,
-			Flags:       net.FlagUp,
 			MasterIndex: s.BridgeIndex,
 		},
 		PeerName:         ContainerIfName,
@@ -144,16 +147,26 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 		PeerNamespace:    netlink.NsFd(s.Netns),
 		PeerTxQLen:       -1,
 	}
+	// LinkAdd creates the pair, then looks up its index and attaches it to
+	// the bridge: if that last step fails, the pair exists, nameless to
+	// teardown and gc (no alias yet), so it is removed here.
 	if err := h.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", s.HostName, err)
+		if !errors.Is(err, unix.EEXIST) && veth.Index > 0 {
+			h.LinkDel(veth)
+		}
+		return nil, fmt.Errorf("create veth %s: %w", s.HostName, err)
 	}
-	link, err := h.LinkByName(s.HostName)
-	if err != nil {
-		return fmt.Errorf("find new veth %s: %w", s.HostName, err)
+	if veth.Index == 0 {
+		return nil, fmt.Errorf("create veth %s: no index", s.HostName)
 	}
+	return veth, nil
+}
+
+// FinishHostVeth configures the host end of a new pair and brings it up:
+// it can run while the container end is configured.
+func FinishHostVeth(h *netlink.Handle, link netlink.Link, s VethSpec) error {
 	// A bridge port needs no IPv6 address; 1,000 of them would be 1,000
-	// link-local routes that the host's IPv6 route walks go through. The
-	// carrier is down until the container side is up, so none is made yet.
+	// link-local routes that the host's IPv6 route walks go through.
 	if err := noIPv6LinkLocal(h, link); err != nil {
 		return err
 	}
@@ -172,6 +185,9 @@ func CreateVeth(h *netlink.Handle, s VethSpec) error {
 		if err := h.LinkSetIsolated(link, true); err != nil {
 			return fmt.Errorf("isolate bridge port %s: %w", s.HostName, err)
 		}
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set veth %s up: %w", s.HostName, err)
 	}
 	return nil
 }

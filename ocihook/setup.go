@@ -540,9 +540,10 @@ func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net
 		MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
 		Isolated: !def.ICC, Hairpin: true,
 	}
+	var link netlink.Link
 	for attempt := 0; ; attempt++ {
-		err := netsetup.CreateVeth(host, vs)
-		if err == nil {
+		var err error
+		if link, err = netsetup.CreateVeth(host, vs); err == nil {
 			break
 		}
 		if attempt == 4 {
@@ -572,12 +573,22 @@ func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net
 		}
 	}
 	fault("setup:veth")
-	if id, err := host.GetNetNsIdByFd(int(c.ns)); err == nil && id >= 0 {
-		rec.PeerNSID = &id // saved with the ready record
-	}
 	env.mark("veth")
-	if err := netsetup.SetUpContainer(c.ns, &vs); err != nil {
-		return err
+	// Each end is configured from its own side at the same time.
+	hostDone := make(chan error, 1)
+	go func() {
+		err := netsetup.FinishHostVeth(host, link, vs)
+		if id, ierr := host.GetNetNsIdByFd(int(c.ns)); err == nil && ierr == nil && id >= 0 {
+			rec.PeerNSID = &id // saved with the ready record
+		}
+		hostDone <- err
+	}()
+	cerr := netsetup.SetUpContainer(c.ns, &vs)
+	if herr := <-hostDone; herr != nil {
+		return herr
+	}
+	if cerr != nil {
+		return cerr
 	}
 	fault("setup:container")
 	env.mark("container")
