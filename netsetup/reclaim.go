@@ -98,17 +98,19 @@ const DoomedGroup = 0x6e73686d // "nshm"
 
 // StopLink sets a host link down, which takes it out of its bridge's
 // forwarding at once (no RCU grace period: RTNL is held, so the kernel
-// expedites), and moves it to DoomedGroup, for a reclaimer to delete.
-func StopLink(h *netlink.Handle, link netlink.Link) error {
-	name := link.Attrs().Name
-	if err := h.LinkSetDown(link); err != nil {
-		if errors.Is(err, unix.ENODEV) {
-			return nil
-		}
-		return fmt.Errorf("set link %s down: %w", name, err)
-	}
-	if err := h.LinkSetGroup(link, DoomedGroup); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("set link %s aside for deletion: %w", name, err)
+// expedites), and moves it to DoomedGroup, for a reclaimer to delete. Both
+// go in one RTM_SETLINK: one turn with RTNL, which a reclaimer deleting
+// links may be holding.
+func StopLink(link netlink.Link) error {
+	a := link.Attrs()
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(a.Index)
+	msg.Change = unix.IFF_UP // and Flags without IFF_UP: down
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DoomedGroup)))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("set link %s down and aside for deletion: %w", a.Name, err)
 	}
 	return nil
 }

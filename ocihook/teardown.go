@@ -116,7 +116,7 @@ func removeOwnedLink(name, alias string, unmarkedToo, deferred bool) (doomed boo
 		return false, nil
 	}
 	if deferred {
-		return true, netsetup.StopLink(h, link)
+		return true, netsetup.StopLink(link)
 	}
 	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
 		return false, fmt.Errorf("delete link %s: %w", name, err)
