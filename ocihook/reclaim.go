@@ -253,10 +253,10 @@ func ReclaimerListener() (*net.UnixListener, error) {
 	return ul, nil
 }
 
-// RunReclaimer is the reclaimer: it takes hooks' handoffs on l, deletes
-// doomed links in batches (one at a time, so handoffs that come meanwhile
-// join the next), drops conntrack entries, and holds the netfilter sockets
-// until no handoff has come for reclaimQuiet. It exits after reclaimLinger
+// RunReclaimer is the reclaimer: it takes hooks' handoffs on l, drops
+// conntrack entries at once, and deletes doomed links and closes the
+// netfilter sockets once no handoff has come for reclaimQuiet (at the
+// latest after reclaimMaxHold), in batches. It exits after reclaimLinger
 // with nothing to do. Failures go to the hook log: nobody waits for it.
 func RunReclaimer(env *Env, l *net.UnixListener) error {
 	msgs := make(chan handoff)
@@ -264,6 +264,7 @@ func RunReclaimer(env *Env, l *net.UnixListener) error {
 	var (
 		held               []*os.File
 		heldSince, lastMsg = time.Time{}, time.Now()
+		doomedSince        time.Time
 		pending            Reclaim
 		busy               bool
 		done               = make(chan error, 1)
@@ -292,9 +293,22 @@ func RunReclaimer(env *Env, l *net.UnixListener) error {
 			}
 		case <-tick.C:
 		}
-		if !busy && (pending.Doomed || len(pending.UDPPorts) > 0) {
-			work := pending
-			pending = Reclaim{}
+		// Conntrack entries go at once (a flow must not stick to the old
+		// container); links wait for a quiet moment like the sockets:
+		// deleting one holds RTNL, which the hooks of a burst of
+		// teardowns each need to set their veth aside.
+		now := time.Now()
+		quiet := now.Sub(lastMsg) >= reclaimQuiet
+		if pending.Doomed && doomedSince.IsZero() {
+			doomedSince = now
+		}
+		linksDue := pending.Doomed && (quiet || now.Sub(doomedSince) >= reclaimMaxHold)
+		if !busy && (linksDue || len(pending.UDPPorts) > 0) {
+			work := Reclaim{Doomed: linksDue, UDPPorts: pending.UDPPorts}
+			pending.UDPPorts = nil
+			if linksDue {
+				pending.Doomed, doomedSince = false, time.Time{}
+			}
 			busy = true
 			go func() {
 				start := time.Now()
@@ -305,8 +319,7 @@ func RunReclaimer(env *Env, l *net.UnixListener) error {
 				done <- err
 			}()
 		}
-		now := time.Now()
-		if len(held) > 0 && (now.Sub(lastMsg) >= reclaimQuiet || now.Sub(heldSince) >= reclaimMaxHold) {
+		if len(held) > 0 && (quiet || now.Sub(heldSince) >= reclaimMaxHold) {
 			for _, f := range held {
 				f.Close()
 			}
