@@ -175,31 +175,26 @@ func (*Nftables) AddPorts(p PortRules) error {
 		return err
 	}
 	t := table(nftables.TableFamilyIPv4)
-	for name, elems := range p.elements() {
-		if err := c.SetAddElements(mapRef(t, name), elems); err != nil {
-			return fmt.Errorf("nftables: map %s: %w", name, err)
+	publish := func(set func(name string) *nftables.Set) error {
+		for name, elems := range p.elements() {
+			if err := c.SetAddElements(set(name), elems); err != nil {
+				return fmt.Errorf("nftables: map %s: %w", name, err)
+			}
 		}
-	}
-	err = c.Flush()
-	if err == nil || !errors.Is(err, unix.ENOENT) {
-		if err != nil {
+		if err := c.Flush(); err != nil {
 			return fmt.Errorf("nftables: publish ports: %w", err)
 		}
 		return nil
+	}
+	err = publish(func(name string) *nftables.Set { return mapRef(t, name) })
+	if !errors.Is(err, unix.ENOENT) {
+		return err
 	}
 	sets, err := publishInfra(c)
 	if err != nil {
 		return err
 	}
-	for name, elems := range p.elements() {
-		if err := c.SetAddElements(sets[name], elems); err != nil {
-			return fmt.Errorf("nftables: map %s: %w", name, err)
-		}
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: publish ports: %w", err)
-	}
-	return nil
+	return publish(func(name string) *nftables.Set { return sets[name] })
 }
 
 // mapRef names an existing published-port map, for element operations.
