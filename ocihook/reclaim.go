@@ -162,9 +162,10 @@ func peerIsRoot(c *net.UnixConn) bool {
 		return false
 	}
 	var cred *unix.Ucred
+	var credErr error
 	if err := rc.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil || cred == nil {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || credErr != nil {
 		return false
 	}
 	return cred.Uid == 0
@@ -325,7 +326,7 @@ func RunReclaimer(env *Env, l *net.UnixListener) error {
 			}
 			held = nil
 		}
-		idle := len(held) == 0 && !busy && !pending.Doomed && len(pending.UDPPorts) == 0
+		idle := len(held) == 0 && !busy && pending.empty()
 		if idle && !closing && now.Sub(lastMsg) >= reclaimLinger {
 			// New hooks now fail to connect and start another; handoffs
 			// already accepted are still drained from msgs.

@@ -438,16 +438,8 @@ func (c *setupCtx) bridge() error {
 		return err
 	}
 	bridgeSpec := netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}
-	ensureBridge := func() error {
-		br, _, err := netsetup.EnsureBridge(host, bridgeSpec)
-		if err != nil {
-			return err
-		}
-		ns.BridgeIndex = br.Attrs().Index
-		return env.Store.PutNet(ns)
-	}
 	if ns.BridgeIndex == 0 {
-		if err := ensureBridge(); err != nil {
+		if err := env.ensureBridge(host, bridgeSpec, ns); err != nil {
 			return err
 		}
 	}
@@ -603,16 +595,23 @@ func (env *Env) reensureBridge(host *netlink.Handle, network string, spec netset
 		return 0, err
 	}
 	defer lock.Unlock()
-	br, _, err := netsetup.EnsureBridge(host, spec)
-	if err != nil {
-		return 0, err
-	}
 	ns, err := env.Store.GetNet(network)
 	if err != nil || ns == nil {
 		return 0, fmt.Errorf("state of network %s: gone while attaching (%v)", network, err)
 	}
+	err = env.ensureBridge(host, spec, ns)
+	return ns.BridgeIndex, err
+}
+
+// ensureBridge ensures the network's bridge and records its index in the
+// network's state. The caller holds the lock.
+func (env *Env) ensureBridge(host *netlink.Handle, spec netsetup.BridgeSpec, ns *state.Net) error {
+	br, _, err := netsetup.EnsureBridge(host, spec)
+	if err != nil {
+		return err
+	}
 	ns.BridgeIndex = br.Attrs().Index
-	return ns.BridgeIndex, env.Store.PutNet(ns)
+	return env.Store.PutNet(ns)
 }
 
 // chooseSubnet settles the network's subnet: the configured one, else the
