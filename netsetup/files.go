@@ -358,8 +358,13 @@ func rewrite(f *os.File, path string, content []byte) error {
 	if !st.Mode().IsRegular() {
 		return &UnsafePathError{Path: path, Reason: "not a regular file"}
 	}
-	if err := f.Truncate(0); err != nil {
-		return fmt.Errorf("truncate %s: %w", path, err)
+	// Only a file with content is truncated: truncating to zero makes
+	// ext4 flush the file when it is closed (auto_da_alloc), a cost a new
+	// or empty file need not pay.
+	if st.Size() > 0 {
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("truncate %s: %w", path, err)
+		}
 	}
 	if _, err := f.WriteAt(content, 0); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
