@@ -127,130 +127,151 @@ type VethSpec struct {
 	Isolated bool
 }
 
-// CreateVeth creates the pair: the host end (down) on the bridge, the
-// container end as eth0 in the container's netns with the MAC, and returns
-// the host end. It returns EEXIST (wrapped) when the host name is taken, so
-// the caller can pick another.
-func CreateVeth(h *netlink.Handle, s VethSpec) (netlink.Link, error) {
-	// The host end is created down, and comes up in FinishHostVeth once
-	// it has no IPv6 address generation: the pair's carrier, and with it
-	// address generation, needs both ends up.
-	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{
-			Name:        s.HostName,
-			MTU:         s.MTU,
-			TxQLen:      -1,
-			MasterIndex: s.BridgeIndex,
-		},
-		PeerName:         ContainerIfName,
-		PeerHardwareAddr: s.MAC,
-		PeerNamespace:    netlink.NsFd(s.Netns),
-		PeerTxQLen:       -1,
-	}
-	// LinkAdd creates the pair, then looks up its index and attaches it to
-	// the bridge: if that last step fails, the pair exists, nameless to
-	// teardown and gc (no alias yet), so it is removed here.
-	if err := h.LinkAdd(veth); err != nil {
-		if !errors.Is(err, unix.EEXIST) && veth.Index > 0 {
-			h.LinkDel(veth)
-		}
-		return nil, fmt.Errorf("create veth %s: %w", s.HostName, err)
-	}
-	if veth.Index == 0 {
-		return nil, fmt.Errorf("create veth %s: no index", s.HostName)
-	}
-	return veth, nil
+// Veth is a pair made by CreateVeth.
+type Veth struct {
+	// Host is the host end.
+	Host netlink.Link
+	// PeerIndex is the container end's ifindex in the container's netns.
+	PeerIndex int
+	// PeerNSID is the container's netns id as the host sees it, -1 if the
+	// kernel did not say.
+	PeerNSID int
 }
 
-// FinishHostVeth configures the host end of a new pair and brings it up:
-// it can run while the container end is configured.
-func FinishHostVeth(h *netlink.Handle, link netlink.Link, s VethSpec) error {
-	// A bridge port needs no IPv6 address; 1,000 of them would be 1,000
-	// link-local routes that the host's IPv6 route walks go through.
-	if err := noIPv6LinkLocal(h, link); err != nil {
-		return err
+// CreateVeth creates the pair, both ends down: the host end named and
+// marked with the spec's alias, the container end as eth0 straight in the
+// container's netns. It needs neither the bridge nor the address: setup
+// makes the pair while it reserves them, and AttachHostVeth and
+// ConfigureContainer finish it. It returns EEXIST (wrapped) when a name is
+// taken, so the caller can pick another host name.
+func CreateVeth(c *Conn, s VethSpec) (*Veth, error) {
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	attrs := []nl.NetlinkRequestData{msg, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(s.HostName))}
+	if s.MTU > 0 {
+		attrs = append(attrs, nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(s.MTU))))
 	}
-	// The kernel ignores IFLA_IFALIAS when creating a link: set it after.
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
+	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
+	peer.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(ContainerIfName))
+	if s.MTU > 0 {
+		peer.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(s.MTU)))
+	}
+	if s.MAC != nil {
+		peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC))
+	}
+	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(s.Netns)))
+	attrs = append(attrs, info)
+	// NLM_F_ECHO: the kernel answers with the link as made (its index,
+	// its peer's index and netns id), which saves asking for it.
+	add := newReq("create veth "+s.HostName, unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ECHO, attrs...)
+	if err := c.Exec(add); err != nil {
+		return nil, err
+	}
+	link, ok := echoedLink(add)
+	if !ok { // a kernel that does not echo new links
+		get := newReq("find veth "+s.HostName, unix.RTM_GETLINK, 0, nl.NewIfInfomsg(unix.AF_UNSPEC),
+			nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(s.HostName)))
+		if err := c.Exec(get); err != nil {
+			return nil, err
+		}
+		if link, ok = echoedLink(get); !ok {
+			return nil, fmt.Errorf("find veth %s: no answer", s.HostName)
+		}
+	}
+	v := &Veth{Host: link, PeerIndex: link.Attrs().ParentIndex, PeerNSID: link.Attrs().NetNsID}
+	// Marked as ours at once, so gc can find the pair should this hook
+	// die; a bridge port needs no IPv6 address either (1,000 of them would
+	// be 1,000 link-local routes for the host's IPv6 route walks).
+	idx := link.Attrs().Index
+	reqs := []*Req{noIPv6LinkLocalReq("set IPv6 address generation of "+s.HostName, idx)}
 	if s.Alias != "" {
-		if err := h.LinkSetAlias(link, s.Alias); err != nil {
-			return fmt.Errorf("mark veth %s: %w", s.HostName, err)
+		// The kernel ignores IFLA_IFALIAS when it creates a link.
+		reqs = append(reqs, setLinkReq("mark veth "+s.HostName, idx, 0, 0, nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(s.Alias))))
+	}
+	if err := c.Exec(reqs...); err != nil || v.PeerIndex <= 0 {
+		if err == nil {
+			err = fmt.Errorf("create veth %s: the kernel did not give the peer's index", s.HostName)
 		}
+		DeleteLinkIndex(c, idx, s.HostName)
+		return nil, err
 	}
-	if s.Hairpin {
-		if err := h.LinkSetHairpin(link, true); err != nil {
-			return fmt.Errorf("set hairpin on bridge port %s: %w", s.HostName, err)
-		}
-	}
-	if s.Isolated {
-		if err := h.LinkSetIsolated(link, true); err != nil {
-			return fmt.Errorf("isolate bridge port %s: %w", s.HostName, err)
-		}
-	}
-	if err := h.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set veth %s up: %w", s.HostName, err)
-	}
-	return nil
+	return v, nil
 }
 
-// SetUpContainer configures the container's side from inside its netns,
-// on one thread switched in once (see ConfigureContainer).
-func SetUpContainer(ns netns.NsHandle, s *VethSpec) error {
-	return Do(ns, func() error {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			return fmt.Errorf("netlink in container netns: %w", err)
+// AttachHostVeth puts the host end on the bridge, sets its port flags and
+// brings it up. The container end may be configured meanwhile.
+func AttachHostVeth(c *Conn, v *Veth, s VethSpec) error {
+	idx := v.Host.Attrs().Index
+	reqs := []*Req{setLinkReq("attach veth "+s.HostName+" to the bridge", idx, 0, 0,
+		nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(s.BridgeIndex))))}
+	if s.Hairpin || s.Isolated {
+		flags := map[int]bool{}
+		if s.Hairpin {
+			flags[nl.IFLA_BRPORT_MODE] = true
 		}
-		defer h.Close()
-		return ConfigureContainer(h, s)
-	})
+		if s.Isolated {
+			flags[nl.IFLA_BRPORT_ISOLATED] = true
+		}
+		reqs = append(reqs, bridgePortReq("set bridge port flags of "+s.HostName, idx, flags))
+	}
+	reqs = append(reqs, upReq("set veth "+s.HostName+" up", idx))
+	return c.Exec(reqs...)
 }
 
-// noIPv6LinkLocal stops the kernel from giving link an IPv6 link-local
-// address. A kernel without IPv6 has nothing to stop.
-func noIPv6LinkLocal(h *netlink.Handle, link netlink.Link) error {
-	const in6AddrGenModeNone = 1 // IN6_ADDR_GEN_MODE_NONE, linux/if_link.h
-	err := h.LinkSetIP6AddrGenMode(link, in6AddrGenModeNone)
-	if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) && !errors.Is(err, unix.EOPNOTSUPP) {
-		return fmt.Errorf("set IPv6 address generation of %s: %w", link.Attrs().Name, err)
-	}
-	return nil
-}
-
-// ConfigureContainer runs in the container's netns (through ch): lo up, and
-// for a veth spec, eth0's address, up, and the default route.
-func ConfigureContainer(ch *netlink.Handle, s *VethSpec) error {
-	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}} // lo is always ifindex 1
-	if err := ch.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("set lo up in container: %w", err)
-	}
-	if s == nil {
-		return nil
-	}
-	eth, err := ch.LinkByName(ContainerIfName)
+// SetUpContainer configures the container's side from inside its netns:
+// lo up, and for a veth spec its eth0 (peer, its ifindex there).
+func SetUpContainer(ns netns.NsHandle, s *VethSpec, peer int) error {
+	c, err := NewConn(ns)
 	if err != nil {
-		return fmt.Errorf("find %s in container: %w", ContainerIfName, err)
+		return fmt.Errorf("netlink in container netns: %w", err)
 	}
-	addr := &netlink.Addr{IPNet: ipnet(s.Subnet, s.IP), Broadcast: net.IP(ipv4.Last(s.Subnet).AsSlice())}
-	if err := ch.AddrAdd(eth, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add address %s to %s in container: %w", s.IP, ContainerIfName, err)
-	}
-	// No IPv6 link-local address (set before the link comes up): the
-	// network has no IPv6, and each new eth0's duplicate address detection
-	// and MLD reports would be flooded by the bridge to every other
-	// container, a cost that grows with their number.
-	if err := noIPv6LinkLocal(ch, eth); err != nil {
-		return err
-	}
-	if err := ch.LinkSetUp(eth); err != nil {
-		return fmt.Errorf("set %s up in container: %w", ContainerIfName, err)
-	}
-	if s.Gateway.IsValid() {
-		route := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(s.Gateway.AsSlice())}
-		if err := ch.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add default route via %s in container: %w", s.Gateway, err)
+	defer c.Close()
+	return ConfigureContainer(c, s, peer)
+}
+
+// ConfigureContainer runs on a socket in the container's netns: lo up, and
+// for a veth spec, eth0 (ifindex eth) gets its MAC, address, up, and the
+// default route, all in one batch.
+func ConfigureContainer(c *Conn, s *VethSpec, eth int) error {
+	reqs := []*Req{upReq("set lo up in container", 1)} // lo is always ifindex 1
+	if s != nil {
+		brd := ipv4.Last(s.Subnet).As4()
+		ip := s.IP.As4()
+		am := nl.NewIfAddrmsg(unix.AF_INET)
+		am.Index, am.Prefixlen = uint32(eth), uint8(s.Subnet.Bits())
+		add := newReq(fmt.Sprintf("add address %s to %s in container", s.IP, ContainerIfName),
+			unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, am,
+			nl.NewRtAttr(unix.IFA_LOCAL, ip[:]), nl.NewRtAttr(unix.IFA_ADDRESS, ip[:]), nl.NewRtAttr(unix.IFA_BROADCAST, brd[:]))
+		add.OK = []unix.Errno{unix.EEXIST}
+		// No IPv6 link-local address (set before the link comes up): the
+		// network has no IPv6, and each new eth0's duplicate address
+		// detection and MLD reports would be flooded by the bridge to every
+		// other container, a cost that grows with their number.
+		reqs = append(reqs,
+			noIPv6LinkLocalReq("set IPv6 address generation of "+ContainerIfName+" in container", eth),
+			add,
+			upReq("set "+ContainerIfName+" up in container", eth, nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC))))
+		if s.Gateway.IsValid() {
+			gw := s.Gateway.As4()
+			rm := nl.NewRtMsg()
+			rm.Family = unix.AF_INET
+			route := newReq("add default route via "+s.Gateway.String()+" in container", unix.RTM_NEWROUTE,
+				unix.NLM_F_CREATE|unix.NLM_F_EXCL, rm, nl.NewRtAttr(unix.RTA_GATEWAY, gw[:]), nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(eth))))
+			route.OK = []unix.Errno{unix.EEXIST}
+			reqs = append(reqs, route)
 		}
 	}
-	return nil
+	return c.Exec(reqs...)
+}
+
+// DeleteLinkIndex removes link index, which a failed setup made and no
+// record names. The link may be gone already (with its container netns).
+func DeleteLinkIndex(c *Conn, index int, name string) error {
+	r := newReq("delete veth "+name, unix.RTM_DELLINK, 0, &nl.IfInfomsg{IfInfomsg: unix.IfInfomsg{Index: int32(index)}})
+	r.OK = []unix.Errno{unix.ENODEV}
+	return c.Exec(r)
 }
 
 // LookupLink finds a link by name; ok is false when there is none.

@@ -78,6 +78,23 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	}
 
 	env.mark("netns")
+	var early *earlyVeth
+	if opts.Network != ModeHost && opts.Network != ModeNone {
+		early = env.startVeth(st.ID, nsh, opts.Network)
+	}
+	name, err = env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, startTime, early)
+	if early != nil {
+		if err != nil {
+			early.discard()
+		}
+		early.close()
+	}
+	return name, err
+}
+
+// setupLocked is Setup from the host lock on.
+func (env *Env) setupLocked(st *specs.State, spec *bundleConfig, opts *Options, name, rootfs string,
+	nsh netns.NsHandle, nsID netsetup.NSIdentity, startTime uint64, early *earlyVeth) (string, error) {
 	// The lock covers what other hooks read: records, indexes, address
 	// and port reservations, a network's bridge and rules. The
 	// container's own links and files are made after it is released.
@@ -151,8 +168,12 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	if err := env.Store.MarkCreating(rec.ID, me, meStart); err != nil {
 		return name, err
 	}
-	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh, unlock: unlock}
+	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh, unlock: unlock, early: early}
 	if runErr := c.run(); runErr != nil {
+		// The pair made meanwhile must exist, or not, before the undo.
+		if early != nil {
+			early.wait()
+		}
 		if !held { // failed after the lock was released: undo under it
 			l, lerr := env.Store.Lock(env.lockTimeout())
 			if lerr != nil {
@@ -209,6 +230,70 @@ type setupCtx struct {
 	hostResolv []byte
 	// unlock releases the host lock once the shared state is settled.
 	unlock func()
+	// early is the veth pair being made while the lock is held, if any.
+	early *earlyVeth
+}
+
+// earlyVeth is a container's veth pair made while setup reserves the
+// address and settles the network: making it needs neither, and it is the
+// longest piece of kernel work of a setup.
+type earlyVeth struct {
+	spec netsetup.VethSpec // host name, MTU, netns, alias
+	done chan struct{}
+	host *netsetup.Conn
+	veth *netsetup.Veth
+	err  error
+	// recorded is set once a record names the pair: undoing the setup
+	// then removes it like any other.
+	recorded bool
+}
+
+// startVeth begins making the container's veth pair, unless a record of
+// this id exists (a repeated or earlier setup, handled under the lock) or
+// the network is unknown (reported under the lock).
+func (env *Env) startVeth(id string, ns netns.NsHandle, network string) *earlyVeth {
+	if _, ok, err := env.Store.Get(id); ok || err != nil {
+		return nil
+	}
+	def, err := env.network(network)
+	if err != nil {
+		return nil
+	}
+	e := &earlyVeth{done: make(chan struct{}), spec: netsetup.VethSpec{
+		HostName: netsetup.RandomVethName(), MTU: def.MTU, Netns: ns, Alias: vethAlias(id),
+	}}
+	go func() {
+		defer close(e.done)
+		if e.host, e.err = netsetup.NewConn(netns.None()); e.err == nil {
+			e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
+		}
+	}()
+	return e
+}
+
+// wait returns the pair once made.
+func (e *earlyVeth) wait() (*netsetup.Veth, error) {
+	<-e.done
+	return e.veth, e.err
+}
+
+// discard removes the pair of a failed setup if no record names it (the
+// undo of the record removed it otherwise).
+func (e *earlyVeth) discard() {
+	e.wait()
+	if e.host == nil {
+		return
+	}
+	if e.veth != nil && !e.recorded {
+		netsetup.DeleteLinkIndex(e.host, e.veth.Host.Attrs().Index, e.spec.HostName)
+	}
+}
+
+// close releases the host socket.
+func (e *earlyVeth) close() {
+	if e.wait(); e.host != nil {
+		e.host.Close()
+	}
 }
 
 func (c *setupCtx) run() error {
@@ -224,7 +309,7 @@ func (c *setupCtx) run() error {
 		if err := c.env.Store.SetName(c.rec.Name, c.rec.ID); err != nil {
 			return err
 		}
-		if err := netsetup.SetUpContainer(c.ns, nil); err != nil {
+		if err := netsetup.SetUpContainer(c.ns, nil, 0); err != nil {
 			return err
 		}
 	default:
@@ -378,6 +463,9 @@ func (c *setupCtx) bridge() error {
 	rec.Bridge, rec.Subnet, rec.Gateway, rec.IP = def.Bridge, ns.Subnet, ns.Gateway, ip
 	rec.MAC = netsetup.MACFor(ip).String()
 	rec.HostVeth, rec.ContainerVeth = netsetup.RandomVethName(), netsetup.ContainerIfName
+	if c.early != nil {
+		rec.HostVeth = c.early.spec.HostName
+	}
 	for _, l := range c.opts.Links {
 		target, ok, err := env.Store.NameOwner(l.Name)
 		if err != nil {
@@ -418,6 +506,9 @@ func (c *setupCtx) bridge() error {
 	// address, the ports and the veth.
 	if err := env.Store.Put(rec); err != nil {
 		return err
+	}
+	if c.early != nil {
+		c.early.recorded = true
 	}
 	if err := env.Store.SetName(rec.Name, rec.ID); err != nil {
 		return err
@@ -532,50 +623,41 @@ func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net
 		MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
 		Isolated: !def.ICC, Hairpin: true,
 	}
-	var link netlink.Link
-	for attempt := 0; ; attempt++ {
-		var err error
-		if link, err = netsetup.CreateVeth(host, vs); err == nil {
-			break
-		}
-		if attempt == 4 {
-			return err
-		}
-		if !errors.Is(err, unix.EEXIST) {
-			// The remembered bridge may be gone (deleted by hand, a
-			// reboot): ensure it again, once, under the lock and on the
-			// network's current state.
-			if attempt == 0 {
-				idx, berr := env.reensureBridge(host, def.Name, bridgeSpec)
-				if berr != nil {
-					return berr
-				}
-				if idx != vs.BridgeIndex {
-					vs.BridgeIndex = idx
-					continue
-				}
-			}
-			return err
-		}
-		// The random host name is taken: record another before retrying.
-		rec.HostVeth = netsetup.RandomVethName()
-		vs.HostName = rec.HostVeth
-		if err := env.Store.Put(rec); err != nil {
-			return err
-		}
+	conn, v, err := c.veth(&vs)
+	if err != nil {
+		return err
+	}
+	if c.early == nil {
+		defer conn.Close()
 	}
 	fault("setup:veth")
 	env.mark("veth")
 	// Each end is configured from its own side at the same time.
 	hostDone := make(chan error, 1)
 	go func() {
-		err := netsetup.FinishHostVeth(host, link, vs)
-		if id, ierr := host.GetNetNsIdByFd(int(c.ns)); err == nil && ierr == nil && id >= 0 {
+		err := netsetup.AttachHostVeth(conn, v, vs)
+		if err != nil {
+			// The remembered bridge may be gone (deleted by hand, a
+			// reboot): ensure it again, once, under the lock and on the
+			// network's current state.
+			idx, berr := env.reensureBridge(host, def.Name, bridgeSpec)
+			switch {
+			case berr != nil:
+				err = berr
+			case idx != vs.BridgeIndex:
+				vs.BridgeIndex = idx
+				err = netsetup.AttachHostVeth(conn, v, vs)
+			}
+		}
+		if v.PeerNSID >= 0 {
+			id := v.PeerNSID
 			rec.PeerNSID = &id // saved with the ready record
+		} else if id, ierr := host.GetNetNsIdByFd(int(c.ns)); err == nil && ierr == nil && id >= 0 {
+			rec.PeerNSID = &id
 		}
 		hostDone <- err
 	}()
-	cerr := netsetup.SetUpContainer(c.ns, &vs)
+	cerr := netsetup.SetUpContainer(c.ns, &vs, v.PeerIndex)
 	if herr := <-hostDone; herr != nil {
 		return herr
 	}
@@ -585,6 +667,35 @@ func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net
 	fault("setup:container")
 	env.mark("container")
 	return nil
+}
+
+// veth returns the container's pair, the one made early or a new one, and
+// the host socket to finish it on. A host name found taken is replaced,
+// and recorded, before the next try.
+func (c *setupCtx) veth(vs *netsetup.VethSpec) (*netsetup.Conn, *netsetup.Veth, error) {
+	var conn *netsetup.Conn
+	var v *netsetup.Veth
+	var err error
+	if c.early != nil {
+		v, err = c.early.wait()
+		conn = c.early.host
+	} else if conn, err = netsetup.NewConn(netns.None()); err != nil {
+		return nil, nil, err
+	}
+	for attempt := 0; v == nil; attempt++ {
+		if err != nil {
+			if !errors.Is(err, unix.EEXIST) || attempt == 5 || conn == nil {
+				return nil, nil, err
+			}
+			c.rec.HostVeth = netsetup.RandomVethName()
+			vs.HostName = c.rec.HostVeth
+			if err := c.env.Store.Put(c.rec); err != nil {
+				return nil, nil, err
+			}
+		}
+		v, err = netsetup.CreateVeth(conn, *vs)
+	}
+	return conn, v, nil
 }
 
 // reensureBridge ensures a network's bridge again, under the lock, and

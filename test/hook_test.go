@@ -187,6 +187,13 @@ func TestHookBadInput(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(h.stateDir, "containers", "bad.json")); err == nil {
 			t.Errorf("%s: record left", c.name)
 		}
+		// The pair made while the address was reserved is gone too.
+		if n := strings.Count(sandbox.Run(t, "ip", "-o", "link"), "veth"); n != 1 {
+			t.Errorf("%s: %d veths, want good's only", c.name, n)
+		}
+		if out, _ := bad.in("ip", "-o", "link"); strings.Contains(out, "eth0") {
+			t.Errorf("%s: eth0 left in the container: %s", c.name, out)
+		}
 		bad.cmd.Process.Kill()
 		bad.cmd.Wait()
 	}
