@@ -7,8 +7,11 @@
 package resolver
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -16,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/miekg/dns"
+	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/netshim/netshim/state"
 )
@@ -79,11 +82,10 @@ func (s *Server) reload() error {
 	if n.DNS != nil {
 		for addr, e := range n.DNS.Endpoints {
 			for i, name := range e.Names {
-				fq := dns.Fqdn(strings.ToLower(name))
+				fq := fqdn(strings.ToLower(name))
 				names[fq] = append(names[fq], addr)
-				if i == 0 {
-					rev, _ := dns.ReverseAddr(addr.String())
-					ptr[rev] = fq
+				if i == 0 && addr.Is4() {
+					ptr[reverseName(addr)] = fq
 				}
 			}
 			if len(e.Upstreams) > 0 {
@@ -110,97 +112,189 @@ func (s *Server) Empty() bool {
 	return s.empty
 }
 
-// ServeDNS implements dns.Handler.
-func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+// Answer returns the reply to the query q from client (nil: drop it).
+// overTCP says how the query came, and so how to forward it.
+func (s *Server) Answer(q []byte, client netip.Addr, overTCP bool) []byte {
+	var p dnsmessage.Parser
+	h, err := p.Start(q)
+	if err != nil || h.Response {
+		return nil // not a query: no header to answer to
+	}
+	qs, err := p.AllQuestions()
+	if err != nil {
+		return reply(h, nil, dnsmessage.RCodeFormatError, nil)
+	}
 	if err := s.reload(); err != nil {
-		fail(w, req, dns.RcodeServerFailure)
-		return
+		return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
 	}
-	if len(req.Question) != 1 {
-		fail(w, req, dns.RcodeFormatError)
-		return
+	if len(qs) != 1 || h.OpCode != 0 {
+		return reply(h, qs, dnsmessage.RCodeFormatError, nil)
 	}
-	q := req.Question[0]
-	name := strings.ToLower(q.Name)
+	question := qs[0]
+	name := strings.ToLower(question.Name.String())
 	s.mu.Lock()
 	addrs, known := s.names[name]
 	target, knownPTR := s.ptr[name]
-	var ups []string
-	if client, ok := clientAddr(w); ok {
-		ups = s.clientUp[client]
-	}
+	ups := s.clientUp[client]
 	if len(ups) == 0 {
 		ups = s.upstreams
 	}
 	internal := s.internal
 	s.mu.Unlock()
 
-	resp := new(dns.Msg)
-	resp.SetReply(req)
-	resp.Authoritative = true
-	resp.RecursionAvailable = true
+	hdr := dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: TTL}
 	switch {
 	case known:
-		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
-			for _, a := range addrs {
-				resp.Answer = append(resp.Answer, &dns.A{
-					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: TTL},
-					A:   a.AsSlice(),
-				})
+		// Other types of a name of ours get no data, so the client does
+		// not wait on an upstream that cannot know it.
+		return reply(h, qs, dnsmessage.RCodeSuccess, func(b *dnsmessage.Builder) error {
+			if question.Type != dnsmessage.TypeA && question.Type != dnsmessage.TypeALL {
+				return nil
 			}
-		}
-		// Other types of a name of ours: no data, so the client does not
-		// wait on an upstream that cannot know it.
-		w.WriteMsg(resp)
-	case knownPTR && q.Qtype == dns.TypePTR:
-		resp.Answer = append(resp.Answer, &dns.PTR{
-			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: TTL},
-			Ptr: target,
+			for _, a := range addrs {
+				if err := b.AResource(hdr, dnsmessage.AResource{A: a.As4()}); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
-		w.WriteMsg(resp)
+	case knownPTR && question.Type == dnsmessage.TypePTR:
+		ptr, err := dnsmessage.NewName(target)
+		if err != nil {
+			return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
+		}
+		return reply(h, qs, dnsmessage.RCodeSuccess, func(b *dnsmessage.Builder) error {
+			return b.PTRResource(hdr, dnsmessage.PTRResource{PTR: ptr})
+		})
 	case internal || len(ups) == 0:
-		fail(w, req, dns.RcodeServerFailure)
-	default:
-		s.forward(w, req, ups)
+		return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
 	}
+	if resp := s.forward(q, ups, overTCP); resp != nil {
+		return resp
+	}
+	return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
 }
 
-func (s *Server) forward(w dns.ResponseWriter, req *dns.Msg, ups []string) {
-	network := "udp"
-	if _, ok := w.RemoteAddr().(interface{ Network() string }); ok && w.RemoteAddr().Network() == "tcp" {
-		network = "tcp"
+// reply builds the answer to the query with header h and questions qs;
+// answers, when set, adds the records. Only a successful answer is
+// authoritative.
+func reply(h dnsmessage.Header, qs []dnsmessage.Question, rcode dnsmessage.RCode, answers func(*dnsmessage.Builder) error) []byte {
+	b := dnsmessage.NewBuilder(make([]byte, 0, 512), dnsmessage.Header{
+		ID: h.ID, Response: true, OpCode: h.OpCode, RecursionDesired: h.RecursionDesired,
+		RecursionAvailable: true, Authoritative: answers != nil, RCode: rcode,
+	})
+	b.EnableCompression()
+	if err := b.StartQuestions(); err != nil {
+		return nil
 	}
+	for _, q := range qs {
+		if err := b.Question(q); err != nil {
+			return nil
+		}
+	}
+	if answers != nil {
+		if err := b.StartAnswers(); err != nil {
+			return nil
+		}
+		if err := answers(&b); err != nil {
+			return nil
+		}
+	}
+	msg, err := b.Finish()
+	if err != nil {
+		return nil
+	}
+	return msg
+}
+
+// forward asks the upstreams in turn, the way the query came (a truncated
+// answer over UDP is asked again over TCP), and returns the first answer.
+func (s *Server) forward(q []byte, ups []string, overTCP bool) []byte {
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
 	for _, up := range ups {
-		c := &dns.Client{Net: network, Timeout: timeout}
-		resp, _, err := c.Exchange(req, up)
-		if err == nil && resp != nil && resp.Truncated && network == "udp" {
-			c.Net = "tcp"
-			resp, _, err = c.Exchange(req, up)
+		resp, err := exchange(q, up, overTCP, timeout)
+		if err == nil && !overTCP && truncated(resp) {
+			resp, err = exchange(q, up, true, timeout)
 		}
-		if err != nil || resp == nil {
-			continue
+		if err == nil {
+			return resp
 		}
-		resp.Id = req.Id
-		w.WriteMsg(resp)
-		return
 	}
-	fail(w, req, dns.RcodeServerFailure)
+	return nil
 }
 
-func fail(w dns.ResponseWriter, req *dns.Msg, rcode int) {
-	m := new(dns.Msg)
-	m.SetRcode(req, rcode)
-	w.WriteMsg(m)
-}
-
-func clientAddr(w dns.ResponseWriter) (netip.Addr, bool) {
-	ap, err := netip.ParseAddrPort(w.RemoteAddr().String())
+// exchange sends q to server and waits for the answer with q's id.
+func exchange(q []byte, server string, overTCP bool, timeout time.Duration) ([]byte, error) {
+	network := "udp"
+	if overTCP {
+		network = "tcp"
+	}
+	c, err := net.DialTimeout(network, server, timeout)
 	if err != nil {
-		return netip.Addr{}, false
+		return nil, err
 	}
-	return ap.Addr().Unmap(), true
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if overTCP {
+		if _, err := c.Write(tcpMsg(q)); err != nil {
+			return nil, err
+		}
+		return readTCPMsg(c)
+	}
+	if _, err := c.Write(q); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 65535)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		// A late answer to an earlier query on a reused port is skipped.
+		if n >= 12 && buf[0] == q[0] && buf[1] == q[1] {
+			return buf[:n], nil
+		}
+	}
+}
+
+// truncated reports whether a message has the TC bit.
+func truncated(msg []byte) bool {
+	var p dnsmessage.Parser
+	h, err := p.Start(msg)
+	return err == nil && h.Truncated
+}
+
+// tcpMsg is msg with the length prefix of DNS over TCP.
+func tcpMsg(msg []byte) []byte {
+	return append(binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(msg)), uint16(len(msg))), msg...)
+}
+
+// readTCPMsg reads one length-prefixed DNS message.
+func readTCPMsg(r io.Reader) ([]byte, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	msg := make([]byte, binary.BigEndian.Uint16(l[:]))
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+// reverseName is the in-addr.arpa name of an IPv4 address.
+func reverseName(a netip.Addr) string {
+	b := a.As4()
+	return fmt.Sprintf("%d.%d.%d.%d.in-addr.arpa.", b[3], b[2], b[1], b[0])
+}
+
+// fqdn adds the root's dot to a name that lacks it.
+func fqdn(name string) string {
+	if strings.HasSuffix(name, ".") {
+		return name
+	}
+	return name + "."
 }
