@@ -54,6 +54,8 @@ type Req struct {
 	// Replies are the messages the kernel sent for the request besides its
 	// acknowledgement (with NLM_F_ECHO, the object as made).
 	Replies []syscall.NetlinkMessage
+	// Errno is the kernel's answer, 0 for success (set even when in OK).
+	Errno unix.Errno
 }
 
 // newReq makes a request that asks for an acknowledgement.
@@ -106,6 +108,7 @@ func (c *Conn) Exec(reqs ...*Req) error {
 				continue
 			}
 			errno := unix.Errno(-code)
+			r.Errno = errno
 			if errnoIn(errno, r.OK) {
 				continue
 			}

@@ -266,8 +266,8 @@ func ConfigureContainer(c *Conn, s *VethSpec, eth int) error {
 	return c.Exec(reqs...)
 }
 
-// DeleteLinkIndex removes link index, which a failed setup made and no
-// record names. The link may be gone already (with its container netns).
+// DeleteLinkIndex removes link index (named name, for errors). The link
+// may be gone already (with its container netns).
 func DeleteLinkIndex(c *Conn, index int, name string) error {
 	r := newReq("delete veth "+name, unix.RTM_DELLINK, 0, &nl.IfInfomsg{IfInfomsg: unix.IfInfomsg{Index: int32(index)}})
 	r.OK = []unix.Errno{unix.ENODEV}
@@ -300,34 +300,72 @@ func DeleteLink(h *netlink.Handle, name string) error {
 	return nil
 }
 
-// NetnsGone reports whether no live network namespace has the netns id nsid
-// (as seen from the calling process's namespace). The kernel resolves an id
-// only while its namespace is alive, so a container netns being destroyed
-// answers ENOENT: the kernel then removes the container's veth pair itself,
-// and deleting it here would only wait for an RCU grace period. If the id
-// was reused by another namespace the answer is "alive", which only sends
-// the caller down the slower, exact path.
-func NetnsGone(nsid int) bool {
-	if nsid < 0 || nsid > 1<<31-1 {
-		return false
-	}
-	req := nl.NewNetlinkRequest(unix.RTM_GETNSID, unix.NLM_F_REQUEST)
-	req.AddData(nl.NewRtGenMsg())
-	req.AddData(nl.NewRtAttr(unix.NETNSA_NSID, nl.Uint32Attr(uint32(nsid))))
-	_, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWNSID)
-	return errors.Is(err, unix.ENOENT)
+// HostVeth is what teardown learns of a container's host veth.
+type HostVeth struct {
+	// Link is the host link of that name, nil if there is none.
+	Link netlink.Link
+	// PeerGone says the container's netns is being destroyed: the kernel
+	// removes the pair with it, and deleting it here would only wait for
+	// an RCU grace period.
+	PeerGone bool
 }
 
-// PeerNetnsDying reports whether the namespace at the other end of a veth
-// is being destroyed: it has no netns id any more, or its id resolves to
-// nothing.
-func PeerNetnsDying(link netlink.Link) bool {
-	id := link.Attrs().NetNsID
-	if id == -1 {
-		return false // no peer in another namespace
+// InspectVeth asks, when nsid is set (the container's netns id as recorded
+// at setup), whether that netns is gone, and if not looks up the host link
+// name. The kernel resolves a netns id only while its namespace is alive,
+// so a namespace being destroyed answers ENOENT; that answer needs no RTNL,
+// which the namespace's destruction holds, while a link lookup would wait
+// for it. If the id was reused by another namespace the answer is "alive",
+// which only sends the caller down the slower, exact path.
+func (c *Conn) InspectVeth(name string, nsid *int) (HostVeth, error) {
+	if nsid != nil && *nsid >= 0 && *nsid <= 1<<31-1 {
+		ns := newReq("look up netns id", unix.RTM_GETNSID, 0, nl.NewRtGenMsg(),
+			nl.NewRtAttr(unix.NETNSA_NSID, nl.Uint32Attr(uint32(*nsid))))
+		ns.OK = []unix.Errno{unix.ENOENT}
+		if err := c.Exec(ns); err != nil {
+			return HostVeth{}, err
+		}
+		if ns.Errno == unix.ENOENT {
+			return HostVeth{PeerGone: true}, nil
+		}
 	}
-	if uint32(id) == 0xFFFFFFFF { // NETNSA_NSID_NOT_ASSIGNED: unhashed, dying
-		return true
+	get := getLinkReq(name)
+	if err := c.Exec(get); err != nil {
+		return HostVeth{}, err
 	}
-	return NetnsGone(id)
+	link, ok := echoedLink(get)
+	if !ok {
+		return HostVeth{}, nil
+	}
+	v := HostVeth{Link: link}
+	// The link's own view of its peer's netns, if that is not the one
+	// just found alive.
+	if id := link.Attrs().NetNsID; id != -1 && (nsid == nil || id != *nsid) {
+		if uint32(id) == 0xFFFFFFFF { // NETNSA_NSID_NOT_ASSIGNED: unhashed, dying
+			v.PeerGone = true
+		} else {
+			again := id
+			w, err := c.InspectVeth(name, &again)
+			if err != nil {
+				return HostVeth{}, err
+			}
+			v.PeerGone = w.PeerGone
+		}
+	}
+	return v, nil
+}
+
+// getLinkReq asks for link name, without its statistics.
+func getLinkReq(name string) *Req {
+	const rtextFilterSkipStats = 1 << 3 // RTEXT_FILTER_SKIP_STATS, linux/rtnetlink.h
+	r := newReq("find link "+name, unix.RTM_GETLINK, 0, nl.NewIfInfomsg(unix.AF_UNSPEC),
+		nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)),
+		nl.NewRtAttr(unix.IFLA_EXT_MASK, nl.Uint32Attr(rtextFilterSkipStats)))
+	r.OK = []unix.Errno{unix.ENODEV}
+	return r
+}
+
+// DeleteLink removes a link by index; one already gone is not an error.
+func (c *Conn) DeleteLink(link netlink.Link) error {
+	return DeleteLinkIndex(c, link.Attrs().Index, link.Attrs().Name)
 }

@@ -101,18 +101,13 @@ const DoomedGroup = 0x6e73686d // "nshm"
 // expedites), and moves it to DoomedGroup, for a reclaimer to delete. Both
 // go in one RTM_SETLINK: one turn with RTNL, which a reclaimer deleting
 // links may be holding.
-func StopLink(link netlink.Link) error {
+func (c *Conn) StopLink(link netlink.Link) error {
 	a := link.Attrs()
-	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(a.Index)
-	msg.Change = unix.IFF_UP // and Flags without IFF_UP: down
-	req.AddData(msg)
-	req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DoomedGroup)))
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("set link %s down and aside for deletion: %w", a.Name, err)
-	}
-	return nil
+	// Change IFF_UP, with flags without it: down.
+	r := setLinkReq("set link "+a.Name+" down and aside for deletion", a.Index, 0, unix.IFF_UP,
+		nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DoomedGroup)))
+	r.OK = []unix.Errno{unix.ENODEV}
+	return c.Exec(r)
 }
 
 // DeleteDoomed deletes every link of DoomedGroup, in one batch.

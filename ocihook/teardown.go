@@ -8,8 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+	"github.com/vishvananda/netns"
 
 	"github.com/netshim/netshim/netsetup"
 	"github.com/netshim/netshim/state"
@@ -47,16 +46,19 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	linkDone := make(chan linkResult, 1)
 	deferred := env.reclaim != nil
 	go func() {
-		// The usual poststop: the container's netns is being destroyed and
-		// takes the pair with it; one lookup, no link operation.
-		if rec.HostVeth == "" || (rec.PeerNSID != nil && rec.Phase == state.PhaseReady && netsetup.NetnsGone(*rec.PeerNSID)) {
+		if rec.HostVeth == "" {
 			linkDone <- linkResult{}
 			return
+		}
+		// The recorded netns id is only trusted for a finished setup.
+		nsid := rec.PeerNSID
+		if rec.Phase != state.PhaseReady {
+			nsid = nil
 		}
 		// A setup killed between creating the veth and marking it leaves
 		// it without an alias: for a record still being created, the
 		// recorded (random) name is enough.
-		d, err := removeOwnedLink(rec.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady, deferred)
+		d, err := removeOwnedLink(rec.HostVeth, vethAlias(rec.ID), nsid, rec.Phase != state.PhaseReady, deferred)
 		linkDone <- linkResult{d, err}
 	}()
 	var errs []error
@@ -94,34 +96,28 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 
 // removeOwnedLink removes the host link name if it carries alias: a link of
 // that name without it belongs to someone else (names are reused once the
-// kernel has removed ours with the container's netns). With deferred, the
-// link is only stopped (netsetup.StopLink) and doomed reports it, for the
-// reclaimer to delete.
-func removeOwnedLink(name, alias string, unmarkedToo, deferred bool) (doomed bool, err error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+// kernel has removed ours with the container's netns). The usual poststop
+// finds the container's netns (id nsid) being destroyed, which takes the
+// pair with it: one round trip, no link operation. With deferred, the link
+// is only stopped (StopLink) and doomed reports it, for the reclaimer to
+// delete.
+func removeOwnedLink(name, alias string, nsid *int, unmarkedToo, deferred bool) (doomed bool, err error) {
+	c, err := netsetup.NewConn(netns.None())
 	if err != nil {
-		return false, fmt.Errorf("netlink: %w", err)
-	}
-	defer h.Close()
-	link, ok, err := netsetup.LookupLink(h, name)
-	if err != nil || !ok {
 		return false, err
 	}
-	if a := link.Attrs().Alias; a != alias && !(unmarkedToo && a == "" && link.Type() == "veth") {
-		return false, nil
+	defer c.Close()
+	v, err := c.InspectVeth(name, nsid)
+	if err != nil || v.PeerGone || v.Link == nil {
+		return false, err
 	}
-	// The container's netns is being destroyed (the usual poststop): the
-	// kernel removes the pair with it.
-	if netsetup.PeerNetnsDying(link) {
+	if a := v.Link.Attrs().Alias; a != alias && !(unmarkedToo && a == "" && v.Link.Type() == "veth") {
 		return false, nil
 	}
 	if deferred {
-		return true, netsetup.StopLink(link)
+		return true, c.StopLink(v.Link)
 	}
-	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return false, fmt.Errorf("delete link %s: %w", name, err)
-	}
-	return false, nil
+	return false, c.DeleteLink(v.Link)
 }
 
 // releaseAddress frees the record's address and, when the network has no
