@@ -249,14 +249,25 @@ type earlyVeth struct {
 }
 
 // startVeth begins making the container's veth pair, unless a record of
-// this id exists (a repeated or earlier setup, handled under the lock) or
-// the network is unknown (reported under the lock).
+// this id exists (a repeated or earlier setup, handled under the lock), the
+// network is unknown (reported under the lock) or its bridge is not known
+// to exist yet.
+//
+// The last case is not only about order. The bridge enables a port when
+// the kernel's link watcher reports its carrier, at once for a veth whose
+// ifindex differs from its peer's, but up to a second later otherwise. A
+// pair made before the bridge, on a host or sandbox with few links, would
+// often get the same ifindex on both ends (2, next to lo): the first
+// container would then wait for its network.
 func (env *Env) startVeth(id string, ns netns.NsHandle, network string) *earlyVeth {
 	if _, ok, err := env.Store.Get(id); ok || err != nil {
 		return nil
 	}
 	def, err := env.network(network)
 	if err != nil {
+		return nil
+	}
+	if n, err := env.Store.GetNet(def.Name); err != nil || n == nil || n.BridgeIndex == 0 {
 		return nil
 	}
 	e := &earlyVeth{done: make(chan struct{}), spec: netsetup.VethSpec{
