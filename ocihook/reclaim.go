@@ -118,9 +118,10 @@ func (env *Env) sendToReclaimer(work []byte, files []*os.File, start bool) error
 	for attempt := 0; attempt < 3; attempt++ {
 		var c *net.UnixConn
 		if c, err = net.DialUnix("unixpacket", nil, addr); err == nil {
-			// A running reclaimer acknowledges: one that was just
-			// exiting does not, and another is started.
-			err = send(c, work, files, true)
+			// A connection accepted by the kernel is the reclaimer's:
+			// one that is exiting refuses new ones (then another is
+			// started) and still takes those already queued.
+			err = send(c, work, files)
 			c.Close()
 			if err == nil {
 				return nil
@@ -141,7 +142,7 @@ func (env *Env) sendToReclaimer(work []byte, files []*os.File, start bool) error
 		// its backlog, the message (and the files' references) in the
 		// connection, until it accepts.
 		if c, err = net.DialUnix("unixpacket", nil, addr); err == nil {
-			err = send(c, work, files, false)
+			err = send(c, work, files)
 			c.Close()
 			if err == nil {
 				return nil
@@ -174,7 +175,7 @@ func peerIsRoot(c *net.UnixConn) bool {
 // errNotRoot refuses a peer that is not root.
 var errNotRoot = errors.New("the reclaimer's socket is held by a process that is not root")
 
-func send(c *net.UnixConn, work []byte, files []*os.File, ack bool) error {
+func send(c *net.UnixConn, work []byte, files []*os.File) error {
 	if !peerIsRoot(c) {
 		return errNotRoot
 	}
@@ -186,18 +187,8 @@ func send(c *net.UnixConn, work []byte, files []*os.File, ack bool) error {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	if _, _, err := c.WriteMsgUnix(work, oob, nil); err != nil {
-		return err
-	}
-	if !ack {
-		return nil
-	}
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	var b [1]byte
-	if _, err := c.Read(b[:]); err != nil {
-		return fmt.Errorf("reclaimer did not acknowledge: %w", err)
-	}
-	return nil
+	_, _, err := c.WriteMsgUnix(work, oob, nil)
+	return err
 }
 
 // startReclaimer starts the reclaimer on listener l, detached: its own
@@ -261,7 +252,8 @@ func ReclaimerListener() (*net.UnixListener, error) {
 // with nothing to do. Failures go to the hook log: nobody waits for it.
 func RunReclaimer(env *Env, l *net.UnixListener) error {
 	msgs := make(chan handoff)
-	go acceptHandoffs(l, msgs)
+	stop := make(chan struct{})
+	go acceptHandoffs(l, stop, msgs)
 	var (
 		held               []*os.File
 		heldSince, lastMsg = time.Time{}, time.Now()
@@ -329,9 +321,9 @@ func RunReclaimer(env *Env, l *net.UnixListener) error {
 		idle := len(held) == 0 && !busy && pending.empty()
 		if idle && !closing && now.Sub(lastMsg) >= reclaimLinger {
 			// New hooks now fail to connect and start another; handoffs
-			// already accepted are still drained from msgs.
+			// already queued are still taken, through msgs.
 			closing = true
-			l.Close()
+			close(stop)
 		}
 		if idle && closing && msgs == nil {
 			return nil
@@ -339,43 +331,78 @@ func RunReclaimer(env *Env, l *net.UnixListener) error {
 	}
 }
 
-// acceptHandoffs receives handoffs until l is closed, acknowledging each
-// once its files are in hand.
-func acceptHandoffs(l *net.UnixListener, msgs chan<- handoff) {
+// acceptHandoffs receives handoffs until stop. Hooks do not wait for an
+// answer, so every connection the kernel queued must be taken: on stop the
+// listener first refuses new ones (shutdown, under the same name), then the
+// queued ones are accepted, and only then is it closed.
+func acceptHandoffs(l *net.UnixListener, stop <-chan struct{}, msgs chan<- handoff) {
 	defer close(msgs)
-	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4*253)) // SCM_MAX_FD descriptors
+	defer l.Close()
+	r := &handoffReader{buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*253))} // SCM_MAX_FD descriptors
+	go func() {
+		<-stop
+		l.SetDeadline(time.Unix(1, 0)) // wakes the Accept below
+	}()
 	for {
 		c, err := l.AcceptUnix()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		if !peerIsRoot(c) {
-			c.Close()
-			continue
+		r.take(c, msgs)
+	}
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RD) })
+	for {
+		var nfd int
+		var aerr error
+		rc.Control(func(fd uintptr) { nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC) })
+		if aerr != nil {
+			return // EAGAIN: none left
 		}
-		c.SetDeadline(time.Now().Add(time.Second))
-		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-		if err != nil {
+		f := os.NewFile(uintptr(nfd), "handoff")
+		c, err := net.FileConn(f)
+		f.Close()
+		if uc, ok := c.(*net.UnixConn); err == nil && ok {
+			r.take(uc, msgs)
+		} else if err == nil {
 			c.Close()
-			continue
 		}
-		var h handoff
-		if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, cm := range cmsgs {
-				if fds, err := unix.ParseUnixRights(&cm); err == nil {
-					for _, fd := range fds {
-						h.files = append(h.files, os.NewFile(uintptr(fd), "netfilter"))
-					}
+	}
+}
+
+// handoffReader reads handoffs into its buffers.
+type handoffReader struct{ buf, oob []byte }
+
+// take reads one hook's handoff on c, from root only, and closes c.
+func (r *handoffReader) take(c *net.UnixConn, msgs chan<- handoff) {
+	defer c.Close()
+	if !peerIsRoot(c) {
+		return
+	}
+	c.SetDeadline(time.Now().Add(time.Second))
+	n, oobn, _, _, err := c.ReadMsgUnix(r.buf, r.oob)
+	if err != nil {
+		return
+	}
+	var h handoff
+	if cmsgs, err := unix.ParseSocketControlMessage(r.oob[:oobn]); err == nil {
+		for _, cm := range cmsgs {
+			if fds, err := unix.ParseUnixRights(&cm); err == nil {
+				for _, fd := range fds {
+					h.files = append(h.files, os.NewFile(uintptr(fd), "netfilter"))
 				}
 			}
 		}
-		json.Unmarshal(buf[:n], &h.work)
-		c.Write([]byte{1})
-		c.Close()
-		msgs <- h
 	}
+	json.Unmarshal(r.buf[:n], &h.work)
+	msgs <- h
 }
