@@ -60,6 +60,7 @@ func (e *BridgeError) Error() string { return fmt.Sprintf("bridge %s: %s", e.Nam
 // completed, an existing device of another type is refused. created reports
 // whether this call made the device.
 func EnsureBridge(h *netlink.Handle, s BridgeSpec) (link netlink.Link, created bool, err error) {
+	snooping := false
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{
 		Name:   s.Name,
 		MTU:    s.MTU,
@@ -68,7 +69,15 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (link netlink.Link, created b
 		// A fixed MAC keeps the bridge's address from following its lowest
 		// port, which would make neighbours' ARP caches stale.
 		HardwareAddr: MACFor(s.Gateway),
-	}}
+	},
+		// Without multicast snooping the bridge floods multicast to every
+		// port, as a plain switch does. With it, each port that comes up
+		// or goes down re-arms query timers on every port: 1 ms per setup
+		// and per teardown at 800 containers (0.3 ms without), and
+		// snooping without a querier on the network loses groups after a
+		// few minutes anyway.
+		MulticastSnooping: &snooping,
+	}
 	switch err := h.LinkAdd(br); {
 	case err == nil:
 		created = true
@@ -88,6 +97,11 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (link netlink.Link, created b
 		return nil, created, fmt.Errorf("add address %s to bridge %s: %w", s.Gateway, s.Name, err)
 	}
 	if !created {
+		if b, ok := link.(*netlink.Bridge); ok && (b.MulticastSnooping == nil || *b.MulticastSnooping) {
+			if err := h.BridgeSetMcastSnoop(link, false); err != nil {
+				return nil, false, fmt.Errorf("turn off multicast snooping on bridge %s: %w", s.Name, err)
+			}
+		}
 		attrs := link.Attrs()
 		if attrs.MTU != s.MTU {
 			if err := h.LinkSetMTU(link, s.MTU); err != nil {

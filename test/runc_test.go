@@ -37,6 +37,10 @@ func TestRuncDefaultBridge(t *testing.T) {
 	if out := sandbox.Run(t, "ip", "-o", "addr", "show", "netshim0"); !strings.Contains(out, "inet 172.17.0.1/16") {
 		t.Errorf("bridge address: %s", out)
 	}
+	// Multicast floods, as on a plain switch: no snooping (see EnsureBridge).
+	if out := sandbox.Run(t, "ip", "-d", "link", "show", "netshim0"); !strings.Contains(out, "mcast_snooping 0") {
+		t.Errorf("bridge multicast snooping on:\n%s", out)
+	}
 	ports := sandbox.Run(t, "ip", "-o", "link", "show", "master", "netshim0")
 	if n := strings.Count(ports, ": veth"); n != 2 {
 		t.Errorf("want 2 veth ports on the bridge, got:\n%s", ports)
