@@ -213,7 +213,7 @@ func (env *Env) settleDefaultSubnet(host *netlink.Handle) (netip.Prefix, error) 
 		ns.Bridge = env.Config.Bridge.Bridge
 	}
 	def := env.Config.Bridge
-	if err := env.chooseSubnet(host, &def, ns); err != nil {
+	if err := env.chooseSubnet(func() (*netlink.Handle, error) { return host, nil }, &def, ns); err != nil {
 		return netip.Prefix{}, err
 	}
 	return ns.Subnet, env.Store.PutNet(ns)

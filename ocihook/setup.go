@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -234,6 +235,29 @@ type setupCtx struct {
 	early *earlyVeth
 }
 
+// hostHandle opens the host's route netlink handle on first use: a setup
+// on a network whose bridge is known needs none.
+type hostHandle struct {
+	once sync.Once
+	h    *netlink.Handle
+	err  error
+}
+
+func (l *hostHandle) get() (*netlink.Handle, error) {
+	l.once.Do(func() {
+		if l.h, l.err = netlink.NewHandle(unix.NETLINK_ROUTE); l.err != nil {
+			l.err = fmt.Errorf("netlink: %w", l.err)
+		}
+	})
+	return l.h, l.err
+}
+
+func (l *hostHandle) close() {
+	if l.h != nil {
+		l.h.Close()
+	}
+}
+
 // earlyVeth is a container's veth pair made while setup reserves the
 // address and settles the network: making it needs neither, and it is the
 // longest piece of kernel work of a setup.
@@ -445,11 +469,8 @@ func (c *setupCtx) bridge() error {
 		return err
 	}
 	c.def = def
-	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
-	}
-	defer host.Close()
+	host := &hostHandle{}
+	defer host.close()
 
 	ns, err := env.Store.GetNet(def.Name)
 	if err != nil {
@@ -458,7 +479,7 @@ func (c *setupCtx) bridge() error {
 	if ns == nil {
 		ns = env.Store.NewNet(def.Name)
 	}
-	if err := env.chooseSubnet(host, def, ns); err != nil {
+	if err := env.chooseSubnet(host.get, def, ns); err != nil {
 		return err
 	}
 	env.mark("netstate")
@@ -536,22 +557,18 @@ func (c *setupCtx) bridge() error {
 	}
 	fault("setup:ports-reserved")
 
-	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return err
-	}
 	bridgeSpec := netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}
 	if ns.BridgeIndex == 0 {
-		if err := env.ensureBridge(host, bridgeSpec, ns); err != nil {
+		h, err := host.get()
+		if err != nil {
+			return err
+		}
+		if err := env.ensureBridge(h, bridgeSpec, ns); err != nil {
 			return err
 		}
 	}
 	fault("setup:bridge")
 	env.mark("bridge")
-	// Published ports answer on 127.0.0.1 too: DNATed loopback traffic
-	// must be routable out of the bridge (Docker's userland-proxy=false).
-	if err := netsetup.EnsureSysctl("net.ipv4.conf."+def.Bridge+".route_localnet", "1"); err != nil {
-		return err
-	}
 	if installRules {
 		installed, err := fw.EnsureNetwork(rules, ns.Installed)
 		if err != nil {
@@ -604,7 +621,7 @@ func (c *setupCtx) bridge() error {
 // wire makes the container's own links and published ports: its veth
 // (host end on the bridge, eth0 in its netns), its netns configuration, and
 // its map elements. The lock is not held.
-func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net, ip netip.Addr, fw netsetup.Firewall, bridgeSpec netsetup.BridgeSpec) (err error) {
+func (c *setupCtx) wire(host *hostHandle, def *config.Network, ns *state.Net, ip netip.Addr, fw netsetup.Firewall, bridgeSpec netsetup.BridgeSpec) (err error) {
 	env, rec := c.env, c.rec
 	// The map elements need nothing from the links either. Every return
 	// waits for them: an undo must not race an element still being added.
@@ -651,7 +668,11 @@ func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net
 			// The remembered bridge may be gone (deleted by hand, a
 			// reboot): ensure it again, once, under the lock and on the
 			// network's current state.
-			idx, berr := env.reensureBridge(host, def.Name, bridgeSpec)
+			h, berr := host.get()
+			idx := 0
+			if berr == nil {
+				idx, berr = env.reensureBridge(h, def.Name, bridgeSpec)
+			}
 			switch {
 			case berr != nil:
 				err = berr
@@ -663,8 +684,10 @@ func (c *setupCtx) wire(host *netlink.Handle, def *config.Network, ns *state.Net
 		if v.PeerNSID >= 0 {
 			id := v.PeerNSID
 			rec.PeerNSID = &id // saved with the ready record
-		} else if id, ierr := host.GetNetNsIdByFd(int(c.ns)); err == nil && ierr == nil && id >= 0 {
-			rec.PeerNSID = &id
+		} else if h, herr := host.get(); err == nil && herr == nil {
+			if id, ierr := h.GetNetNsIdByFd(int(c.ns)); ierr == nil && id >= 0 {
+				rec.PeerNSID = &id
+			}
 		}
 		hostDone <- err
 	}()
@@ -725,11 +748,22 @@ func (env *Env) reensureBridge(host *netlink.Handle, network string, spec netset
 	return ns.BridgeIndex, err
 }
 
-// ensureBridge ensures the network's bridge and records its index in the
-// network's state. The caller holds the lock.
+// ensureBridge ensures the network's bridge, with forwarding on, and
+// records its index in the network's state. The caller holds the lock.
+// Later setups trust the index (see state.Net.BridgeIndex), and the
+// sysctls with it, as Docker sets them once: `netshim doctor` tells if
+// forwarding was turned off since.
 func (env *Env) ensureBridge(host *netlink.Handle, spec netsetup.BridgeSpec, ns *state.Net) error {
+	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
 	br, _, err := netsetup.EnsureBridge(host, spec)
 	if err != nil {
+		return err
+	}
+	// Published ports answer on 127.0.0.1 too: DNATed loopback traffic
+	// must be routable out of the bridge (Docker's userland-proxy=false).
+	if err := netsetup.EnsureSysctl("net.ipv4.conf."+spec.Name+".route_localnet", "1"); err != nil {
 		return err
 	}
 	ns.BridgeIndex = br.Attrs().Index
@@ -739,7 +773,7 @@ func (env *Env) ensureBridge(host *netlink.Handle, spec netsetup.BridgeSpec, ns 
 // chooseSubnet settles the network's subnet: the configured one, else the
 // one chosen before (kept stable), else the address already on the bridge,
 // else the first free pool.
-func (env *Env) chooseSubnet(host *netlink.Handle, def *config.Network, ns *state.Net) error {
+func (env *Env) chooseSubnet(hostHandle func() (*netlink.Handle, error), def *config.Network, ns *state.Net) error {
 	if def.Subnet.IsValid() {
 		if ns.Subnet.IsValid() && (ns.Subnet != def.Subnet || ns.Gateway != def.Gateway) {
 			if inUse, err := ns.InUse(); err != nil {
@@ -754,6 +788,10 @@ func (env *Env) chooseSubnet(host *netlink.Handle, def *config.Network, ns *stat
 	}
 	if ns.Subnet.IsValid() {
 		return nil
+	}
+	host, err := hostHandle()
+	if err != nil {
+		return err
 	}
 	if l, err := host.LinkByName(def.Bridge); err == nil {
 		addrs, err := host.AddrList(l, unix.AF_INET)
