@@ -92,7 +92,14 @@ it runs as a createRuntime and poststop hook.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
+	if hookRun(args) {
+		// Most runs are hook runs, one per container start and stop:
+		// they set up only their own command (the others' flags and help
+		// are a tenth of a millisecond of each hook's start).
+		root.AddCommand(hookCmd(g))
+	} else {
+		root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
+	}
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError
@@ -102,6 +109,24 @@ it runs as a createRuntime and poststop hook.`,
 		return 1
 	}
 	return 0
+}
+
+// hookRun reports whether args are the global flags, then `hook`. Anything
+// else (another command, an unknown flag, a mistake) gets every command, so
+// that help and errors are the usual ones.
+func hookRun(args []string) bool {
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "hook":
+			return true
+		case a == "--debug" || strings.HasPrefix(a, "--debug=") || strings.HasPrefix(a, "--config=") || strings.HasPrefix(a, "--state-dir="):
+		case (a == "--config" || a == "--state-dir") && i+1 < len(args):
+			i++
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 type exitError struct {
