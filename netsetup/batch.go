@@ -15,18 +15,35 @@ import (
 // sends a batch of requests in one write. The kernel handles the messages
 // of a write in order and answers each one, so configuring a link costs
 // one round trip instead of one per attribute.
+//
+// The socket is blocking and reads into one buffer kept with it: the
+// kernel has answered every request of a write when the write returns,
+// and a reader with a 64 KiB array in its frame (as vishvananda's has)
+// costs each goroutine that calls it a stack of 128 KiB to grow and fault
+// in.
 type Conn struct {
-	s *nl.NetlinkSocket
+	fd  int
+	buf []byte
 }
 
 // NewConn opens a route socket in ns, or in the caller's netns when ns is
 // not open. A socket stays in the netns it was made in: the thread that
 // makes it is switched in only for that (see Do).
 func NewConn(ns netns.NsHandle) (*Conn, error) {
-	var s *nl.NetlinkSocket
+	fd := -1
 	open := func() (err error) {
-		// Given no namespace, this makes the socket in the thread's own.
-		s, err = nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
+		if fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE); err != nil {
+			return err
+		}
+		// A bound answer to every request comes at once; the timeout is
+		// for a kernel that never answers, not for waiting on RTNL.
+		tv := unix.Timeval{Sec: 60}
+		if err = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err == nil {
+			err = unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		}
+		if err != nil {
+			unix.Close(fd)
+		}
 		return err
 	}
 	var err error
@@ -38,11 +55,33 @@ func NewConn(ns netns.NsHandle) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open route netlink socket: %w", err)
 	}
-	return &Conn{s: s}, nil
+	return &Conn{fd: fd}, nil
 }
 
 // Close closes the socket.
-func (c *Conn) Close() { c.s.Close() }
+func (c *Conn) Close() { unix.Close(c.fd) }
+
+// receive reads one datagram of answers from the kernel.
+func (c *Conn) receive() ([]syscall.NetlinkMessage, error) {
+	if c.buf == nil {
+		c.buf = make([]byte, 32<<10)
+	}
+	for {
+		n, _, flags, from, err := unix.Recvmsg(c.fd, c.buf, nil, 0)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return nil, err
+		case flags&unix.MSG_TRUNC != 0:
+			return nil, fmt.Errorf("netlink answer larger than %d bytes", len(c.buf))
+		}
+		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
+			continue // not from the kernel
+		}
+		return syscall.ParseNetlinkMessage(c.buf[:n])
+	}
+}
 
 // Req is one request of a batch.
 type Req struct {
@@ -77,18 +116,15 @@ func (c *Conn) Exec(reqs ...*Req) error {
 		buf = append(buf, r.Msg.Serialize()...)
 		pending[r.Msg.Seq] = r
 	}
-	if err := unix.Sendto(c.s.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(c.fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send netlink batch (%s...): %w", reqs[0].What, err)
 	}
 	var first error
 	failed := -1
 	for len(pending) > 0 {
-		msgs, from, err := c.s.Receive()
+		msgs, err := c.receive()
 		if err != nil {
 			return fmt.Errorf("read netlink answers (%s...): %w", reqs[0].What, err)
-		}
-		if from.Pid != 0 {
-			continue // not from the kernel
 		}
 		for _, m := range msgs {
 			r, ok := pending[m.Header.Seq]
@@ -96,6 +132,9 @@ func (c *Conn) Exec(reqs ...*Req) error {
 				continue
 			}
 			if m.Header.Type != unix.NLMSG_ERROR {
+				// The message is in the read buffer, which the next
+				// read overwrites.
+				m.Data = append([]byte(nil), m.Data...)
 				r.Replies = append(r.Replies, m)
 				continue
 			}
