@@ -150,14 +150,20 @@ type Veth struct {
 	// PeerNSID is the container's netns id as the host sees it, -1 if the
 	// kernel did not say.
 	PeerNSID int
+	// AttachedTo is the bridge the host end was put on when the pair was
+	// made (0: none yet), with its port flags.
+	AttachedTo int
 }
 
 // CreateVeth creates the pair, both ends down: the host end named and
 // marked with the spec's alias, the container end as eth0 straight in the
 // container's netns. It needs neither the bridge nor the address: setup
 // makes the pair while it reserves them, and AttachHostVeth and
-// ConfigureContainer finish it. It returns EEXIST (wrapped) when a name is
-// taken, so the caller can pick another host name.
+// ConfigureContainer finish it. With the spec's BridgeIndex, the host end
+// is also put on that bridge, if it can be (see Veth.AttachedTo): on a
+// bridge with many ports that is the longest step, and it can be taken
+// while the address is reserved too. It returns EEXIST (wrapped) when a
+// name is taken, so the caller can pick another host name.
 func CreateVeth(c *Conn, s VethSpec) (*Veth, error) {
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	attrs := []nl.NetlinkRequestData{msg, nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(s.HostName))}
@@ -211,13 +217,16 @@ func CreateVeth(c *Conn, s VethSpec) (*Veth, error) {
 		DeleteLinkIndex(c, idx, s.HostName)
 		return nil, err
 	}
+	// A bridge that is gone (or a stale index) only leaves the port to
+	// attach later, when the bridge is known for sure.
+	if s.BridgeIndex > 0 && c.Exec(attachReqs(idx, s)...) == nil {
+		v.AttachedTo = s.BridgeIndex
+	}
 	return v, nil
 }
 
-// AttachHostVeth puts the host end on the bridge, sets its port flags and
-// brings it up. The container end may be configured meanwhile.
-func AttachHostVeth(c *Conn, v *Veth, s VethSpec) error {
-	idx := v.Host.Attrs().Index
+// attachReqs put host end idx on the spec's bridge, with its port flags.
+func attachReqs(idx int, s VethSpec) []*Req {
 	reqs := []*Req{setLinkReq("attach veth "+s.HostName+" to the bridge", idx, 0, 0,
 		nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(s.BridgeIndex))))}
 	if s.Hairpin || s.Isolated {
@@ -229,6 +238,18 @@ func AttachHostVeth(c *Conn, v *Veth, s VethSpec) error {
 			flags[nl.IFLA_BRPORT_ISOLATED] = true
 		}
 		reqs = append(reqs, bridgePortReq("set bridge port flags of "+s.HostName, idx, flags))
+	}
+	return reqs
+}
+
+// AttachHostVeth puts the host end on the bridge with its port flags,
+// unless CreateVeth did already, and brings it up. The container end may
+// be configured meanwhile.
+func AttachHostVeth(c *Conn, v *Veth, s VethSpec) error {
+	idx := v.Host.Attrs().Index
+	var reqs []*Req
+	if v.AttachedTo != s.BridgeIndex {
+		reqs = attachReqs(idx, s)
 	}
 	reqs = append(reqs, upReq("set veth "+s.HostName+" up", idx))
 	return c.Exec(reqs...)

@@ -291,11 +291,15 @@ func (env *Env) startVeth(id string, ns netns.NsHandle, network string) *earlyVe
 	if err != nil {
 		return nil
 	}
-	if n, err := env.Store.GetNet(def.Name); err != nil || n == nil || n.BridgeIndex == 0 {
+	n, err := env.Store.GetNet(def.Name)
+	if err != nil || n == nil || n.BridgeIndex == 0 {
 		return nil
 	}
+	// The bridge as last recorded: wire checks it against the network's
+	// state under the lock, and attaches again if it differs.
 	e := &earlyVeth{done: make(chan struct{}), spec: netsetup.VethSpec{
 		HostName: netsetup.RandomVethName(), MTU: def.MTU, Netns: ns, Alias: vethAlias(id),
+		BridgeIndex: n.BridgeIndex, Hairpin: true, Isolated: !def.ICC,
 	}}
 	go func() {
 		defer close(e.done)
