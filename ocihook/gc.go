@@ -90,6 +90,10 @@ func (env *Env) GC() ([]string, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	// Temporary files of state writes a killed hook left half done.
+	if err := env.Store.RemoveTemps(func(id string) bool { return !live[id] && !env.inFlight(id) }); err != nil {
+		errs = append(errs, err)
+	}
 	lines, err = env.rebuild(recs, live)
 	report = append(report, lines...)
 	if err != nil {

@@ -130,10 +130,12 @@ func (env *Env) setupLocked(st *specs.State, spec *bundleConfig, opts *Options, 
 	if err != nil {
 		return name, err
 	}
+	undone := map[string]bool{}
 	for _, id := range crashed {
 		if id == st.ID || env.inFlight(id) {
 			continue
 		}
+		undone[id] = true
 		o, ok, err := env.Store.Get(id)
 		switch {
 		case err != nil:
@@ -146,6 +148,13 @@ func (env *Env) setupLocked(st *specs.State, spec *bundleConfig, opts *Options, 
 			if err := env.Store.UnmarkCreating(id); err != nil {
 				return name, err
 			}
+		}
+	}
+	// A hook killed in the middle of a state write leaves its temporary
+	// file.
+	if len(undone) > 0 {
+		if err := env.Store.RemoveTemps(func(id string) bool { return undone[id] }); err != nil {
+			return name, err
 		}
 	}
 	if o, taken, err := env.Store.NameOwner(name); err != nil {
@@ -172,8 +181,11 @@ func (env *Env) setupLocked(st *specs.State, spec *bundleConfig, opts *Options, 
 	c := &setupCtx{env: env, st: st, spec: spec, opts: opts, rec: rec, rootfs: rootfs, ns: nsh, unlock: unlock, early: early}
 	if runErr := c.run(); runErr != nil {
 		// The pair made meanwhile must exist, or not, before the undo.
+		// Its configuration may be waiting for the lock (to ensure the
+		// bridge again): wait for it without holding the lock.
 		if early != nil {
-			early.wait()
+			unlock()
+			early.settle()
 		}
 		if !held { // failed after the lock was released: undo under it
 			l, lerr := env.Store.Lock(env.lockTimeout())
@@ -270,6 +282,12 @@ type earlyVeth struct {
 	// recorded is set once a record names the pair: undoing the setup
 	// then removes it like any other.
 	recorded bool
+	// wired, when set, is closed once the pair is configured (see
+	// finish): wireErr is the outcome, unless unmade says the pair could
+	// not be made early (wire then makes one).
+	wired   chan struct{}
+	wireErr error
+	unmade  bool
 }
 
 // startVeth begins making the container's veth pair, unless a record of
@@ -316,10 +334,34 @@ func (e *earlyVeth) wait() (*netsetup.Veth, error) {
 	return e.veth, e.err
 }
 
+// finish configures the pair with configure once it is made, in the
+// background: setup starts it as soon as the container's address is
+// recorded, while it finishes its shared state under the lock.
+func (e *earlyVeth) finish(configure func(v *netsetup.Veth) error) {
+	e.wired = make(chan struct{})
+	go func() {
+		defer close(e.wired)
+		v, err := e.wait()
+		if v == nil || err != nil {
+			e.unmade = true
+			return
+		}
+		e.wireErr = configure(v)
+	}()
+}
+
+// settle waits for whatever the pair's goroutines are doing.
+func (e *earlyVeth) settle() {
+	e.wait()
+	if e.wired != nil {
+		<-e.wired
+	}
+}
+
 // discard removes the pair of a failed setup if no record names it (the
 // undo of the record removed it otherwise).
 func (e *earlyVeth) discard() {
-	e.wait()
+	e.settle()
 	if e.host == nil {
 		return
 	}
@@ -330,7 +372,7 @@ func (e *earlyVeth) discard() {
 
 // close releases the host socket.
 func (e *earlyVeth) close() {
-	if e.wait(); e.host != nil {
+	if e.settle(); e.host != nil {
 		e.host.Close()
 	}
 }
@@ -543,8 +585,17 @@ func (c *setupCtx) bridge() error {
 	if err := env.Store.Put(rec); err != nil {
 		return err
 	}
-	if c.early != nil {
-		c.early.recorded = true
+	if e := c.early; e != nil {
+		e.recorded = true
+		// The container's end can be configured from now on, and the
+		// host's brought up, while the shared state is finished: the
+		// record names the address, and no other setup can take it. The
+		// bridge must be known (not the case only if the network's last
+		// container went since the pair was started: wire does it then).
+		if ns.BridgeIndex != 0 {
+			vs, bridgeSpec := c.vethSpec(def, ns, ip)
+			e.finish(func(v *netsetup.Veth) error { return c.finishVeth(host, e.host, v, vs, def, bridgeSpec) })
+		}
 	}
 	if err := env.Store.SetName(rec.Name, rec.ID); err != nil {
 		return err
@@ -643,18 +694,12 @@ func (c *setupCtx) wire(host *hostHandle, def *config.Network, ns *state.Net, ip
 			err = perr
 		}
 	}()
-	route := ns.Gateway
-	if def.DefaultGateway.IsValid() {
-		route = def.DefaultGateway
+	if e := c.early; e != nil && e.wired != nil {
+		if <-e.wired; !e.unmade {
+			return e.wireErr
+		}
 	}
-	if def.Internal {
-		route = netip.Addr{} // no route out
-	}
-	vs := netsetup.VethSpec{
-		HostName: rec.HostVeth, BridgeIndex: ns.BridgeIndex, MTU: def.MTU, Netns: c.ns,
-		MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
-		Isolated: !def.ICC, Hairpin: true,
-	}
+	vs, _ := c.vethSpec(def, ns, ip)
 	conn, v, err := c.veth(&vs)
 	if err != nil {
 		return err
@@ -662,9 +707,37 @@ func (c *setupCtx) wire(host *hostHandle, def *config.Network, ns *state.Net, ip
 	if c.early == nil {
 		defer conn.Close()
 	}
+	return c.finishVeth(host, conn, v, vs, def, bridgeSpec)
+}
+
+// vethSpec is the container's veth on network def (state ns) with address
+// ip, and the network's bridge.
+func (c *setupCtx) vethSpec(def *config.Network, ns *state.Net, ip netip.Addr) (netsetup.VethSpec, netsetup.BridgeSpec) {
+	route := ns.Gateway
+	if def.DefaultGateway.IsValid() {
+		route = def.DefaultGateway
+	}
+	if def.Internal {
+		route = netip.Addr{} // no route out
+	}
+	rec := c.rec
+	return netsetup.VethSpec{
+			HostName: rec.HostVeth, BridgeIndex: ns.BridgeIndex, MTU: def.MTU, Netns: c.ns,
+			MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
+			Isolated: !def.ICC, Hairpin: true,
+		}, netsetup.BridgeSpec{
+			Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU,
+		}
+}
+
+// finishVeth configures pair v: the host end up on its bridge (on the
+// host socket conn), the container's end with its MAC, address and route,
+// each from its own side at the same time.
+func (c *setupCtx) finishVeth(host *hostHandle, conn *netsetup.Conn, v *netsetup.Veth, vs netsetup.VethSpec,
+	def *config.Network, bridgeSpec netsetup.BridgeSpec) error {
+	env, rec := c.env, c.rec
 	fault("setup:veth")
 	env.mark("veth")
-	// Each end is configured from its own side at the same time.
 	hostDone := make(chan error, 1)
 	go func() {
 		err := netsetup.AttachHostVeth(conn, v, vs)

@@ -127,3 +127,43 @@ func (s *Store) Names() (map[string]string, error) {
 	}
 	return out, nil
 }
+
+// RemoveTemps removes the temporary files of writes a killed hook left
+// half done (see writeFile). The caller holds the lock, under which names,
+// networks and port reservations are written: every temporary file there
+// is a leftover. Records and creating markers are also written by setups
+// finishing without the lock, so there only those of ids dead reports are
+// removed. It reads whole directories: for crash recovery and gc only.
+func (s *Store) RemoveTemps(dead func(id string) bool) error {
+	var errs []error
+	for _, sub := range []string{"names", "networks", "ports", "containers", "creating"} {
+		dir := filepath.Join(s.Dir, sub)
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		for _, e := range ents {
+			name := e.Name()
+			if !strings.HasPrefix(name, ".") || e.IsDir() {
+				continue
+			}
+			if sub == "containers" || sub == "creating" {
+				// .<id>.json.<random> or .<id>.<random>
+				base := strings.TrimPrefix(name, ".")
+				if i := strings.LastIndexByte(base, '.'); i > 0 {
+					base = base[:i]
+				}
+				if !dead(strings.TrimSuffix(base, ".json")) {
+					continue
+				}
+			}
+			if err := removeIfExists(filepath.Join(dir, name)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

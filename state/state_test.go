@@ -211,3 +211,41 @@ func TestAllocationFiles(t *testing.T) {
 		t.Fatalf("legacy allocation not moved: %q", data)
 	}
 }
+
+// A hook killed in the middle of a write leaves a temporary file: those of
+// the shared indexes go, those of records only for dead ids (a live setup
+// may be writing its record without the lock).
+func TestRemoveTemps(t *testing.T) {
+	s, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]bool{ // path under the state dir: removed?
+		"names/.web.123":               true,
+		"networks/.bridge.json.456":    true,
+		"ports/.tcp-8080.789":          true,
+		"containers/.dead.json.111":    true,
+		"containers/.alive.json.222":   false,
+		"creating/.dead.333":           true,
+		"containers/dead.json":         false,
+		"names/web":                    false,
+		"networks/bridge.json":         false,
+		"networks/bridge.addrs/.x.444": false, // not a state write's
+	}
+	for p := range files {
+		full := filepath.Join(s.Dir, p)
+		os.MkdirAll(filepath.Dir(full), 0o700)
+		if err := os.WriteFile(full, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RemoveTemps(func(id string) bool { return id == "dead" }); err != nil {
+		t.Fatal(err)
+	}
+	for p, removed := range files {
+		_, err := os.Stat(filepath.Join(s.Dir, p))
+		if gone := err != nil; gone != removed {
+			t.Errorf("%s: removed %v, want %v", p, gone, removed)
+		}
+	}
+}
