@@ -149,6 +149,17 @@ func readSpec(bundle string) (*bundleConfig, error) {
 	return &spec, nil
 }
 
+// WarmCodecs builds, in the order a hook needs them, encoding/json's
+// decoders for its input (the state on stdin, the bundle's config.json)
+// and its codecs for the state files (see state.WarmCodecs). The hook
+// command runs it on another goroutine as it starts: meanwhile it loads its
+// config, and reads its input.
+func WarmCodecs() {
+	json.Unmarshal([]byte(`{}`), &specs.State{})
+	json.Unmarshal([]byte(`{"root":{},"mounts":[{}],"annotations":{}}`), &bundleConfig{})
+	state.WarmCodecs()
+}
+
 // Run is the hook: it reads the state from stdin and sets up or tears down.
 // stage is the hook's argument, possibly empty. The outcome is logged
 // under the state dir; the error is for the caller to print.
