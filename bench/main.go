@@ -28,6 +28,7 @@ var (
 	flagCNI     = flag.String("cni", "bench/out/bin", "directory of the CNI plugins and cnitool")
 	flagRuns    = flag.Int("runc-runs", 20, "runc run repetitions")
 	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,cni,netavark", "tools to measure")
+	flagSamples = flag.Int("min-samples", 100, "repeat a measurement at small N until it has this many samples")
 )
 
 // container is a process in a fresh netns standing in for a container.
@@ -51,6 +52,13 @@ type tool interface {
 	setup(c *container) error
 	teardown(c *container) error
 	cleanup()
+}
+
+// bundler is a tool that needs a container's inputs written before its
+// setup, as a runtime writes the bundle before it runs hooks: that is not
+// part of the tool's time.
+type bundler interface {
+	bundle(c *container) error
 }
 
 // sample is the latencies of one tool at one N.
@@ -133,6 +141,7 @@ func quiesce() {
 // as a runtime's poststop comes after the container has exited.
 func measure(t tool, n int, work string, afterExit bool) (*sample, error) {
 	dir := filepath.Join(work, fmt.Sprintf("%s-%d-%v", t.name(), n, afterExit))
+	os.RemoveAll(dir) // an earlier round's bundles: every round starts afresh
 	os.MkdirAll(dir, 0o755)
 	if err := t.prepare(dir); err != nil {
 		return nil, err
@@ -149,6 +158,11 @@ func measure(t tool, n int, work string, afterExit bool) (*sample, error) {
 	}
 	s := &sample{tool: name, n: n}
 	for _, c := range cs {
+		if b, ok := t.(bundler); ok {
+			if err := b.bundle(c); err != nil {
+				return nil, fmt.Errorf("%s bundle %d: %w", t.name(), c.i, err)
+			}
+		}
 		start := time.Now()
 		if err := t.setup(c); err != nil {
 			return nil, fmt.Errorf("%s setup %d: %w", t.name(), c.i, err)
@@ -221,11 +235,24 @@ func main() {
 				modes = append(modes, true)
 			}
 			for _, afterExit := range modes {
-				fmt.Printf("measuring %s, N=%d%s ...\n", name, n, map[bool]string{true: ", teardown after exit"}[afterExit])
-				s, err := measure(t, n, work, afterExit)
-				if err != nil {
-					fmt.Fprintln(os.Stderr, "bench:", err)
-					os.Exit(1)
+				// At small N one round is a handful of samples on a
+				// machine whose speed drifts: rounds are repeated (each
+				// from N=0) until the percentiles rest on -min-samples.
+				rounds := max(1, (*flagSamples+n-1)/n)
+				fmt.Printf("measuring %s, N=%d%s, %d round(s) ...\n", name, n, map[bool]string{true: ", teardown after exit"}[afterExit], rounds)
+				var s *sample
+				for r := 0; r < rounds; r++ {
+					one, err := measure(t, n, work, afterExit)
+					if err != nil {
+						fmt.Fprintln(os.Stderr, "bench:", err)
+						os.Exit(1)
+					}
+					if s == nil {
+						s = one
+					} else {
+						s.setup = append(s.setup, one.setup...)
+						s.teardown = append(s.teardown, one.teardown...)
+					}
 				}
 				samples = append(samples, s)
 				fmt.Printf("  setup p50 %v  teardown p50 %v\n", pct(s.setup, .5).Round(10*time.Microsecond), pct(s.teardown, .5).Round(10*time.Microsecond))

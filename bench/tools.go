@@ -48,13 +48,13 @@ func (t *netshimTool) hook(c *container, stage, status string) error {
 	return nil
 }
 
-func (t *netshimTool) setup(c *container) error {
+// bundle writes the container's config.json, with its published port.
+func (t *netshimTool) bundle(c *container) error {
 	spec := fmt.Sprintf(`{"ociVersion":"1.0.2","hostname":%q,"root":{"path":"rootfs"},"annotations":{"netshim/publish":"%d:80"}}`, c.id, c.port)
-	if err := os.WriteFile(filepath.Join(c.dir, "config.json"), []byte(spec), 0o644); err != nil {
-		return err
-	}
-	return t.hook(c, "createRuntime", "creating")
+	return os.WriteFile(filepath.Join(c.dir, "config.json"), []byte(spec), 0o644)
 }
+
+func (t *netshimTool) setup(c *container) error { return t.hook(c, "createRuntime", "creating") }
 
 func (t *netshimTool) teardown(c *container) error { return t.hook(c, "poststop", "stopped") }
 
