@@ -213,7 +213,14 @@ func main() {
 		}
 		ns = append(ns, n)
 	}
-	var samples []*sample
+	// One row per tool, N and teardown mode, in the report's order.
+	type row struct {
+		t         tool
+		n         int
+		afterExit bool
+		s         *sample
+	}
+	var rows []*row
 	var skipped []string
 	for _, name := range strings.Split(*flagTools, ",") {
 		if name == "" {
@@ -230,34 +237,43 @@ func main() {
 			continue
 		}
 		for _, n := range ns {
-			modes := []bool{false}
+			rows = append(rows, &row{t: t, n: n})
 			if name == "netshim-nftables" {
-				modes = append(modes, true)
-			}
-			for _, afterExit := range modes {
-				// At small N one round is a handful of samples on a
-				// machine whose speed drifts: rounds are repeated (each
-				// from N=0) until the percentiles rest on -min-samples.
-				rounds := max(1, (*flagSamples+n-1)/n)
-				fmt.Printf("measuring %s, N=%d%s, %d round(s) ...\n", name, n, map[bool]string{true: ", teardown after exit"}[afterExit], rounds)
-				var s *sample
-				for r := 0; r < rounds; r++ {
-					one, err := measure(t, n, work, afterExit)
-					if err != nil {
-						fmt.Fprintln(os.Stderr, "bench:", err)
-						os.Exit(1)
-					}
-					if s == nil {
-						s = one
-					} else {
-						s.setup = append(s.setup, one.setup...)
-						s.teardown = append(s.teardown, one.teardown...)
-					}
-				}
-				samples = append(samples, s)
-				fmt.Printf("  setup p50 %v  teardown p50 %v\n", pct(s.setup, .5).Round(10*time.Microsecond), pct(s.teardown, .5).Round(10*time.Microsecond))
+				rows = append(rows, &row{t: t, n: n, afterExit: true})
 			}
 		}
+	}
+	// At small N one round is a handful of samples on a machine whose
+	// speed drifts (a third, from one minute to the next): rounds, each
+	// from no container, are repeated until the percentiles rest on
+	// -min-samples, and the tools take turns round by round, so that
+	// they are compared at the same moments.
+	for _, n := range ns {
+		rounds := max(1, (*flagSamples+n-1)/n)
+		for r := 0; r < rounds; r++ {
+			for _, w := range rows {
+				if w.n != n {
+					continue
+				}
+				fmt.Printf("measuring %s, N=%d%s, round %d/%d ...\n", w.t.name(), n, map[bool]string{true: ", teardown after exit"}[w.afterExit], r+1, rounds)
+				one, err := measure(w.t, n, work, w.afterExit)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "bench:", err)
+					os.Exit(1)
+				}
+				if w.s == nil {
+					w.s = one
+				} else {
+					w.s.setup = append(w.s.setup, one.setup...)
+					w.s.teardown = append(w.s.teardown, one.teardown...)
+				}
+			}
+		}
+	}
+	var samples []*sample
+	for _, w := range rows {
+		samples = append(samples, w.s)
+		fmt.Printf("%s N=%d: setup p50 %v  teardown p50 %v\n", w.s.tool, w.n, pct(w.s.setup, .5).Round(10*time.Microsecond), pct(w.s.teardown, .5).Round(10*time.Microsecond))
 	}
 	fmt.Println("measuring runc run ...")
 	rr, err := runcRuns(netshim, work, *flagRuns)

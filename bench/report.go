@@ -127,7 +127,8 @@ func render(samples []*sample, rr *runcResult, skipped []string, ns []int) strin
 	fmt.Fprintf(&b, "# netshim benchmark\n\n%s, kernel %s, %d CPUs. Each row: the whole hook process per container (bridge network,\n",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(kernel)), numCPU())
 	b.WriteString("one published port), for N containers (processes in fresh netns) set up one after another, then torn down;\n")
-	b.WriteString("at small N that is repeated until there are at least 100 samples (rounds of N, each from no container).\n")
+	b.WriteString("at small N that is repeated until there are at least 100 samples (rounds of N, each from no container, the\n")
+	b.WriteString("tools taking turns round by round so that they are compared at the same moments).\n")
 	b.WriteString("Teardown runs while the container's process is alive (the tool must remove the veth itself), except in the\n")
 	b.WriteString("\"after exit\" rows, where the process is killed first, as before a runtime's poststop. Times in ms.\n\n")
 	base := map[int]*sample{}
