@@ -182,11 +182,13 @@ func (env *Env) setupLocked(st *specs.State, spec *bundleConfig, opts *Options, 
 	if runErr := c.run(); runErr != nil {
 		// The pair made meanwhile must exist, or not, before the undo.
 		// Its configuration may be waiting for the lock (to ensure the
-		// bridge again): wait for it without holding the lock.
+		// bridge again): wait for it without holding the lock. The files
+		// are let finish too.
 		if early != nil {
 			unlock()
 			early.settle()
 		}
+		c.waitFiles()
 		if !held { // failed after the lock was released: undo under it
 			l, lerr := env.Store.Lock(env.lockTimeout())
 			if lerr != nil {
@@ -245,6 +247,13 @@ type setupCtx struct {
 	unlock func()
 	// early is the veth pair being made while the lock is held, if any.
 	early *earlyVeth
+	// filesDone is closed once the files goroutine, if started, is done.
+	filesDone chan struct{}
+	filePaths []string
+	filesErr  error
+	// resolvOnce guards hostResolv, read by the files goroutine and by
+	// the main one.
+	resolvOnce sync.Once
 }
 
 // hostHandle opens the host's route netlink handle on first use: a setup
@@ -478,13 +487,13 @@ func (c *setupCtx) files() ([]string, error) {
 
 // hostResolvConf is the host's resolv.conf, read once per setup.
 func (c *setupCtx) hostResolvConf() []byte {
-	if c.hostResolv == nil {
+	c.resolvOnce.Do(func() {
 		data, err := os.ReadFile(HostResolvConf)
 		if err != nil {
 			data = []byte{}
 		}
 		c.hostResolv = data
-	}
+	})
 	return c.hostResolv
 }
 
@@ -595,6 +604,7 @@ func (c *setupCtx) bridge() error {
 		if ns.BridgeIndex != 0 {
 			vs, bridgeSpec := c.vethSpec(def, ns, ip)
 			e.finish(func(v *netsetup.Veth) error { return c.finishVeth(host, e.host, v, vs, def, bridgeSpec) })
+			c.startFiles()
 		}
 	}
 	if err := env.Store.SetName(rec.Name, rec.ID); err != nil {
@@ -651,26 +661,40 @@ func (c *setupCtx) bridge() error {
 	// container's own (its veth, its netns, its map elements, its files),
 	// done without holding up other hooks.
 	c.unlock()
-	// The files need nothing from the links: write them meanwhile.
-	type filesResult struct {
-		paths []string
-		err   error
-	}
-	filesDone := make(chan filesResult, 1)
-	go func() {
-		paths, err := c.files()
-		filesDone <- filesResult{paths, err}
-	}()
+	c.startFiles() // if not started with the early pair's configuration
 	werr := c.wire(host, def, ns, ip, fw, bridgeSpec)
-	fr := <-filesDone
+	paths, ferr := c.waitFiles()
 	switch {
 	case werr != nil:
 		return werr
-	case fr.err != nil:
-		return fr.err
+	case ferr != nil:
+		return ferr
 	}
-	rec.Files = fr.paths
+	rec.Files = paths
 	return c.ready()
+}
+
+// startFiles writes the container's files in the background: they need
+// nothing from the links or from other hooks, only the record (address,
+// links, gateway), so they are written once it is settled.
+func (c *setupCtx) startFiles() {
+	if c.filesDone != nil {
+		return
+	}
+	c.filesDone = make(chan struct{})
+	go func() {
+		defer close(c.filesDone)
+		c.filePaths, c.filesErr = c.files()
+	}()
+}
+
+// waitFiles waits for the files, if they were started.
+func (c *setupCtx) waitFiles() ([]string, error) {
+	if c.filesDone == nil {
+		return nil, nil
+	}
+	<-c.filesDone
+	return c.filePaths, c.filesErr
 }
 
 // wire makes the container's own links and published ports: its veth
