@@ -73,17 +73,11 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	case opts.Network != ModeHost && shared:
 		return name, fmt.Errorf("network %s: container %s shares the host's network namespace; add a network namespace to config.json (netshim bundle does)", opts.Network, st.ID)
 	}
-	startTime, err := netsetup.ProcStartTime(st.Pid)
-	if err != nil {
-		return name, err
-	}
-
-	env.mark("netns")
 	var early *earlyVeth
 	if opts.Network != ModeHost && opts.Network != ModeNone {
 		early = env.startVeth(st.ID, nsh, opts.Network)
 	}
-	name, err = env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, startTime, early)
+	name, err = env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, early)
 	if early != nil {
 		if err != nil {
 			early.discard()
@@ -95,7 +89,12 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 
 // setupLocked is Setup from the host lock on.
 func (env *Env) setupLocked(st *specs.State, spec *bundleConfig, opts *Options, name, rootfs string,
-	nsh netns.NsHandle, nsID netsetup.NSIdentity, startTime uint64, early *earlyVeth) (string, error) {
+	nsh netns.NsHandle, nsID netsetup.NSIdentity, early *earlyVeth) (string, error) {
+	startTime, err := netsetup.ProcStartTime(st.Pid)
+	if err != nil {
+		return name, err
+	}
+	env.mark("netns")
 	// The lock covers what other hooks read: records, indexes, address
 	// and port reservations, a network's bridge and rules. The
 	// container's own links and files are made after it is released.
@@ -310,26 +309,31 @@ type earlyVeth struct {
 // pair made before the bridge, on a host or sandbox with few links, would
 // often get the same ifindex on both ends (2, next to lo): the first
 // container would then wait for its network.
+//
+// The checks run on the goroutine too: the pair is the longest path of a
+// setup, and the hook's main path goes on meanwhile. Without a pair, wire
+// makes one, under the name chosen here.
 func (env *Env) startVeth(id string, ns netns.NsHandle, network string) *earlyVeth {
-	if _, ok, err := env.Store.Get(id); ok || err != nil {
-		return nil
-	}
-	def, err := env.network(network)
-	if err != nil {
-		return nil
-	}
-	n, err := env.Store.GetNet(def.Name)
-	if err != nil || n == nil || n.BridgeIndex == 0 {
-		return nil
-	}
-	// The bridge as last recorded: wire checks it against the network's
-	// state under the lock, and attaches again if it differs.
 	e := &earlyVeth{done: make(chan struct{}), spec: netsetup.VethSpec{
-		HostName: netsetup.RandomVethName(), MTU: def.MTU, Netns: ns, Alias: vethAlias(id),
-		BridgeIndex: n.BridgeIndex, Hairpin: true, Isolated: !def.ICC,
+		HostName: netsetup.RandomVethName(), Netns: ns, Alias: vethAlias(id),
 	}}
 	go func() {
 		defer close(e.done)
+		if _, ok, err := env.Store.Get(id); ok || err != nil {
+			return
+		}
+		def, err := env.network(network)
+		if err != nil {
+			return
+		}
+		n, err := env.Store.GetNet(def.Name)
+		if err != nil || n == nil || n.BridgeIndex == 0 {
+			return
+		}
+		// The bridge as last recorded: wire checks it against the
+		// network's state under the lock, and attaches again if it
+		// differs.
+		e.spec.MTU, e.spec.BridgeIndex, e.spec.Hairpin, e.spec.Isolated = def.MTU, n.BridgeIndex, true, !def.ICC
 		if e.host, e.err = netsetup.NewConn(netns.None()); e.err == nil {
 			e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
 		}
@@ -813,6 +817,13 @@ func (c *setupCtx) veth(vs *netsetup.VethSpec) (*netsetup.Conn, *netsetup.Veth, 
 	var err error
 	if c.early != nil {
 		v, err = c.early.wait()
+		if c.early.host == nil && err == nil {
+			// The early pair was not attempted: its socket serves
+			// here, and is closed with it.
+			if c.early.host, err = netsetup.NewConn(netns.None()); err != nil {
+				return nil, nil, err
+			}
+		}
 		conn = c.early.host
 	} else if conn, err = netsetup.NewConn(netns.None()); err != nil {
 		return nil, nil, err
