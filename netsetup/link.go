@@ -98,7 +98,7 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (link netlink.Link, created b
 	}
 	if !created {
 		if b, ok := link.(*netlink.Bridge); ok && (b.MulticastSnooping == nil || *b.MulticastSnooping) {
-			if err := h.BridgeSetMcastSnoop(link, false); err != nil {
+			if err := mcastSnoopingOff(link); err != nil {
 				return nil, false, fmt.Errorf("turn off multicast snooping on bridge %s: %w", s.Name, err)
 			}
 		}
@@ -115,6 +115,23 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (link netlink.Link, created b
 		}
 	}
 	return link, created, nil
+}
+
+// mcastSnoopingOff turns multicast snooping off on an existing bridge,
+// changing nothing else (vishvananda's BridgeSetMcastSnoop sends back every
+// attribute of the link, which the kernel refuses for a running bridge).
+func mcastSnoopingOff(br netlink.Link) error {
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(br.Attrs().Index)
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("bridge"))
+	info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.IFLA_BR_MCAST_SNOOPING, []byte{0})
+	c, err := NewConn(netns.None())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Exec(newReq("set bridge options of "+br.Attrs().Name, unix.RTM_NEWLINK, 0, msg, info))
 }
 
 // VethSpec describes a container's veth pair.

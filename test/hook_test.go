@@ -569,6 +569,25 @@ func TestHookNoIPv6LinkLocal(t *testing.T) {
 	assertClean(t, h)
 }
 
+// A bridge of that name made before (by an earlier version, or by hand
+// with the defaults) is taken as it is, with multicast snooping turned off.
+func TestHookExistingBridge(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	sandbox.Run(t, "ip", "link", "add", "netshim0", "type", "bridge", "mcast_snooping", "1")
+	h := newHost(t, "")
+	a := h.newProc("old", nil)
+	a.mustSetup()
+	if out := sandbox.Run(t, "ip", "-d", "link", "show", "netshim0"); !strings.Contains(out, "mcast_snooping 0") {
+		t.Errorf("multicast snooping left on:\n%s", out)
+	}
+	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.1")
+	a.mustTeardown()
+	waitReclaimers(t)
+	sandbox.Run(t, "ip", "link", "del", "netshim0")
+}
+
 // Teardowns hand their slow tail to one reclaimer: it deletes the links
 // set aside in batches, and exits once it has had nothing to do for a
 // while.
