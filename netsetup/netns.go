@@ -7,12 +7,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"strconv"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/internal/fastio"
 )
 
 // NSIdentity identifies a network namespace (device and inode of its nsfs
@@ -54,7 +55,7 @@ func SelfNetns() (NSIdentity, error) {
 // (field 22 of /proc/PID/stat). With the PID it identifies a process across
 // PID reuse. A zombie (exited, not yet reaped) is reported as gone.
 func ProcStartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	data, err := fastio.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, fmt.Errorf("read start time of pid %d: %w", pid, err)
 	}

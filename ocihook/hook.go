@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/internal/fastio"
 	"github.com/netshim/netshim/state"
 )
 
@@ -138,7 +139,7 @@ func readSpec(bundle string) (*bundleConfig, error) {
 		return nil, &InputError{What: "state field bundle", Value: bundle, Reason: "not an absolute path"}
 	}
 	path := filepath.Join(bundle, "config.json")
-	data, err := os.ReadFile(path)
+	data, err := fastio.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read bundle config %s: %w", path, err)
 	}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/netshim/netshim/internal/fastio"
 )
 
 // The indexes below keep setup's cost independent of the number of
@@ -22,7 +24,7 @@ func (s *Store) indexErr(op, p string, err error) error { return fmt.Errorf("%s 
 
 // NameOwner returns the record of the container holding name, if any.
 func (s *Store) NameOwner(name string) (*Record, bool, error) {
-	data, err := os.ReadFile(s.namePath(name))
+	data, err := fastio.ReadFile(s.namePath(name))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, false, nil
@@ -51,7 +53,7 @@ func (s *Store) SetName(name, id string) error {
 // DropName forgets name if container id holds it.
 func (s *Store) DropName(name, id string) error {
 	p := s.namePath(name)
-	data, err := os.ReadFile(p)
+	data, err := fastio.ReadFile(p)
 	if err != nil || strings.TrimSpace(string(data)) != id {
 		return nil
 	}
@@ -68,7 +70,7 @@ func (s *Store) MarkCreating(id string, pid int, start uint64) error {
 	if err := s.ensureDir("creating"); err != nil {
 		return err
 	}
-	if err := os.WriteFile(s.creatingPath(id), []byte(fmt.Sprintf("%d %d\n", pid, start)), 0o600); err != nil {
+	if err := fastio.WriteFile(s.creatingPath(id), []byte(fmt.Sprintf("%d %d\n", pid, start)), 0o600); err != nil {
 		return s.indexErr("create", s.creatingPath(id), err)
 	}
 	return nil
@@ -77,7 +79,7 @@ func (s *Store) MarkCreating(id string, pid int, start uint64) error {
 // CreatingOwner returns the process doing the setup of id, as marked; ok
 // is false without a marker or an owner in it.
 func (s *Store) CreatingOwner(id string) (pid int, start uint64, ok bool) {
-	data, err := os.ReadFile(s.creatingPath(id))
+	data, err := fastio.ReadFile(s.creatingPath(id))
 	if err != nil {
 		return 0, 0, false
 	}
@@ -122,7 +124,7 @@ func (s *Store) Names() (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for _, e := range ents {
-		data, _ := os.ReadFile(s.namePath(e.Name()))
+		data, _ := fastio.ReadFile(s.namePath(e.Name()))
 		out[e.Name()] = strings.TrimSpace(string(data))
 	}
 	return out, nil

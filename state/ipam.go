@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/netshim/netshim/internal/fastio"
 	"github.com/netshim/netshim/internal/ipv4"
 )
 
@@ -97,7 +98,7 @@ func (s *Store) PutNet(n *Net) error {
 		if id == "" {
 			err = removeIfExists(p)
 		} else {
-			err = os.WriteFile(p, []byte(id), 0o600)
+			err = fastio.WriteFile(p, []byte(id), 0o600)
 		}
 		if err != nil {
 			return fmt.Errorf("write allocation %s of network %s: %w", a, n.Name, err)
@@ -127,7 +128,7 @@ func (n *Net) Holder(addr netip.Addr) (string, error) {
 	if id, ok := n.known[addr]; ok || n.dir == "" {
 		return id, nil
 	}
-	data, err := os.ReadFile(filepath.Join(n.dir, addr.String()))
+	data, err := fastio.ReadFile(filepath.Join(n.dir, addr.String()))
 	id := string(data)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

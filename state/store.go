@@ -9,14 +9,17 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/netshim/netshim/internal/fastio"
 	"github.com/netshim/netshim/internal/names"
 )
 
@@ -110,7 +113,7 @@ func (e *CorruptError) Unwrap() error { return e.Err }
 // readJSON decodes path into v. It returns fs.ErrNotExist (wrapped) when the
 // file is absent and a *CorruptError when it cannot be decoded.
 func readJSON(path string, v any) error {
-	data, err := os.ReadFile(path)
+	data, err := fastio.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
@@ -129,28 +132,25 @@ func writeJSON(path string, v any) error {
 	return writeFile(path, append(data, '\n'))
 }
 
-// writeFile writes path atomically: a temp file in the same directory,
-// fsync, rename.
+// writeFile writes path atomically: a temporary file in the same directory
+// (.<name>.<random>, see RemoveTemps), fsync, rename.
 func writeFile(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+	dir, base := filepath.Split(path)
+	for try := 0; ; try++ {
+		tmp := dir + "." + base + "." + strconv.FormatUint(uint64(rand.Uint32()), 10)
+		err := fastio.Create(tmp, unix.O_EXCL, data, 0o600, true)
+		if errors.Is(err, fs.ErrExist) && try < 100 {
+			continue
+		}
+		if err == nil {
+			err = unix.Rename(tmp, path)
+		}
+		if err != nil {
+			unix.Unlink(tmp)
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		return nil
 	}
-	_, werr := tmp.Write(data)
-	if werr == nil {
-		werr = tmp.Sync()
-	}
-	if cerr := tmp.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp.Name(), path)
-	}
-	if werr != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, werr)
-	}
-	return nil
 }
 
 // CheckID validates an OCI container id for use as a file name.
