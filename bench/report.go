@@ -130,7 +130,9 @@ func render(samples []*sample, rr *runcResult, skipped []string, ns []int) strin
 	b.WriteString("at small N that is repeated until there are at least 100 samples (rounds of N, each from no container, the\n")
 	b.WriteString("tools taking turns round by round so that they are compared at the same moments).\n")
 	b.WriteString("Teardown runs while the container's process is alive (the tool must remove the veth itself), except in the\n")
-	b.WriteString("\"after exit\" rows, where the process is killed first, as before a runtime's poststop. Times in ms.\n\n")
+	b.WriteString("\"after exit\" rows, where the process is killed first, as before a runtime's poststop. Bundles are on tmpfs\n")
+	b.WriteString("(as in Podman's run root); netshim writes each container's /etc/hosts and /etc/resolv.conf there (the CNI\n")
+	b.WriteString("plugins and netavark write no files: Podman does). Times in ms.\n\n")
 	base := map[int]*sample{}
 	for _, s := range samples {
 		if s.tool == "netshim-nftables" {
