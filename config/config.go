@@ -7,15 +7,16 @@ package config
 import (
 	"errors"
 	"fmt"
-	"github.com/netshim/netshim/internal/ipv4"
-	"github.com/netshim/netshim/internal/names"
 	"io/fs"
 	"net/netip"
-	"os"
 	"sort"
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/netshim/netshim/internal/fastio"
+	"github.com/netshim/netshim/internal/ipv4"
+	"github.com/netshim/netshim/internal/names"
 )
 
 // DefaultPath is where the config is read from when none is named.
@@ -180,7 +181,7 @@ func DockerPools() []Pool {
 // Load reads the config at path. A missing file is an error only when
 // explicit is set (the user named it); otherwise built-in defaults apply.
 func Load(path string, explicit bool) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := fastio.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && !explicit {
 			return Parse("", nil)

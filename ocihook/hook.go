@@ -8,13 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/internal/fastio"
@@ -216,10 +216,6 @@ func (env *Env) logLine(id, name, stage string, d time.Duration, err error) {
 	}
 	line := fmt.Sprintf("%s id=%s name=%s stage=%s duration=%s %s%s\n",
 		time.Now().UTC().Format(time.RFC3339Nano), id, name, stage, d.Round(time.Microsecond), outcome, steps)
-	f, ferr := os.OpenFile(filepath.Join(env.Store.Dir, "hook.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if ferr != nil {
-		return
-	}
-	f.WriteString(line) // one write with O_APPEND: lines of concurrent hooks do not interleave
-	f.Close()
+	// One write with O_APPEND: lines of concurrent hooks do not interleave.
+	fastio.Create(filepath.Join(env.Store.Dir, "hook.log"), unix.O_APPEND, []byte(line), 0o600, false)
 }

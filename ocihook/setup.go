@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/internal/fastio"
 	"github.com/netshim/netshim/netsetup"
 	"github.com/netshim/netshim/state"
 )
@@ -436,7 +437,7 @@ func (c *setupCtx) files() ([]string, error) {
 	var resolv netsetup.ResolvSpec
 	switch c.rec.Mode {
 	case ModeHost:
-		base, err := os.ReadFile("/etc/hosts")
+		base, err := fastio.ReadFile("/etc/hosts")
 		if err != nil {
 			return nil, fmt.Errorf("read host /etc/hosts: %w", err)
 		}
@@ -492,7 +493,7 @@ func (c *setupCtx) files() ([]string, error) {
 // hostResolvConf is the host's resolv.conf, read once per setup.
 func (c *setupCtx) hostResolvConf() []byte {
 	c.resolvOnce.Do(func() {
-		data, err := os.ReadFile(HostResolvConf)
+		data, err := fastio.ReadFile(HostResolvConf)
 		if err != nil {
 			data = []byte{}
 		}
@@ -514,7 +515,7 @@ func containerResolvBase(host []byte, keepLoopback bool) []byte {
 			return host
 		}
 	}
-	if alt, err := os.ReadFile(resolvedResolvConf); err == nil {
+	if alt, err := fastio.ReadFile(resolvedResolvConf); err == nil {
 		return alt
 	}
 	return host

@@ -42,48 +42,48 @@ func New(dir string) (*Store, error) {
 var ErrLockTimeout = errors.New("timed out")
 
 // Lock is the held host lock.
-type Lock struct{ f *os.File }
+type Lock struct{ fd int }
 
 // Lock takes the host-wide lock, waiting at most timeout. A waiter sleeps
 // in the kernel and is woken the moment the holder releases the lock (no
 // polling interval is added to a wait).
 func (s *Store) Lock(timeout time.Duration) (*Lock, error) {
 	path := filepath.Join(s.Dir, "lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open state lock %s: %w", path, err)
 	}
-	err = flock(f, unix.LOCK_EX|unix.LOCK_NB)
+	err = flock(fd, unix.LOCK_EX|unix.LOCK_NB)
 	if err == nil {
-		return &Lock{f: f}, nil
+		return &Lock{fd: fd}, nil
 	}
 	if !errors.Is(err, unix.EWOULDBLOCK) {
-		f.Close()
+		unix.Close(fd)
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	got := make(chan error, 1)
-	go func() { got <- flock(f, unix.LOCK_EX) }()
+	go func() { got <- flock(fd, unix.LOCK_EX) }()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case err := <-got:
 		if err != nil {
-			f.Close()
+			unix.Close(fd)
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		return &Lock{f: f}, nil
+		return &Lock{fd: fd}, nil
 	case <-timer.C:
 		// The blocked flock cannot be interrupted: if it ever succeeds,
 		// release the lock at once.
-		go func() { <-got; f.Close() }()
+		go func() { <-got; unix.Close(fd) }()
 		return nil, fmt.Errorf("lock %s: %w after %s (another netshim holds it)", path, ErrLockTimeout, timeout)
 	}
 }
 
 // flock is flock(2), restarted when a signal interrupts it.
-func flock(f *os.File, how int) error {
+func flock(fd, how int) error {
 	for {
-		err := unix.Flock(int(f.Fd()), how)
+		err := unix.Flock(fd, how)
 		if !errors.Is(err, unix.EINTR) {
 			return err
 		}
@@ -92,9 +92,9 @@ func flock(f *os.File, how int) error {
 
 // Unlock releases the lock.
 func (l *Lock) Unlock() {
-	if l != nil && l.f != nil {
-		l.f.Close() // closing the descriptor drops the flock
-		l.f = nil
+	if l != nil && l.fd >= 0 {
+		unix.Close(l.fd) // closing the descriptor drops the flock
+		l.fd = -1
 	}
 }
 
