@@ -153,14 +153,14 @@ Success prints nothing; failure prints one line and exits non-zero.`,
   "poststop":      [{"path": "/usr/local/bin/netshim", "args": ["netshim", "hook", "poststop"]}]`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			go ocihook.WarmCodecs() // on another CPU, while the config loads
-			env, err := g.env()
-			if err != nil {
-				return err
-			}
 			stage := ""
 			if len(args) == 1 {
 				stage = args[0]
+			}
+			go ocihook.WarmCodecs(stage) // on another CPU, while the config loads
+			env, err := g.env()
+			if err != nil {
+				return err
 			}
 			env.DeferReclaim()
 			err = ocihook.Run(cmd.Context(), env, g.stdin, stage)

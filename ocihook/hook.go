@@ -155,9 +155,12 @@ func readSpec(bundle string) (*bundleConfig, error) {
 // and its codecs for the state files (see state.WarmCodecs). The hook
 // command runs it on another goroutine as it starts: meanwhile it loads its
 // config, and reads its input.
-func WarmCodecs() {
+// A teardown (stage poststop) reads no config.json.
+func WarmCodecs(stage string) {
 	json.Unmarshal([]byte(`{}`), &specs.State{})
-	json.Unmarshal([]byte(`{"root":{},"mounts":[{}],"annotations":{}}`), &bundleConfig{})
+	if stage != StageTeardown {
+		json.Unmarshal([]byte(`{"root":{},"mounts":[{}],"annotations":{}}`), &bundleConfig{})
+	}
 	state.WarmCodecs()
 }
 
