@@ -108,6 +108,9 @@ func runcRuns(netshim, work string, runs int) (*runcResult, error) {
 	defer reap(cs)
 	keeper := &netshimTool{bin: netshim, backend: "nftables", config: "/dev/null", state: "/run/netshim-bench-runc"}
 	cs[0].port = 19999
+	if err := keeper.bundle(cs[0]); err != nil {
+		return nil, err
+	}
 	if err := keeper.setup(cs[0]); err != nil {
 		return nil, err
 	}
