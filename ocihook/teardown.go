@@ -61,6 +61,21 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 		d, err := removeOwnedLink(rec.HostVeth, vethAlias(rec.ID), nsid, rec.Phase != state.PhaseReady, deferred)
 		linkDone <- linkResult{d, err}
 	}()
+	// The network's state is read meanwhile too (the lock is held: no
+	// other hook changes it).
+	type netResult struct {
+		ns  *state.Net
+		err error
+	}
+	netDone := make(chan netResult, 1)
+	go func() {
+		if rec.Network == "" {
+			netDone <- netResult{}
+			return
+		}
+		ns, err := env.Store.GetNet(rec.Network)
+		netDone <- netResult{ns, err}
+	}()
 	var errs []error
 	if err := env.releasePorts(rec); err != nil {
 		errs = append(errs, err)
@@ -73,8 +88,9 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	}
 	fault("teardown:link")
 	env.mark("link+ports")
+	nr := <-netDone
 	if rec.Network != "" && len(errs) == 0 {
-		if err := env.releaseAddress(rec); err != nil {
+		if err := env.releaseAddress(rec, nr.ns, nr.err); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -122,8 +138,8 @@ func removeOwnedLink(name, alias string, nsid *int, unmarkedToo, deferred bool) 
 
 // releaseAddress frees the record's address and, when the network has no
 // container left, removes its firewall rules.
-func (env *Env) releaseAddress(rec *state.Record) error {
-	ns, err := env.Store.GetNet(rec.Network)
+// ns and err are the network's state as read (GetNet).
+func (env *Env) releaseAddress(rec *state.Record, ns *state.Net, err error) error {
 	if err != nil || ns == nil {
 		return err
 	}
