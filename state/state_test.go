@@ -203,6 +203,22 @@ func TestAllocationFiles(t *testing.T) {
 	if left, _ := os.ReadDir(filepath.Join(s.Dir, "networks", "bridge.addrs")); len(left) != 0 || len(all) != 0 {
 		t.Fatalf("left: %v %v", left, all)
 	}
+	// A hook killed while writing an allocation leaves an empty file: held
+	// by nobody known, not handed out, and released by the teardown of
+	// the record that names the address.
+	torn := netip.MustParseAddr("10.9.0.9")
+	os.WriteFile(filepath.Join(s.Dir, "networks", "bridge.addrs", torn.String()), nil, 0o600)
+	k, _ := s.GetNet("bridge")
+	if h, _ := k.Holder(torn); h != "?" {
+		t.Fatalf("holder of a torn allocation: %q", h)
+	}
+	if err := k.Release("crashed", torn); err != nil {
+		t.Fatal(err)
+	}
+	s.PutNet(k)
+	if _, err := os.Stat(filepath.Join(s.Dir, "networks", "bridge.addrs", torn.String())); err == nil {
+		t.Fatal("torn allocation left after its release")
+	}
 	// State written before allocations had files is moved into files.
 	os.WriteFile(filepath.Join(s.Dir, "networks", "old.json"), []byte(`{"name":"old","subnet":"10.8.0.0/24","gateway":"10.8.0.1","allocated":{"10.8.0.2":"x"}}`), 0o600)
 	o, _ := s.GetNet("old")
