@@ -180,6 +180,8 @@ func peerIsRoot(c *net.UnixConn) bool {
 // errNotRoot refuses a peer that is not root.
 var errNotRoot = errors.New("the reclaimer's socket is held by a process that is not root")
 
+// send hands work and files to the reclaimer at the other end of c, which
+// must run as root. It does not wait for an answer (see acceptHandoffs).
 func send(c *net.UnixConn, work []byte, files []*os.File) error {
 	if !peerIsRoot(c) {
 		return errNotRoot

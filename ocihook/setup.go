@@ -334,7 +334,7 @@ func (env *Env) startVeth(id string, ns netns.NsHandle, network string) *earlyVe
 		// The bridge as last recorded: wire checks it against the
 		// network's state under the lock, and attaches again if it
 		// differs.
-		e.spec.MTU, e.spec.BridgeIndex, e.spec.Hairpin, e.spec.Isolated = def.MTU, n.BridgeIndex, true, !def.ICC
+		e.spec = pairSpec(e.spec.HostName, id, ns, def, n.BridgeIndex)
 		if e.host, e.err = netsetup.NewConn(netns.None()); e.err == nil {
 			e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
 		}
@@ -749,14 +749,19 @@ func (c *setupCtx) vethSpec(def *config.Network, ns *state.Net, ip netip.Addr) (
 	if def.Internal {
 		route = netip.Addr{} // no route out
 	}
-	rec := c.rec
+	vs := pairSpec(c.rec.HostVeth, c.rec.ID, c.ns, def, ns.BridgeIndex)
+	vs.MAC, vs.Subnet, vs.IP, vs.Gateway = netsetup.MACFor(ip), ns.Subnet, ip, route
+	return vs, netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}
+}
+
+// pairSpec is what a container's pair needs before its address is known:
+// the host end's name and mark, the container's netns, and its port on
+// network def's bridge.
+func pairSpec(hostName, id string, ns netns.NsHandle, def *config.Network, bridgeIndex int) netsetup.VethSpec {
 	return netsetup.VethSpec{
-			HostName: rec.HostVeth, BridgeIndex: ns.BridgeIndex, MTU: def.MTU, Netns: c.ns,
-			MAC: netsetup.MACFor(ip), Subnet: ns.Subnet, IP: ip, Gateway: route, Alias: vethAlias(rec.ID),
-			Isolated: !def.ICC, Hairpin: true,
-		}, netsetup.BridgeSpec{
-			Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU,
-		}
+		HostName: hostName, Alias: vethAlias(id), Netns: ns, MTU: def.MTU, BridgeIndex: bridgeIndex,
+		Isolated: !def.ICC, Hairpin: true,
+	}
 }
 
 // finishVeth configures pair v: the host end up on its bridge (on the
