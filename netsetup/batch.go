@@ -3,6 +3,7 @@ package netsetup
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -120,7 +121,6 @@ func (c *Conn) Exec(reqs ...*Req) error {
 		return fmt.Errorf("send netlink batch (%s...): %w", reqs[0].What, err)
 	}
 	var first error
-	failed := -1
 	for len(pending) > 0 {
 		msgs, err := c.receive()
 		if err != nil {
@@ -148,34 +148,16 @@ func (c *Conn) Exec(reqs ...*Req) error {
 			}
 			errno := unix.Errno(-code)
 			r.Errno = errno
-			if errnoIn(errno, r.OK) {
+			if slices.Contains(r.OK, errno) {
 				continue
 			}
-			// Answers come in request order: report the earliest failure.
-			if i := indexOf(reqs, r); first == nil || i < failed {
-				first, failed = fmt.Errorf("%s: %w", r.What, errno), i
+			// Answers come in request order: the first is the earliest.
+			if first == nil {
+				first = fmt.Errorf("%s: %w", r.What, errno)
 			}
 		}
 	}
 	return first
-}
-
-func errnoIn(e unix.Errno, list []unix.Errno) bool {
-	for _, x := range list {
-		if e == x {
-			return true
-		}
-	}
-	return false
-}
-
-func indexOf(reqs []*Req, r *Req) int {
-	for i, x := range reqs {
-		if x == r {
-			return i
-		}
-	}
-	return -1
 }
 
 // setLinkReq changes link index: flags under change, and attrs.

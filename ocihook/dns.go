@@ -142,26 +142,37 @@ func (env *Env) ensureResponder(ns *state.Net) error {
 		return err
 	}
 	defer tf.Close()
-	self, err := os.Executable()
+	p, err := startHelper(responderArgs(env.Store.Dir, ns.Name), uf, tf) // fds 3 and 4
 	if err != nil {
-		return fmt.Errorf("find this binary's path: %w", err)
-	}
-	cmd := exec.Command(self, responderArgs(env.Store.Dir, ns.Name)...)
-	cmd.Dir = "/"
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.ExtraFiles = []*os.File{uf, tf} // fds 3 and 4
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start dns responder of network %s: %w", ns.Name, err)
 	}
-	start, err := netsetup.ProcStartTime(cmd.Process.Pid)
+	start, err := netsetup.ProcStartTime(p.Pid)
 	if err != nil {
-		cmd.Process.Kill()
+		p.Kill()
 		return err
 	}
-	ns.DNS.PID, ns.DNS.Start = cmd.Process.Pid, start
-	cmd.Process.Release()
+	ns.DNS.PID, ns.DNS.Start = p.Pid, start
+	p.Release()
 	return nil
+}
+
+// startHelper starts this binary with args, detached: its own session,
+// stdio on /dev/null (a runtime that waits for the hook's output to end
+// must not wait for a helper), a fixed PATH, and files as fds 3 onwards.
+func startHelper(args []string, files ...*os.File) (*os.Process, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this binary's path: %w", err)
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = "/"
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.ExtraFiles = files
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return cmd.Process, nil
 }
 
 // responderArgs is the responder's command line after the binary's path;

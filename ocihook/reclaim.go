@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -198,9 +196,8 @@ func send(c *net.UnixConn, work []byte, files []*os.File) error {
 	return err
 }
 
-// startReclaimer starts the reclaimer on listener l, detached: its own
-// session, stdio on /dev/null (a runtime that waits for the hook's output
-// to end must not wait for it), nothing but the listener.
+// startReclaimer starts the reclaimer on listener l, detached (see
+// startHelper), with nothing but the listener.
 func (env *Env) startReclaimer(l *net.UnixListener) error {
 	defer l.Close()
 	lf, err := l.File()
@@ -208,23 +205,15 @@ func (env *Env) startReclaimer(l *net.UnixListener) error {
 		return err
 	}
 	defer lf.Close()
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find this binary's path: %w", err)
-	}
 	args := []string{"--state-dir", env.Store.Dir, "reclaim"}
 	if env.Debug {
 		args = append([]string{"--debug"}, args...)
 	}
-	cmd := exec.Command(self, args...)
-	cmd.Dir = "/"
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.ExtraFiles = []*os.File{lf} // fd 3
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	p, err := startHelper(args, lf) // fd 3
+	if err != nil {
 		return fmt.Errorf("start reclaimer: %w", err)
 	}
-	return cmd.Process.Release()
+	return p.Release()
 }
 
 // handoff is one hook's work and netfilter sockets.

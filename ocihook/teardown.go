@@ -68,14 +68,14 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 		err error
 	}
 	netDone := make(chan netResult, 1)
-	go func() {
-		if rec.Network == "" {
-			netDone <- netResult{}
-			return
-		}
-		ns, err := env.Store.GetNet(rec.Network)
-		netDone <- netResult{ns, err}
-	}()
+	if rec.Network == "" {
+		netDone <- netResult{}
+	} else {
+		go func() {
+			ns, err := env.Store.GetNet(rec.Network)
+			netDone <- netResult{ns, err}
+		}()
+	}
 	var errs []error
 	if err := env.releasePorts(rec); err != nil {
 		errs = append(errs, err)
