@@ -76,16 +76,34 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	}
 	var early *earlyVeth
 	if opts.Network != ModeHost && opts.Network != ModeNone {
-		early = env.startVeth(st.ID, nsh, opts.Network)
+		early = env.planVeth(st.ID, nsh)
 	}
-	name, err = env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, early)
-	if early != nil {
-		if err != nil {
-			early.discard()
-		}
-		early.close()
+	if early == nil {
+		return env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, nil)
 	}
-	return name, err
+	// The pair is the longest path of a setup: it is made on this
+	// goroutine, already running, while another settles the shared state
+	// under the lock. A goroutine started here waits for a CPU (the codec
+	// warm-up has the other one), and made the pair late.
+	res := make(chan setupOutcome, 1)
+	go func() {
+		n, err := env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, early)
+		res <- setupOutcome{n, err}
+	}()
+	early.make(env, opts.Network)
+	out := early.serve(res)
+	if out.err != nil {
+		early.discard()
+	}
+	early.close()
+	return out.name, out.err
+}
+
+// setupOutcome is what setup's state path returns: the container's name,
+// and its error.
+type setupOutcome struct {
+	name string
+	err  error
 }
 
 // setupLocked is Setup from the host lock on.
@@ -283,6 +301,7 @@ func (l *hostHandle) close() {
 // address and settles the network: making it needs neither, and it is the
 // longest piece of kernel work of a setup.
 type earlyVeth struct {
+	id   string            // the container's
 	spec netsetup.VethSpec // host name, MTU, netns, alias
 	done chan struct{}
 	host *netsetup.Conn
@@ -291,6 +310,9 @@ type earlyVeth struct {
 	// recorded is set once a record names the pair: undoing the setup
 	// then removes it like any other.
 	recorded bool
+	// work carries the pair's configuration (see finish) to the goroutine
+	// that made it.
+	work chan func(*netsetup.Veth) error
 	// wired, when set, is closed once the pair is configured (see
 	// finish): wireErr is the outcome, unless unmade says the pair could
 	// not be made early (wire then makes one).
@@ -299,10 +321,22 @@ type earlyVeth struct {
 	unmade  bool
 }
 
-// startVeth begins making the container's veth pair, unless a record of
-// this id exists (a repeated or earlier setup, handled under the lock), the
-// network is unknown (reported under the lock) or its bridge is not known
-// to exist yet.
+// planVeth returns the container's pair to make early, or nil if a record
+// of this id exists: a repeated or earlier setup, handled under the lock.
+// It checks before setup's state path starts, which writes this setup's
+// record.
+func (env *Env) planVeth(id string, ns netns.NsHandle) *earlyVeth {
+	if _, ok, err := env.Store.Get(id); ok || err != nil {
+		return nil
+	}
+	return &earlyVeth{id: id, done: make(chan struct{}), work: make(chan func(*netsetup.Veth) error, 1), spec: netsetup.VethSpec{
+		HostName: netsetup.RandomVethName(), Netns: ns, Alias: vethAlias(id),
+	}}
+}
+
+// make makes the pair, unless the network is unknown (reported under the
+// lock) or its bridge is not known to exist yet. Without a pair, wire makes
+// one, under the name chosen in planVeth.
 //
 // The last case is not only about order. The bridge enables a port when
 // the kernel's link watcher reports its carrier, at once for a veth whose
@@ -310,36 +344,39 @@ type earlyVeth struct {
 // pair made before the bridge, on a host or sandbox with few links, would
 // often get the same ifindex on both ends (2, next to lo): the first
 // container would then wait for its network.
-//
-// The checks run on the goroutine too: the pair is the longest path of a
-// setup, and the hook's main path goes on meanwhile. Without a pair, wire
-// makes one, under the name chosen here.
-func (env *Env) startVeth(id string, ns netns.NsHandle, network string) *earlyVeth {
-	e := &earlyVeth{done: make(chan struct{}), spec: netsetup.VethSpec{
-		HostName: netsetup.RandomVethName(), Netns: ns, Alias: vethAlias(id),
-	}}
-	go func() {
-		defer close(e.done)
-		if _, ok, err := env.Store.Get(id); ok || err != nil {
-			return
+func (e *earlyVeth) make(env *Env, network string) {
+	defer close(e.done)
+	def, err := env.network(network)
+	if err != nil {
+		return
+	}
+	n, err := env.Store.GetNet(def.Name)
+	if err != nil || n == nil || n.BridgeIndex == 0 {
+		return
+	}
+	// The bridge as last recorded: wire checks it against the network's
+	// state under the lock, and attaches again if it differs.
+	e.spec = pairSpec(e.spec.HostName, e.id, e.spec.Netns, def, n.BridgeIndex)
+	if e.host, e.err = netsetup.NewConn(netns.None()); e.err == nil {
+		e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
+	}
+}
+
+// serve runs the pair's configuration, if setup's state path hands it
+// over, and returns the state path's outcome.
+func (e *earlyVeth) serve(res <-chan setupOutcome) setupOutcome {
+	select {
+	case configure := <-e.work:
+		if e.veth == nil || e.err != nil {
+			e.unmade = true
+		} else {
+			e.wireErr = configure(e.veth)
 		}
-		def, err := env.network(network)
-		if err != nil {
-			return
-		}
-		n, err := env.Store.GetNet(def.Name)
-		if err != nil || n == nil || n.BridgeIndex == 0 {
-			return
-		}
-		// The bridge as last recorded: wire checks it against the
-		// network's state under the lock, and attaches again if it
-		// differs.
-		e.spec = pairSpec(e.spec.HostName, id, ns, def, n.BridgeIndex)
-		if e.host, e.err = netsetup.NewConn(netns.None()); e.err == nil {
-			e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
-		}
-	}()
-	return e
+		close(e.wired)
+		return <-res
+	case out := <-res:
+		return out
+	}
 }
 
 // wait returns the pair once made.
@@ -348,20 +385,13 @@ func (e *earlyVeth) wait() (*netsetup.Veth, error) {
 	return e.veth, e.err
 }
 
-// finish configures the pair with configure once it is made, in the
-// background: setup starts it as soon as the container's address is
-// recorded, while it finishes its shared state under the lock.
+// finish has the pair configured with configure once it is made, by the
+// goroutine that makes it: setup asks as soon as the container's address
+// is recorded, while it finishes its shared state under the lock. The
+// caller waits for wired before it returns.
 func (e *earlyVeth) finish(configure func(v *netsetup.Veth) error) {
 	e.wired = make(chan struct{})
-	go func() {
-		defer close(e.wired)
-		v, err := e.wait()
-		if v == nil || err != nil {
-			e.unmade = true
-			return
-		}
-		e.wireErr = configure(v)
-	}()
+	e.work <- configure
 }
 
 // settle waits for whatever the pair's goroutines are doing.
