@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -167,20 +168,20 @@ type Veth struct {
 	// PeerNSID is the container's netns id as the host sees it, -1 if the
 	// kernel did not say.
 	PeerNSID int
-	// AttachedTo is the bridge the host end was put on when the pair was
-	// made (0: none yet), with its port flags.
+	// AttachedTo is the bridge the host end was put on, and brought up
+	// on, when the pair was made (0: none yet), with its port flags.
 	AttachedTo int
 }
 
-// CreateVeth creates the pair, both ends down: the host end named and
-// marked with the spec's alias, the container end as eth0 straight in the
-// container's netns. It needs neither the bridge nor the address: setup
-// makes the pair while it reserves them, and AttachHostVeth and
+// CreateVeth creates the pair: the host end named and marked with the
+// spec's alias, the container end as eth0 straight in the container's
+// netns, down. It needs neither the bridge nor the address: setup makes
+// the pair while it reserves them, and AttachHostVeth and
 // ConfigureContainer finish it. With the spec's BridgeIndex, the host end
-// is also put on that bridge, if it can be (see Veth.AttachedTo): on a
-// bridge with many ports that is the longest step, and it can be taken
-// while the address is reserved too. It returns EEXIST (wrapped) when a
-// name is taken, so the caller can pick another host name.
+// is also put on that bridge and brought up, if it can be (see
+// Veth.AttachedTo): it then needs nothing more, and it carries no traffic
+// before the container's end comes up, configured. It returns EEXIST
+// (wrapped) when a name is taken, so the caller can pick another host name.
 func CreateVeth(c *Conn, s VethSpec) (*Veth, error) {
 	// One queue each way on both ends, as the kernel leaves a veth in use
 	// anyway; but asked for at creation. Otherwise each end is made with
@@ -226,31 +227,41 @@ func CreateVeth(c *Conn, s VethSpec) (*Veth, error) {
 		}
 	}
 	v := &Veth{Host: link, PeerIndex: link.Attrs().ParentIndex, PeerNSID: link.Attrs().NetNsID}
-	// Marked as ours at once, so gc can find the pair should this hook
-	// die; a bridge port needs no IPv6 address either (1,000 of them would
-	// be 1,000 link-local routes for the host's IPv6 route walks).
+	if v.PeerIndex <= 0 {
+		DeleteLinkIndex(c, link.Attrs().Index, s.HostName)
+		return nil, fmt.Errorf("create veth %s: the kernel did not give the peer's index", s.HostName)
+	}
+	// The rest of the host end in one batch. Marked as ours at once, so
+	// gc can find the pair should this hook die; a bridge port needs no
+	// IPv6 address either (1,000 of them would be 1,000 link-local routes
+	// for the host's IPv6 route walks): asked for before the link is up.
 	idx := link.Attrs().Index
 	reqs := []*Req{noIPv6LinkLocalReq("set IPv6 address generation of "+s.HostName, idx)}
 	if s.Alias != "" {
 		// The kernel ignores IFLA_IFALIAS when it creates a link.
 		reqs = append(reqs, setLinkReq("mark veth "+s.HostName, idx, 0, 0, nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(s.Alias))))
 	}
-	if err := c.Exec(reqs...); err != nil || v.PeerIndex <= 0 {
-		if err == nil {
-			err = fmt.Errorf("create veth %s: the kernel did not give the peer's index", s.HostName)
+	marked := len(reqs)
+	if s.BridgeIndex > 0 {
+		reqs = append(reqs, attachReqs(idx, s)...)
+	}
+	err := c.Exec(reqs...)
+	for _, r := range reqs[:marked] {
+		if r.Errno != 0 && !slices.Contains(r.OK, r.Errno) {
+			DeleteLinkIndex(c, idx, s.HostName)
+			return nil, err
 		}
-		DeleteLinkIndex(c, idx, s.HostName)
-		return nil, err
 	}
 	// A bridge that is gone (or a stale index) only leaves the port to
 	// attach later, when the bridge is known for sure.
-	if s.BridgeIndex > 0 && c.Exec(attachReqs(idx, s)...) == nil {
+	if s.BridgeIndex > 0 && err == nil {
 		v.AttachedTo = s.BridgeIndex
 	}
 	return v, nil
 }
 
-// attachReqs put host end idx on the spec's bridge, with its port flags.
+// attachReqs put host end idx on the spec's bridge, with its port flags,
+// and bring it up.
 func attachReqs(idx int, s VethSpec) []*Req {
 	reqs := []*Req{setLinkReq("attach veth "+s.HostName+" to the bridge", idx, 0, 0,
 		nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(s.BridgeIndex))))}
@@ -264,64 +275,80 @@ func attachReqs(idx int, s VethSpec) []*Req {
 		}
 		reqs = append(reqs, bridgePortReq("set bridge port flags of "+s.HostName, idx, flags))
 	}
-	return reqs
+	return append(reqs, upReq("set veth "+s.HostName+" up", idx))
 }
 
-// AttachHostVeth puts the host end on the bridge with its port flags,
-// unless CreateVeth did already, and brings it up. The container end may
-// be configured meanwhile.
+// AttachHostVeth puts the host end on the bridge with its port flags and
+// brings it up, unless CreateVeth did already. The container end may be
+// configured meanwhile.
 func AttachHostVeth(c *Conn, v *Veth, s VethSpec) error {
-	idx := v.Host.Attrs().Index
-	var reqs []*Req
-	if v.AttachedTo != s.BridgeIndex {
-		reqs = attachReqs(idx, s)
+	if v.AttachedTo == s.BridgeIndex {
+		return nil
 	}
-	reqs = append(reqs, upReq("set veth "+s.HostName+" up", idx))
-	return c.Exec(reqs...)
+	if err := c.Exec(attachReqs(v.Host.Attrs().Index, s)...); err != nil {
+		return err
+	}
+	v.AttachedTo = s.BridgeIndex
+	return nil
 }
 
 // SetUpContainer configures the container's side from inside its netns:
 // lo up, and for a veth spec its eth0 (peer, its ifindex there).
 func SetUpContainer(ns netns.NsHandle, s *VethSpec, peer int) error {
-	c, err := NewConn(ns)
+	c, err := PrepareContainer(ns, peer)
 	if err != nil {
-		return fmt.Errorf("netlink in container netns: %w", err)
+		return err
 	}
 	defer c.Close()
 	return ConfigureContainer(c, s, peer)
 }
 
-// ConfigureContainer runs on a socket in the container's netns: lo up, and
-// for a veth spec, eth0 (ifindex eth) gets its MAC, address, up, and the
+// PrepareContainer opens a route socket in the container's netns and does
+// there what needs no address: lo up, and for eth (its eth0's ifindex, if
+// not 0) no IPv6 link-local address, asked for before the link is up. The
+// network has no IPv6, and each new eth0's duplicate address detection and
+// MLD reports would be flooded by the bridge to every other container, a
+// cost that grows with their number.
+func PrepareContainer(ns netns.NsHandle, eth int) (*Conn, error) {
+	c, err := NewConn(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in container netns: %w", err)
+	}
+	reqs := []*Req{upReq("set lo up in container", 1)} // lo is always ifindex 1
+	if eth > 0 {
+		reqs = append(reqs, noIPv6LinkLocalReq("set IPv6 address generation of "+ContainerIfName+" in container", eth))
+	}
+	if err := c.Exec(reqs...); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// ConfigureContainer runs on a socket prepared by PrepareContainer: for a
+// veth spec, eth0 (ifindex eth) gets its address, MAC, up, and the
 // default route, all in one batch.
 func ConfigureContainer(c *Conn, s *VethSpec, eth int) error {
-	reqs := []*Req{upReq("set lo up in container", 1)} // lo is always ifindex 1
-	if s != nil {
-		brd := ipv4.Last(s.Subnet).As4()
-		ip := s.IP.As4()
-		am := nl.NewIfAddrmsg(unix.AF_INET)
-		am.Index, am.Prefixlen = uint32(eth), uint8(s.Subnet.Bits())
-		add := newReq(fmt.Sprintf("add address %s to %s in container", s.IP, ContainerIfName),
-			unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, am,
-			nl.NewRtAttr(unix.IFA_LOCAL, ip[:]), nl.NewRtAttr(unix.IFA_ADDRESS, ip[:]), nl.NewRtAttr(unix.IFA_BROADCAST, brd[:]))
-		add.OK = []unix.Errno{unix.EEXIST}
-		// No IPv6 link-local address (set before the link comes up): the
-		// network has no IPv6, and each new eth0's duplicate address
-		// detection and MLD reports would be flooded by the bridge to every
-		// other container, a cost that grows with their number.
-		reqs = append(reqs,
-			noIPv6LinkLocalReq("set IPv6 address generation of "+ContainerIfName+" in container", eth),
-			add,
-			upReq("set "+ContainerIfName+" up in container", eth, nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC))))
-		if s.Gateway.IsValid() {
-			gw := s.Gateway.As4()
-			rm := nl.NewRtMsg()
-			rm.Family = unix.AF_INET
-			route := newReq("add default route via "+s.Gateway.String()+" in container", unix.RTM_NEWROUTE,
-				unix.NLM_F_CREATE|unix.NLM_F_EXCL, rm, nl.NewRtAttr(unix.RTA_GATEWAY, gw[:]), nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(eth))))
-			route.OK = []unix.Errno{unix.EEXIST}
-			reqs = append(reqs, route)
-		}
+	if s == nil {
+		return nil
+	}
+	brd := ipv4.Last(s.Subnet).As4()
+	ip := s.IP.As4()
+	am := nl.NewIfAddrmsg(unix.AF_INET)
+	am.Index, am.Prefixlen = uint32(eth), uint8(s.Subnet.Bits())
+	add := newReq(fmt.Sprintf("add address %s to %s in container", s.IP, ContainerIfName),
+		unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, am,
+		nl.NewRtAttr(unix.IFA_LOCAL, ip[:]), nl.NewRtAttr(unix.IFA_ADDRESS, ip[:]), nl.NewRtAttr(unix.IFA_BROADCAST, brd[:]))
+	add.OK = []unix.Errno{unix.EEXIST}
+	reqs := []*Req{add, upReq("set "+ContainerIfName+" up in container", eth, nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC)))}
+	if s.Gateway.IsValid() {
+		gw := s.Gateway.As4()
+		rm := nl.NewRtMsg()
+		rm.Family = unix.AF_INET
+		route := newReq("add default route via "+s.Gateway.String()+" in container", unix.RTM_NEWROUTE,
+			unix.NLM_F_CREATE|unix.NLM_F_EXCL, rm, nl.NewRtAttr(unix.RTA_GATEWAY, gw[:]), nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(eth))))
+		route.OK = []unix.Errno{unix.EEXIST}
+		reqs = append(reqs, route)
 	}
 	return c.Exec(reqs...)
 }

@@ -307,6 +307,9 @@ type earlyVeth struct {
 	host *netsetup.Conn
 	veth *netsetup.Veth
 	err  error
+	// ctr is a socket in the container's netns, prepared (see
+	// netsetup.PrepareContainer) once the pair is made, if it could be.
+	ctr *netsetup.Conn
 	// recorded is set once a record names the pair: undoing the setup
 	// then removes it like any other.
 	recorded bool
@@ -359,6 +362,12 @@ func (e *earlyVeth) make(env *Env, network string) {
 	e.spec = pairSpec(e.spec.HostName, e.id, e.spec.Netns, def, n.BridgeIndex)
 	if e.host, e.err = netsetup.NewConn(netns.None()); e.err == nil {
 		e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
+	}
+	if e.veth != nil {
+		// What the container's side needs no address for, while the
+		// address is reserved. On failure, finishVeth tries again and
+		// reports it.
+		e.ctr, _ = netsetup.PrepareContainer(e.spec.Netns, e.veth.PeerIndex)
 	}
 }
 
@@ -414,10 +423,13 @@ func (e *earlyVeth) discard() {
 	}
 }
 
-// close releases the host socket.
+// close releases the sockets.
 func (e *earlyVeth) close() {
 	if e.settle(); e.host != nil {
 		e.host.Close()
+	}
+	if e.ctr != nil {
+		e.ctr.Close()
 	}
 }
 
@@ -638,7 +650,7 @@ func (c *setupCtx) bridge() error {
 		// container went since the pair was started: wire does it then).
 		if ns.BridgeIndex != 0 {
 			vs, bridgeSpec := c.vethSpec(def, ns, ip)
-			e.finish(func(v *netsetup.Veth) error { return c.finishVeth(host, e.host, v, vs, def, bridgeSpec) })
+			e.finish(func(v *netsetup.Veth) error { return c.finishVeth(host, e.host, e.ctr, v, vs, def, bridgeSpec) })
 			c.startFiles()
 		}
 	}
@@ -766,7 +778,7 @@ func (c *setupCtx) wire(host *hostHandle, def *config.Network, ns *state.Net, ip
 	if c.early == nil {
 		defer conn.Close()
 	}
-	return c.finishVeth(host, conn, v, vs, def, bridgeSpec)
+	return c.finishVeth(host, conn, nil, v, vs, def, bridgeSpec)
 }
 
 // vethSpec is the container's veth on network def (state ns) with address
@@ -795,15 +807,15 @@ func pairSpec(hostName, id string, ns netns.NsHandle, def *config.Network, bridg
 }
 
 // finishVeth configures pair v: the host end up on its bridge (on the
-// host socket conn), the container's end with its MAC, address and route,
-// each from its own side at the same time.
-func (c *setupCtx) finishVeth(host *hostHandle, conn *netsetup.Conn, v *netsetup.Veth, vs netsetup.VethSpec,
+// host socket conn), unless made so, and the container's end with its
+// MAC, address and route (on ctr, prepared, or a new socket), each from its
+// own side at the same time.
+func (c *setupCtx) finishVeth(host *hostHandle, conn, ctr *netsetup.Conn, v *netsetup.Veth, vs netsetup.VethSpec,
 	def *config.Network, bridgeSpec netsetup.BridgeSpec) error {
 	env, rec := c.env, c.rec
 	fault("setup:veth")
 	env.mark("veth")
-	hostDone := make(chan error, 1)
-	go func() {
+	hostSide := func() error {
 		err := netsetup.AttachHostVeth(conn, v, vs)
 		if err != nil {
 			// The remembered bridge may be gone (deleted by hand, a
@@ -830,10 +842,26 @@ func (c *setupCtx) finishVeth(host *hostHandle, conn *netsetup.Conn, v *netsetup
 				rec.PeerNSID = &id
 			}
 		}
-		hostDone <- err
-	}()
-	cerr := netsetup.SetUpContainer(c.ns, &vs, v.PeerIndex)
-	if herr := <-hostDone; herr != nil {
+		return err
+	}
+	containerSide := func() error {
+		if ctr != nil {
+			return netsetup.ConfigureContainer(ctr, &vs, v.PeerIndex)
+		}
+		return netsetup.SetUpContainer(c.ns, &vs, v.PeerIndex)
+	}
+	var herr, cerr error
+	if v.AttachedTo == vs.BridgeIndex && v.PeerNSID >= 0 {
+		// The usual case: the host end was finished as it was made,
+		// and there is nothing to wait for on its side.
+		herr, cerr = hostSide(), containerSide()
+	} else {
+		hostDone := make(chan error, 1)
+		go func() { hostDone <- hostSide() }()
+		cerr = containerSide()
+		herr = <-hostDone
+	}
+	if herr != nil {
 		return herr
 	}
 	if cerr != nil {

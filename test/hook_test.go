@@ -588,6 +588,29 @@ func TestHookExistingBridge(t *testing.T) {
 	sandbox.Run(t, "ip", "link", "del", "netshim0")
 }
 
+// A bridge deleted by hand while the state remembers it: the next
+// container's pair, made early on the remembered bridge, cannot be attached
+// to it; setup makes the bridge again and attaches the pair there.
+func TestHookBridgeDeletedByHand(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a := h.newProc("gone1", nil)
+	a.mustSetup()
+	sandbox.Run(t, "ip", "link", "del", "netshim0")
+	b := h.newProc("gone2", nil)
+	b.mustSetup()
+	if out := sandbox.Run(t, "ip", "-o", "link", "show", "master", "netshim0"); !strings.Contains(out, "veth") {
+		t.Errorf("no veth on the bridge made again:\n%s", out)
+	}
+	b.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.1")
+	a.mustTeardown()
+	b.mustTeardown()
+	waitReclaimers(t)
+	assertClean(t, h)
+}
+
 // Teardowns hand their slow tail to one reclaimer: it deletes the links
 // set aside in batches, and exits once it has had nothing to do for a
 // while.
