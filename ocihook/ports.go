@@ -28,18 +28,18 @@ func (env *Env) allocatePorts(id, name string, reqs []PortRequest, idx *state.Po
 		return nil, nil
 	}
 	lo, hi := env.Config.PortRange[0], env.Config.PortRange[1]
-	if lo == 0 {
-		var err error
-		if lo, hi, err = netsetup.EphemeralRange(); err != nil {
-			return nil, err
-		}
-	}
 	inUse := netsetup.PortInUse
 	var out []state.Port
 	for _, r := range reqs {
 		first, last := r.HostLo, r.HostHi
 		random := first == 0
 		if random {
+			if lo == 0 { // the kernel's range, read only when needed
+				var err error
+				if lo, hi, err = netsetup.EphemeralRange(); err != nil {
+					return nil, err
+				}
+			}
 			first, last = lo, hi
 		}
 		chosen := 0
