@@ -1,9 +1,9 @@
 package netsetup
 
 import (
-	"math/rand/v2"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -290,41 +290,89 @@ func AttachHostVeth(c *Conn, v *Veth, s VethSpec) error {
 }
 
 // SetUpContainer configures the container's side from inside its netns:
-// lo up, and for a veth spec its eth0 (peer, its ifindex there).
+// IPv6 off, lo up, and for a veth spec its eth0 (peer, its ifindex there).
 func SetUpContainer(ns netns.NsHandle, s *VethSpec, peer int) error {
-	c, err := PrepareContainer(ns, peer)
+	var cs []*Conn
+	err := Do(ns, func() (err error) {
+		cs, err = PrepareContainer(netns.None(), 1)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	return ConfigureContainer(c, s, peer)
+	defer cs[0].Close()
+	if err := UpLoopback(cs[0]); err != nil {
+		return err
+	}
+	return ConfigureContainer(cs[0], s, peer)
 }
 
-// PrepareContainer opens a route socket in the container's netns and does
-// there what needs no address: lo up, and for eth (its eth0's ifindex, if
-// not 0) no IPv6 link-local address, asked for before the link is up. The
-// network has no IPv6, and each new eth0's duplicate address detection and
-// MLD reports would be flooded by the bridge to every other container, a
-// cost that grows with their number.
-func PrepareContainer(ns netns.NsHandle, eth int) (*Conn, error) {
-	c, err := NewConn(ns)
+// PrepareContainer prepares the container's netns ns for its links: IPv6
+// off, and n route sockets there (one for each goroutine that will work
+// there at the same time; the caller closes them). The calling thread is
+// switched into ns and back, unless ns is not open: the caller is then in
+// the container's netns already (see Do). Should the thread not come back,
+// it stays locked to the calling goroutine, and the error says so: the
+// caller must not go on (a hook returns the error and exits, and the
+// thread with it).
+//
+// IPv6 is turned off for the whole netns (net.ipv6.conf.all.disable_ipv6,
+// which new links take too), as Docker does on a network without IPv6:
+// `ip a` in a container shows no inet6 address, not even lo's ::1. Bringing
+// lo up then makes no IPv6 address and routes either, and a teardown has
+// none to remove. A kernel without IPv6, or a read-only /proc/sys, leaves
+// it on.
+func PrepareContainer(ns netns.NsHandle, n int) ([]*Conn, error) {
+	var cs []*Conn
+	open := func() error {
+		disableIPv6()
+		for range n {
+			c, err := NewConn(netns.None())
+			if err != nil {
+				return err
+			}
+			cs = append(cs, c)
+		}
+		return nil
+	}
+	var err error
+	if ns.IsOpen() {
+		err = doHere(ns, open)
+	} else {
+		err = open()
+	}
 	if err != nil {
+		for _, c := range cs {
+			c.Close()
+		}
 		return nil, fmt.Errorf("netlink in container netns: %w", err)
 	}
-	reqs := []*Req{upReq("set lo up in container", 1)} // lo is always ifindex 1
-	if eth > 0 {
-		reqs = append(reqs, noIPv6LinkLocalReq("set IPv6 address generation of "+ContainerIfName+" in container", eth))
+	return cs, nil
+}
+
+// UpLoopback brings lo up, on a socket in the container's netns.
+func UpLoopback(c *Conn) error {
+	return c.Exec(upReq("set lo up in container", 1)) // lo is always ifindex 1
+}
+
+// disableIPv6 turns IPv6 off in the calling thread's netns, if it can.
+// The kernel takes RTNL for it, or has the write retried while another
+// holds it: the container's pair is made after, not meanwhile.
+func disableIPv6() {
+	fd, err := unix.Open("/proc/sys/net/ipv6/conf/all/disable_ipv6", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
 	}
-	if err := c.Exec(reqs...); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
+	unix.Write(fd, []byte("1"))
+	unix.Close(fd)
 }
 
 // ConfigureContainer runs on a socket prepared by PrepareContainer: for a
-// veth spec, eth0 (ifindex eth) gets its address, MAC, up, and the
-// default route, all in one batch.
+// veth spec, eth0 (ifindex eth) gets no IPv6 link-local address (should
+// IPv6 be on), then its address, MAC, up, and the default route, all in one
+// batch. The network has no IPv6, and each new eth0's duplicate address
+// detection and MLD reports would be flooded by the bridge to every other
+// container, a cost that grows with their number.
 func ConfigureContainer(c *Conn, s *VethSpec, eth int) error {
 	if s == nil {
 		return nil
@@ -337,7 +385,8 @@ func ConfigureContainer(c *Conn, s *VethSpec, eth int) error {
 		unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, am,
 		nl.NewRtAttr(unix.IFA_LOCAL, ip[:]), nl.NewRtAttr(unix.IFA_ADDRESS, ip[:]), nl.NewRtAttr(unix.IFA_BROADCAST, brd[:]))
 	add.OK = []unix.Errno{unix.EEXIST}
-	reqs := []*Req{add, upReq("set "+ContainerIfName+" up in container", eth, nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC)))}
+	reqs := []*Req{noIPv6LinkLocalReq("set IPv6 address generation of "+ContainerIfName+" in container", eth),
+		add, upReq("set "+ContainerIfName+" up in container", eth, nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC)))}
 	if s.Gateway.IsValid() {
 		gw := s.Gateway.As4()
 		rm := nl.NewRtMsg()
@@ -437,6 +486,23 @@ func (c *Conn) InspectVeth(name string, nsid *int) (HostVeth, error) {
 		}
 	}
 	return v, nil
+}
+
+// BridgeIndex returns the ifindex of the bridge named name, or 0 if there
+// is no link of that name or it is not a bridge.
+func (c *Conn) BridgeIndex(name string) (int, error) {
+	r := getLinkReq(name)
+	if err := c.Exec(r); err != nil {
+		return 0, err
+	}
+	l, ok := echoedLink(r)
+	if !ok {
+		return 0, nil
+	}
+	if _, isBridge := l.(*netlink.Bridge); !isBridge {
+		return 0, nil
+	}
+	return l.Attrs().Index, nil
 }
 
 // getLinkReq asks for link name, without its statistics.

@@ -88,28 +88,29 @@ var ErrExited = errors.New("process has exited")
 // throws it away instead of reusing a thread in the wrong namespace.
 func Do(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the thread dies with this goroutine.
-			errc <- fmt.Errorf("return to original netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
+	go func() { errc <- doHere(ns, fn) }()
 	return <-errc
+}
+
+// doHere is Do on the calling goroutine. If its thread cannot be switched
+// back, it stays locked to it: the caller must not go on.
+func doHere(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns: %w", err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Stay locked: the thread dies with this goroutine.
+		return fmt.Errorf("return to original netns: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }

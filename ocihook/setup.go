@@ -81,6 +81,15 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	if early == nil {
 		return env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, nil)
 	}
+	// The container's netns first, on this thread (switched in and back):
+	// turning IPv6 off there needs RTNL, which making the pair holds. A
+	// failure here is before anything is done; should the thread not come
+	// back, this hook goes no further.
+	socks, err := netsetup.PrepareContainer(nsh, 2)
+	if err != nil {
+		return name, err
+	}
+	early.ctr, early.lo = socks[0], socks[1]
 	// The pair is the longest path of a setup: it is made on this
 	// goroutine, already running, while another settles the shared state
 	// under the lock. A goroutine started here waits for a CPU (the codec
@@ -307,9 +316,11 @@ type earlyVeth struct {
 	host *netsetup.Conn
 	veth *netsetup.Veth
 	err  error
-	// ctr is a socket in the container's netns, prepared (see
-	// netsetup.PrepareContainer) once the pair is made, if it could be.
-	ctr *netsetup.Conn
+	// ctr and lo are sockets in the container's netns, prepared (see
+	// netsetup.PrepareContainer) before the pair is made: one for eth0's
+	// configuration, one for lo, brought up by setup's state path
+	// meanwhile.
+	ctr, lo *netsetup.Conn
 	// recorded is set once a record names the pair: undoing the setup
 	// then removes it like any other.
 	recorded bool
@@ -338,8 +349,8 @@ func (env *Env) planVeth(id string, ns netns.NsHandle) *earlyVeth {
 }
 
 // make makes the pair, unless the network is unknown (reported under the
-// lock) or its bridge is not known to exist yet. Without a pair, wire makes
-// one, under the name chosen in planVeth.
+// lock) or its bridge does not exist yet. Without a pair, wire makes one,
+// under the name chosen in planVeth.
 //
 // The last case is not only about order. The bridge enables a port when
 // the kernel's link watcher reports its carrier, at once for a veth whose
@@ -353,22 +364,18 @@ func (e *earlyVeth) make(env *Env, network string) {
 	if err != nil {
 		return
 	}
-	n, err := env.Store.GetNet(def.Name)
-	if err != nil || n == nil || n.BridgeIndex == 0 {
+	if e.host, e.err = netsetup.NewConn(netns.None()); e.err != nil {
 		return
 	}
-	// The bridge as last recorded: wire checks it against the network's
-	// state under the lock, and attaches again if it differs.
-	e.spec = pairSpec(e.spec.HostName, e.id, e.spec.Netns, def, n.BridgeIndex)
-	if e.host, e.err = netsetup.NewConn(netns.None()); e.err == nil {
-		e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
+	// The bridge as it is now, asked of the kernel (the network's state
+	// would have to be decoded): the state path ensures it under the
+	// lock, and wire attaches the pair again if that one differs.
+	idx, err := e.host.BridgeIndex(def.Bridge)
+	if err != nil || idx == 0 {
+		return
 	}
-	if e.veth != nil {
-		// What the container's side needs no address for, while the
-		// address is reserved. On failure, finishVeth tries again and
-		// reports it.
-		e.ctr, _ = netsetup.PrepareContainer(e.spec.Netns, e.veth.PeerIndex)
-	}
+	e.spec = pairSpec(e.spec.HostName, e.id, e.spec.Netns, def, idx)
+	e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
 }
 
 // serve runs the pair's configuration, if setup's state path hands it
@@ -428,8 +435,10 @@ func (e *earlyVeth) close() {
 	if e.settle(); e.host != nil {
 		e.host.Close()
 	}
-	if e.ctr != nil {
-		e.ctr.Close()
+	for _, c := range []*netsetup.Conn{e.ctr, e.lo} {
+		if c != nil {
+			c.Close()
+		}
 	}
 }
 
@@ -751,23 +760,39 @@ func (c *setupCtx) wire(host *hostHandle, def *config.Network, ns *state.Net, ip
 	env, rec := c.env, c.rec
 	// The map elements need nothing from the links either. Every return
 	// waits for them: an undo must not race an element still being added.
-	portsDone := make(chan error, 1)
-	go func() {
+	addPorts := func() error {
 		err := fw.AddPorts(netsetup.PortRules{Bridge: def.Bridge, IP: ip.As4(), Ports: rec.Ports})
 		if err == nil {
 			fault("setup:published")
 			env.mark("ports")
 		}
-		portsDone <- err
-	}()
-	defer func() {
-		if perr := <-portsDone; err == nil {
-			err = perr
+		return err
+	}
+	e := c.early
+	if e != nil && e.wired != nil {
+		// The pair is being configured by the goroutine that made it:
+		// this one publishes the ports and brings lo up meanwhile (a
+		// goroutine started for them would wait for a CPU).
+		perr := addPorts()
+		if perr == nil {
+			perr = netsetup.UpLoopback(e.lo)
 		}
-	}()
-	if e := c.early; e != nil && e.wired != nil {
-		if <-e.wired; !e.unmade {
-			return e.wireErr
+		if <-e.wired; perr != nil || !e.unmade {
+			return errors.Join(e.wireErr, perr)
+		}
+		// The pair could not be made early: it is made here.
+	} else {
+		portsDone := make(chan error, 1)
+		go func() { portsDone <- addPorts() }()
+		defer func() {
+			if perr := <-portsDone; err == nil {
+				err = perr
+			}
+		}()
+		if e != nil {
+			if err := netsetup.UpLoopback(e.lo); err != nil {
+				return err
+			}
 		}
 	}
 	vs, _ := c.vethSpec(def, ns, ip)
@@ -775,10 +800,14 @@ func (c *setupCtx) wire(host *hostHandle, def *config.Network, ns *state.Net, ip
 	if err != nil {
 		return err
 	}
-	if c.early == nil {
+	if e == nil {
 		defer conn.Close()
 	}
-	return c.finishVeth(host, conn, nil, v, vs, def, bridgeSpec)
+	var ctr *netsetup.Conn
+	if e != nil {
+		ctr = e.ctr
+	}
+	return c.finishVeth(host, conn, ctr, v, vs, def, bridgeSpec)
 }
 
 // vethSpec is the container's veth on network def (state ns) with address

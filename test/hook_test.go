@@ -541,9 +541,10 @@ func TestHookTeardownLiveContainer(t *testing.T) {
 	assertClean(t, h)
 }
 
-// The network has no IPv6: neither end of a container's veth gets a
-// link-local address, so no duplicate address detection or MLD report is
-// flooded by the bridge to every other container.
+// The network has no IPv6: as in Docker, the container has none at all
+// (not even lo's ::1), and the host end of its veth gets no link-local
+// address, so no duplicate address detection or MLD report is flooded by
+// the bridge to every other container.
 func TestHookNoIPv6LinkLocal(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
@@ -554,8 +555,14 @@ func TestHookNoIPv6LinkLocal(t *testing.T) {
 	b := h.newProc("v6b", nil)
 	b.mustSetup()
 	time.Sleep(300 * time.Millisecond) // addrconf would have added them by now
-	if out := a.mustIn("ip", "-6", "-o", "addr", "show", "dev", "eth0"); strings.Contains(out, "fe80") {
-		t.Errorf("container eth0 has an IPv6 link-local address: %s", out)
+	if out := a.mustIn("ip", "-6", "-o", "addr"); strings.TrimSpace(out) != "" {
+		t.Errorf("the container has IPv6 addresses:\n%s", out)
+	}
+	if out := a.mustIn("cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"); strings.TrimSpace(out) != "1" {
+		t.Errorf("IPv6 on in the container: disable_ipv6=%s", out)
+	}
+	if out := a.mustIn("ip", "-o", "-4", "addr", "show", "dev", "lo"); !strings.Contains(out, "127.0.0.1/8") {
+		t.Errorf("container lo not up with 127.0.0.1: %s", out)
 	}
 	for _, l := range strings.Split(sandbox.Run(t, "ip", "-6", "-o", "addr"), "\n") {
 		if strings.Contains(l, "veth") {
