@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Hooks do not wait for the reclaimer to answer: one that is stopping
@@ -20,15 +22,15 @@ func TestReclaimerTakesQueuedHandoffs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, port := range []int{5301, 5302} {
-		c, err := net.DialUnix("unixpacket", nil, addr)
+		fd, err := dialReclaimer(addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		work, _ := json.Marshal(&Reclaim{UDPPorts: []int{port}})
-		if err := send(c, work, nil); err != nil {
+		if err := send(fd, work, nil); err != nil {
 			t.Fatal(err)
 		}
-		c.Close()
+		unix.Close(fd)
 	}
 	// Stopped before it accepted anything: both wait in the backlog.
 	stop := make(chan struct{})
