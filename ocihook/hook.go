@@ -161,7 +161,7 @@ func WarmCodecs(stage string) {
 	if stage != StageTeardown {
 		json.Unmarshal([]byte(`{"root":{},"mounts":[{}],"annotations":{}}`), &bundleConfig{})
 	}
-	state.WarmCodecs()
+	state.WarmCodecs(stage != StageTeardown)
 }
 
 // Run is the hook: it reads the state from stdin and sets up or tears down.

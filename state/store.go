@@ -262,11 +262,13 @@ func removeIfExists(path string) error {
 // package builds a type's encoder or decoder by reflection the first time
 // the type is used, ~0.1 ms for a record: a hook calls this on another
 // goroutine as it starts, so that its main path, busy reading its input,
-// finds them built when it writes the record.
-func WarmCodecs() {
+// finds them built when it writes the record. A setup reads no record or
+// port reservations but its own, which are new: only their encoders are
+// built then.
+func WarmCodecs(setup bool) {
 	for _, v := range []any{&Record{}, &Net{}, &[]Reservation{}} {
 		data, err := json.Marshal(v)
-		if err == nil {
+		if _, isNet := v.(*Net); err == nil && (!setup || isNet) {
 			json.Unmarshal(data, v)
 		}
 	}
