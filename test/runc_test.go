@@ -92,6 +92,12 @@ func TestRuncDefaultBridge(t *testing.T) {
 	if out := none.mustExec("ip", "-o", "link"); strings.Count(out, "\n") != 1 || !strings.Contains(out, "lo:") || !strings.Contains(out, "UP") {
 		t.Errorf("none mode links:\n%s", out)
 	}
+	// No IPv6 in either, as in Docker (not even lo's ::1).
+	for _, c := range []*container{web, none} {
+		if out := c.mustExec("ip", "-o", "addr"); strings.Contains(out, "inet6") {
+			t.Errorf("%s has IPv6 addresses:\n%s", c.id, out)
+		}
+	}
 	// host: the sandbox's own interfaces.
 	hostc := h.newBundle(uniqueID(t, "host"), sleeper, "--network", "host").mustStart()
 	if out := hostc.mustExec("ip", "-o", "link"); !strings.Contains(out, "netshim0") || !strings.Contains(out, "uplink") {
