@@ -108,7 +108,9 @@ func doHere(ns netns.NsHandle, fn func() error) error {
 	}
 	ferr := fn()
 	if err := netns.Set(orig); err != nil {
-		// Stay locked: the thread dies with this goroutine.
+		// Stay locked, so that the thread is never reused: Do's
+		// goroutine ends, and the thread with it; a caller on its own
+		// goroutine returns this error and goes no further.
 		return fmt.Errorf("return to original netns: %w", err)
 	}
 	runtime.UnlockOSThread()

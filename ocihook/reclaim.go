@@ -165,14 +165,17 @@ func peerIsRoot(c *net.UnixConn) bool {
 	if err != nil {
 		return false
 	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil || credErr != nil {
+	root := false
+	if err := rc.Control(func(fd uintptr) { root = fdPeerIsRoot(int(fd)) }); err != nil {
 		return false
 	}
-	return cred.Uid == 0
+	return root
+}
+
+// fdPeerIsRoot is peerIsRoot on a socket's descriptor.
+func fdPeerIsRoot(fd int) bool {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	return err == nil && cred.Uid == 0
 }
 
 // errNotRoot refuses a peer that is not root.
@@ -196,7 +199,7 @@ func dialReclaimer(addr *net.UnixAddr) (int, error) {
 // send hands work and files to the reclaimer at the other end of fd, which
 // must run as root. It does not wait for an answer (see acceptHandoffs).
 func send(fd int, work []byte, files []*os.File) error {
-	if cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED); err != nil || cred.Uid != 0 {
+	if !fdPeerIsRoot(fd) {
 		return errNotRoot
 	}
 	fds := make([]int, len(files))
