@@ -35,28 +35,26 @@ type Env struct {
 	Defs *state.Defs
 	// LockTimeout bounds the wait for the host lock.
 	LockTimeout time.Duration
-	// Debug adds detail to the log: the time each step took.
+	// Debug adds detail to the log: when each step ended.
 	Debug bool
 
-	marks sync.Mutex // setup marks steps from two goroutines
+	marks sync.Mutex // setup marks steps from several goroutines
 	steps []string
-	last  time.Time
+	start time.Time
 	// reclaim, when set, collects what teardowns leave to the reclaimer.
 	reclaim *Reclaim
 }
 
-// mark notes, with Debug, how long the step that just ended took.
+// mark notes, with Debug, when the step that just ended did, as the time
+// since the hook started: steps run on several goroutines at once, and
+// what ends last is what a setup waits for.
 func (env *Env) mark(step string) {
 	if !env.Debug {
 		return
 	}
 	env.marks.Lock()
 	defer env.marks.Unlock()
-	now := time.Now()
-	if !env.last.IsZero() {
-		env.steps = append(env.steps, fmt.Sprintf("%s=%s", step, now.Sub(env.last).Round(time.Microsecond)))
-	}
-	env.last = now
+	env.steps = append(env.steps, fmt.Sprintf("%s@%s", step, time.Since(env.start).Round(time.Microsecond)))
 }
 
 // DefaultLockTimeout is how long a hook waits for the host lock.
@@ -169,7 +167,7 @@ func WarmCodecs(stage string) {
 // under the state dir; the error is for the caller to print.
 func Run(ctx context.Context, env *Env, stdin io.Reader, stage string) (err error) {
 	start := time.Now()
-	env.last = start
+	env.start = start
 	var st *specs.State
 	var name string
 	defer func() {

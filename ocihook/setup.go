@@ -90,6 +90,7 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 		return name, err
 	}
 	early.ctr, early.lo = socks[0], socks[1]
+	env.mark("prepared")
 	// The pair is the longest path of a setup: it is made on this
 	// goroutine, already running, while another settles the shared state
 	// under the lock. A goroutine started here waits for a CPU (the codec
@@ -376,6 +377,7 @@ func (e *earlyVeth) make(env *Env, network string) {
 	}
 	e.spec = pairSpec(e.spec.HostName, e.id, e.spec.Netns, def, idx)
 	e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
+	env.mark("pair")
 }
 
 // serve runs the pair's configuration, if setup's state path hands it
