@@ -595,9 +595,11 @@ func TestHookExistingBridge(t *testing.T) {
 	sandbox.Run(t, "ip", "link", "del", "netshim0")
 }
 
-// A bridge deleted by hand while the state remembers it: the next
-// container's pair, made early on the remembered bridge, cannot be attached
-// to it; setup makes the bridge again and attaches the pair there.
+// A bridge deleted by hand while the state remembers its index: the next
+// container gets no early pair (the kernel has no bridge of that name), and
+// its pair, made after the lock, cannot be attached to the remembered index;
+// setup makes the bridge again, under the lock, and attaches the pair there.
+// Without that re-ensuring, setup fails ("attach veth ... invalid argument").
 func TestHookBridgeDeletedByHand(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
