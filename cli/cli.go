@@ -157,11 +157,13 @@ Success prints nothing; failure prints one line and exits non-zero.`,
 			if len(args) == 1 {
 				stage = args[0]
 			}
-			go ocihook.WarmCodecs(stage) // on another CPU, while the config loads
+			worker := ocihook.StartWorker(stage) // on another CPU, while the config loads
 			env, err := g.env()
 			if err != nil {
+				worker.Done()
 				return err
 			}
+			env.Worker = worker
 			env.DeferReclaim()
 			err = ocihook.Run(cmd.Context(), env, g.stdin, stage)
 			env.HandOff()

@@ -43,6 +43,9 @@ type Env struct {
 	start time.Time
 	// reclaim, when set, collects what teardowns leave to the reclaimer.
 	reclaim *Reclaim
+	// Worker, when set, runs the work a hook does beside its own (see
+	// Worker); Run lets it go when it returns.
+	Worker *Worker
 }
 
 // mark notes, with Debug, when the step that just ended did, as the time
@@ -148,18 +151,22 @@ func readSpec(bundle string) (*bundleConfig, error) {
 	return &spec, nil
 }
 
-// WarmCodecs builds, in the order a hook needs them, encoding/json's
-// decoders for its input (the state on stdin, the bundle's config.json)
-// and its codecs for the state files (see state.WarmCodecs). The hook
-// command runs it on another goroutine as it starts: meanwhile it loads its
-// config, and reads its input.
-// A teardown (stage poststop) reads no config.json.
-func WarmCodecs(stage string) {
-	json.Unmarshal([]byte(`{}`), &specs.State{})
+// codecWarmers are the steps of the warm-up a hook's worker does (see
+// Worker) as the hook starts: encoding/json builds a type's decoder or
+// encoder by reflection the first time the type is used, ~0.1 ms for a
+// record. In the order the hook needs them: the decoders of its input
+// first (the state on stdin, read as soon as the config is loaded; the
+// bundle's config.json, which a teardown does not read), then the state
+// files' codecs (see state.CodecWarmers), which the work it hands over
+// needs.
+func codecWarmers(stage string) []func() {
+	steps := []func(){func() { json.Unmarshal([]byte(`{}`), &specs.State{}) }}
 	if stage != StageTeardown {
-		json.Unmarshal([]byte(`{"root":{},"mounts":[{}],"annotations":{}}`), &bundleConfig{})
+		steps = append(steps, func() {
+			json.Unmarshal([]byte(`{"root":{},"mounts":[{}],"annotations":{}}`), &bundleConfig{})
+		})
 	}
-	state.WarmCodecs(stage != StageTeardown)
+	return append(steps, state.CodecWarmers(stage != StageTeardown)...)
 }
 
 // Run is the hook: it reads the state from stdin and sets up or tears down.
@@ -168,6 +175,7 @@ func WarmCodecs(stage string) {
 func Run(ctx context.Context, env *Env, stdin io.Reader, stage string) (err error) {
 	start := time.Now()
 	env.start = start
+	defer env.Worker.Done()
 	var st *specs.State
 	var name string
 	defer func() {

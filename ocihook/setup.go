@@ -91,15 +91,15 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	}
 	early.ctr, early.lo = socks[0], socks[1]
 	env.mark("prepared")
-	// The pair is the longest path of a setup: it is made on this
-	// goroutine, already running, while another settles the shared state
-	// under the lock. A goroutine started here waits for a CPU (the codec
-	// warm-up has the other one), and made the pair late.
+	// The pair is the longest kernel work of a setup: it is made on this
+	// goroutine, already running, while the hook's worker, running too
+	// (see Worker), settles the shared state under the lock. Neither waits
+	// for a thread to be woken.
 	res := make(chan setupOutcome, 1)
-	go func() {
+	env.Worker.Go(func() {
 		n, err := env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, early)
 		res <- setupOutcome{n, err}
-	}()
+	})
 	early.make(env, opts.Network)
 	out := early.serve(res)
 	if out.err != nil {

@@ -45,7 +45,7 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 	}
 	linkDone := make(chan linkResult, 1)
 	deferred := env.reclaim != nil
-	go func() {
+	env.Worker.Go(func() {
 		if rec.HostVeth == "" {
 			linkDone <- linkResult{}
 			return
@@ -60,7 +60,7 @@ func (env *Env) teardownLocked(rec *state.Record) error {
 		// recorded (random) name is enough.
 		d, err := removeOwnedLink(rec.HostVeth, vethAlias(rec.ID), nsid, rec.Phase != state.PhaseReady, deferred)
 		linkDone <- linkResult{d, err}
-	}()
+	})
 	// The network's state is read meanwhile too (the lock is held: no
 	// other hook changes it).
 	type netResult struct {

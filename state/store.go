@@ -258,18 +258,27 @@ func removeIfExists(path string) error {
 	return nil
 }
 
-// WarmCodecs builds encoding/json's codecs for the state files now. The
+// CodecWarmers build encoding/json's codecs for the state files, one type
+// each, in the order a hook needs them: a caller may stop between two. The
 // package builds a type's encoder or decoder by reflection the first time
-// the type is used, ~0.1 ms for a record: a hook calls this on another
-// goroutine as it starts, so that its main path, busy reading its input,
-// finds them built when it writes the record. A setup reads no record or
-// port reservations but its own, which are new: only their encoders are
-// built then.
-func WarmCodecs(setup bool) {
-	for _, v := range []any{&Record{}, &Net{}, &[]Reservation{}} {
-		data, err := json.Marshal(v)
-		if _, isNet := v.(*Net); err == nil && (!setup || isNet) {
-			json.Unmarshal(data, v)
+// the type is used, ~0.1 ms for a record; a hook has them built by another
+// goroutine as it starts. A setup reads the network's state first, then
+// writes its record and port reservations; it reads no record or
+// reservations but its own, which are new: only their encoders are built
+// then.
+func CodecWarmers(setup bool) []func() {
+	types := []any{&Record{}, &Net{}, &[]Reservation{}}
+	if setup {
+		types = []any{&Net{}, &Record{}, &[]Reservation{}}
+	}
+	steps := make([]func(), len(types))
+	for i, v := range types {
+		steps[i] = func() {
+			data, err := json.Marshal(v)
+			if _, isNet := v.(*Net); err == nil && (!setup || isNet) {
+				json.Unmarshal(data, v)
+			}
 		}
 	}
+	return steps
 }
