@@ -37,9 +37,14 @@ const workerSpin = time.Millisecond
 // StartWorker starts a hook's worker; stage is the hook's argument, which
 // says which codecs to warm.
 func StartWorker(stage string) *Worker {
-	w := &Worker{jobs: make(chan func(), 1), quit: make(chan struct{}), ended: make(chan struct{})}
+	w := newWorker()
 	go w.loop(stage)
 	return w
+}
+
+// newWorker is a worker not started yet.
+func newWorker() *Worker {
+	return &Worker{jobs: make(chan func(), 1), quit: make(chan struct{}), ended: make(chan struct{})}
 }
 
 func (w *Worker) loop(stage string) {
@@ -47,7 +52,7 @@ func (w *Worker) loop(stage string) {
 	// The codecs first, one type at a time while no work has come: what
 	// is not built by then is built as it is used.
 	for _, warm := range codecWarmers(stage) {
-		if w.take(false) {
+		if w.poll() {
 			return
 		}
 		warm()
@@ -59,7 +64,7 @@ func (w *Worker) loop(stage string) {
 	if runtime.GOMAXPROCS(0) > 1 {
 		deadline := time.Now().Add(workerSpin)
 		for next := time.Now(); ; runtime.Gosched() {
-			if w.take(false) {
+			if w.poll() {
 				return
 			}
 			if now := time.Now(); !now.Before(next) {
@@ -70,30 +75,31 @@ func (w *Worker) loop(stage string) {
 			}
 		}
 	}
-	w.take(true)
+	w.wait()
 }
 
-// take runs the job handed over, if any (waiting for it, or for Done, with
-// block), and reports whether the worker is finished.
-func (w *Worker) take(block bool) bool {
-	if block {
-		select {
-		case job := <-w.jobs:
-			job()
-		case <-w.quit:
-			w.drain()
-		}
-		return true
-	}
+// poll runs the job handed over, if there is one, and reports whether the
+// worker is finished: it ran its job, or was let go.
+func (w *Worker) poll() bool {
 	select {
 	case job := <-w.jobs:
 		job()
-		return true
 	case <-w.quit:
 		w.drain()
-		return true
 	default:
 		return false
+	}
+	return true
+}
+
+// wait runs the job handed over once it comes, unless the worker is let go
+// first.
+func (w *Worker) wait() {
+	select {
+	case job := <-w.jobs:
+		job()
+	case <-w.quit:
+		w.drain()
 	}
 }
 

@@ -73,3 +73,18 @@ func TestWorkerEndsWhenLetGo(t *testing.T) {
 		}
 	}
 }
+
+// A job handed over just before the worker is let go still runs, whichever
+// of the two the worker sees first.
+func TestWorkerRunsAJobHandedBeforeDone(t *testing.T) {
+	for i := range 64 {
+		w := newWorker()
+		ran := false
+		w.Go(func() { ran = true })
+		w.Done()
+		w.wait()
+		if !ran {
+			t.Fatalf("try %d: the job handed over before Done did not run", i)
+		}
+	}
+}
