@@ -24,10 +24,15 @@ func TestDisableIPv6(t *testing.T) {
 		t.Fatalf("mount a proc instance: %v", err)
 	}
 	unix.Close(mnt)
+	defer func() { procInstance = privateProc }()
 	for _, private := range []bool{true, false} {
-		if !private {
-			procInstance = func() (int, error) { return -1, unix.EPERM }
-			defer func() { procInstance = privateProc }()
+		mounted := 0
+		procInstance = func() (int, error) {
+			if !private {
+				return -1, unix.EPERM
+			}
+			mounted++
+			return privateProc()
 		}
 		got, err := inNewNetns(func() (string, error) {
 			disableIPv6()
@@ -40,7 +45,10 @@ func TestDisableIPv6(t *testing.T) {
 			t.Errorf("private proc %v: disable_ipv6 in the new netns = %q, want 1", private, got)
 		}
 		if got, err := readSysctl(); err != nil || got != "0" {
-			t.Errorf("private proc %v: disable_ipv6 in the caller's netns = %q, want 0", private, got)
+			t.Errorf("private proc %v: disable_ipv6 in the caller's netns = %q (%v), want 0", private, got, err)
+		}
+		if private && mounted != 1 {
+			t.Errorf("the proc instance was mounted %d times, want once", mounted)
 		}
 	}
 }
