@@ -174,6 +174,21 @@ func render(samples []*sample, rr *runcResult, skipped []string, ns []int) strin
 			}
 		}
 	}
+	if big := ns[len(ns)-1]; big > 2*inRound {
+		fmt.Fprintf(&b, "\nWithin the rounds of %d: p50 of the containers set up (torn down) with at most %d on the network, against\n", big, inRound)
+		fmt.Fprintf(&b, "those with more than %d. Both come from the same rounds, seconds apart, so the ratio is what N costs, whatever\n", big-10*inRound)
+		b.WriteString("the machine's speed did between the rounds of one row and those of another:\n\n")
+		for _, s := range samples {
+			if s.n != big {
+				continue
+			}
+			few, many := byCount(s.setup, big)
+			fewT, manyT := byCount(reversed(s.teardown, big), big)
+			fmt.Fprintf(&b, "- %s: setup %s / %s (%.2f×), teardown %s / %s (%.2f×)\n", s.tool,
+				ms(pct(few, .5)), ms(pct(many, .5)), float64(pct(many, .5))/float64(pct(few, .5)),
+				ms(pct(fewT, .5)), ms(pct(manyT, .5)), float64(pct(manyT, .5))/float64(pct(fewT, .5)))
+		}
+	}
 	if rr != nil {
 		fmt.Fprintf(&b, "\n`runc run` of a container that exits at once (%d runs each, p50 / p90 ms):\n\n", len(rr.with))
 		fmt.Fprintf(&b, "- without networking (a network namespace, no hooks): %s / %s\n", ms(pct(rr.without, .5)), ms(pct(rr.without, .9)))
@@ -186,6 +201,36 @@ func render(samples []*sample, rr *runcResult, skipped []string, ns []int) strin
 	}
 	b.WriteString("\n![latency against N](latency.png)\n")
 	return b.String()
+}
+
+// inRound is how many containers count as few in the within-round
+// comparison; ten times as many, at the end of a round, count as many.
+const inRound = 20
+
+// byCount splits the latencies of rounds of n containers, in the order they
+// ran, into those that ran with at most inRound containers on the network
+// and those with more than n-10*inRound.
+func byCount(d []time.Duration, n int) (few, many []time.Duration) {
+	for i, x := range d {
+		switch k := i % n; {
+		case k < inRound:
+			few = append(few, x)
+		case k >= n-10*inRound:
+			many = append(many, x)
+		}
+	}
+	return few, many
+}
+
+// reversed reverses each round of n teardowns: the first container of a
+// round is torn down with all n on the network, the last one alone.
+func reversed(d []time.Duration, n int) []time.Duration {
+	out := make([]time.Duration, len(d)/n*n)
+	for i, x := range d[:len(out)] {
+		r, k := i/n, i%n
+		out[r*n+n-1-k] = x
+	}
+	return out
 }
 
 func numCPU() int {

@@ -1,0 +1,38 @@
+package main
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestByCount checks which runs of two rounds of 250 count as made with few
+// containers on the network and which with many, for setups (in the order
+// they ran) and for teardowns (each round reversed first).
+func TestByCount(t *testing.T) {
+	const n = 250
+	var d []time.Duration
+	for r := 0; r < 2; r++ {
+		for k := 0; k < n; k++ {
+			d = append(d, time.Duration(r*1000+k))
+		}
+	}
+	few, many := byCount(d, n)
+	if len(few) != 2*inRound || few[0] != 0 || few[inRound-1] != inRound-1 || few[inRound] != 1000 {
+		t.Errorf("setups with few containers: %v", few)
+	}
+	if len(many) != 2*10*inRound || many[0] != n-10*inRound || many[len(many)-1] != 1000+n-1 {
+		t.Errorf("setups with many containers: %v", many)
+	}
+	fewT, manyT := byCount(reversed(d, n), n)
+	// The last teardowns of a round ran with the fewest containers left.
+	if !slices.Contains(fewT, n-1) || !slices.Contains(fewT, 1000+n-inRound) || slices.Contains(fewT, 0) {
+		t.Errorf("teardowns with few containers: %v", fewT)
+	}
+	if !slices.Contains(manyT, 0) || !slices.Contains(manyT, 1000+10*inRound-1) || slices.Contains(manyT, n-1) {
+		t.Errorf("teardowns with many containers: %v", manyT)
+	}
+	if got := reversed(d[:n+7], n); len(got) != n || got[0] != n-1 {
+		t.Errorf("a partial round is left out: got %d, first %v", len(got), got[0])
+	}
+}
