@@ -174,7 +174,7 @@ func render(samples []*sample, rr *runcResult, skipped []string, ns []int) strin
 			}
 		}
 	}
-	if big := ns[len(ns)-1]; big > 2*inRound {
+	if big := ns[len(ns)-1]; big-10*inRound >= inRound {
 		fmt.Fprintf(&b, "\nWithin the rounds of %d: p50 of the containers set up (torn down) with at most %d on the network, against\n", big, inRound)
 		fmt.Fprintf(&b, "those with more than %d. Both come from the same rounds, seconds apart, so the ratio is what N costs, whatever\n", big-10*inRound)
 		b.WriteString("the machine's speed did between the rounds of one row and those of another:\n\n")
