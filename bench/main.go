@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,12 +34,23 @@ var (
 
 // container is a process in a fresh netns standing in for a container.
 type container struct {
-	i    int
-	id   string
-	cmd  *exec.Cmd
-	pid  int
-	dir  string // bundle
-	port int
+	i      int
+	id     string
+	pid    int
+	reaped bool
+	dir    string // bundle
+	port   int
+}
+
+// kill ends the container's process and reaps it.
+func (c *container) kill() {
+	if c.reaped {
+		return
+	}
+	unix.Kill(c.pid, unix.SIGKILL)
+	var ws unix.WaitStatus
+	unix.Wait4(c.pid, &ws, 0, nil)
+	c.reaped = true
 }
 
 func (c *container) netns() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid) }
@@ -90,14 +102,23 @@ func run(name string, args ...string) error {
 func spawn(n int, work string) ([]*container, error) {
 	self, _ := os.Readlink("/proc/self/ns/net")
 	cs := make([]*container, n)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		return nil, err
+	}
 	for i := range cs {
-		cmd := exec.Command("unshare", "-n", "sleep", "100000")
-		if err := cmd.Start(); err != nil {
+		// Forked without a pidfd, unlike exec.Cmd's Start: the bench would
+		// hold a descriptor per container, and every hook it then spawns
+		// copies its descriptor table and closes those on exec (0.05 ms
+		// more per spawn at 1,000 containers, measured with a static C
+		// program). A runtime spawns its hooks from a process of its own.
+		pid, err := syscall.ForkExec(unshare, []string{"unshare", "-n", "sleep", "100000"}, &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}})
+		if err != nil {
 			return nil, err
 		}
 		dir := filepath.Join(work, fmt.Sprintf("b%d", i))
 		os.MkdirAll(filepath.Join(dir, "rootfs"), 0o755)
-		cs[i] = &container{i: i, id: fmt.Sprintf("bench%04d", i), cmd: cmd, pid: cmd.Process.Pid, dir: dir, port: 20000 + i}
+		cs[i] = &container{i: i, id: fmt.Sprintf("bench%04d", i), pid: pid, dir: dir, port: 20000 + i}
 	}
 	for _, c := range cs {
 		for k := 0; k < 500; k++ {
@@ -114,10 +135,7 @@ func spawn(n int, work string) ([]*container, error) {
 
 func reap(cs []*container) {
 	for _, c := range cs {
-		if c.cmd.ProcessState == nil {
-			c.cmd.Process.Kill()
-			c.cmd.Wait()
-		}
+		c.kill()
 	}
 	quiesce()
 }
@@ -171,8 +189,7 @@ func measure(t tool, n int, work string, afterExit bool) (*sample, error) {
 	}
 	for _, c := range cs {
 		if afterExit {
-			c.cmd.Process.Kill()
-			c.cmd.Wait()
+			c.kill()
 		}
 		start := time.Now()
 		if err := t.teardown(c); err != nil {
