@@ -139,8 +139,20 @@ type VethSpec struct {
 	MTU         int
 	// Netns is the container's network namespace; the container end is
 	// created straight in it, so it never appears on the host.
-	Netns   netns.NsHandle
-	MAC     net.HardwareAddr
+	Netns netns.NsHandle
+	MAC   net.HardwareAddr
+	// HostMAC is the host end's MAC (nil: a random one); setup gives every
+	// host end its bridge's MAC. A port's MAC is a local entry in the
+	// bridge's forwarding table, unless one for that MAC exists (the kernel
+	// lets ports share an address): with a MAC each, 1,000 containers are
+	// 1,000 more entries, walked whenever a port is added, set down or
+	// removed, and each new entry walks every port. At 1,000 ports, own MAC
+	// against the bridge's (a loop of pairs): attach 0.40 against 0.33 ms;
+	// setting down 0.19 against 0.17 and deleting 1.36 against 1.07 ms of
+	// CPU. No frame is addressed to a host end (it has no IP address), and
+	// the bridge's MAC already means "deliver here". A MAC given at creation
+	// is also one udev's MACAddressPolicy leaves be.
+	HostMAC net.HardwareAddr
 	Subnet  netip.Prefix
 	IP      netip.Addr
 	Gateway netip.Addr // default route; invalid for none
@@ -190,6 +202,9 @@ func CreateVeth(c *Conn, s VethSpec) (*Veth, error) {
 		nl.NewRtAttr(unix.IFLA_NUM_TX_QUEUES, one), nl.NewRtAttr(unix.IFLA_NUM_RX_QUEUES, one)}
 	if s.MTU > 0 {
 		attrs = append(attrs, nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(s.MTU))))
+	}
+	if s.HostMAC != nil {
+		attrs = append(attrs, nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(s.HostMAC)))
 	}
 	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
@@ -528,21 +543,21 @@ func (c *Conn) InspectVeth(name string, nsid *int) (HostVeth, error) {
 	return v, nil
 }
 
-// BridgeIndex returns the ifindex of the bridge named name, or 0 if there
-// is no link of that name or it is not a bridge.
-func (c *Conn) BridgeIndex(name string) (int, error) {
+// BridgeIndex returns the ifindex and MAC of the bridge named name, or 0
+// if there is no link of that name or it is not a bridge.
+func (c *Conn) BridgeIndex(name string) (int, net.HardwareAddr, error) {
 	r := getLinkReq(name)
 	if err := c.Exec(r); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	l, ok := echoedLink(r)
 	if !ok {
-		return 0, nil
+		return 0, nil, nil
 	}
 	if _, isBridge := l.(*netlink.Bridge); !isBridge {
-		return 0, nil
+		return 0, nil, nil
 	}
-	return l.Attrs().Index, nil
+	return l.Attrs().Index, l.Attrs().HardwareAddr, nil
 }
 
 // getLinkReq asks for link name, without its statistics.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -371,11 +372,11 @@ func (e *earlyVeth) make(env *Env, network string) {
 	// The bridge as it is now, asked of the kernel (the network's state
 	// would have to be decoded): the state path ensures it under the
 	// lock, and wire attaches the pair again if that one differs.
-	idx, err := e.host.BridgeIndex(def.Bridge)
+	idx, mac, err := e.host.BridgeIndex(def.Bridge)
 	if err != nil || idx == 0 {
 		return
 	}
-	e.spec = pairSpec(e.spec.HostName, e.id, e.spec.Netns, def, idx)
+	e.spec = pairSpec(e.spec.HostName, e.id, e.spec.Netns, def, idx, mac)
 	e.veth, e.err = netsetup.CreateVeth(e.host, e.spec)
 	env.mark("pair")
 }
@@ -822,18 +823,20 @@ func (c *setupCtx) vethSpec(def *config.Network, ns *state.Net, ip netip.Addr) (
 	if def.Internal {
 		route = netip.Addr{} // no route out
 	}
-	vs := pairSpec(c.rec.HostVeth, c.rec.ID, c.ns, def, ns.BridgeIndex)
+	// The MAC EnsureBridge gives a bridge it makes.
+	vs := pairSpec(c.rec.HostVeth, c.rec.ID, c.ns, def, ns.BridgeIndex, netsetup.MACFor(ns.Gateway))
 	vs.MAC, vs.Subnet, vs.IP, vs.Gateway = netsetup.MACFor(ip), ns.Subnet, ip, route
 	return vs, netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}
 }
 
 // pairSpec is what a container's pair needs before its address is known:
-// the host end's name and mark, the container's netns, and its port on
+// the host end's name, mark and MAC (the bridge's, bridgeMAC: see
+// netsetup.VethSpec.HostMAC), the container's netns, and its port on
 // network def's bridge.
-func pairSpec(hostName, id string, ns netns.NsHandle, def *config.Network, bridgeIndex int) netsetup.VethSpec {
+func pairSpec(hostName, id string, ns netns.NsHandle, def *config.Network, bridgeIndex int, bridgeMAC net.HardwareAddr) netsetup.VethSpec {
 	return netsetup.VethSpec{
 		HostName: hostName, Alias: vethAlias(id), Netns: ns, MTU: def.MTU, BridgeIndex: bridgeIndex,
-		Isolated: !def.ICC, Hairpin: true,
+		HostMAC: bridgeMAC, Isolated: !def.ICC, Hairpin: true,
 	}
 }
 

@@ -576,6 +576,46 @@ func TestHookNoIPv6LinkLocal(t *testing.T) {
 	assertClean(t, h)
 }
 
+// Every host end carries the bridge's MAC, so the bridge's forwarding
+// table holds no local entry per port (each would make every later attach
+// walk it), and containers still reach each other and the gateway.
+func TestHookHostEndsShareBridgeMAC(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a := h.newProc("maca", nil)
+	a.mustSetup()
+	b := h.newProc("macb", nil)
+	b.mustSetup()
+	mac := func(l string) string {
+		f := strings.Fields(l[strings.Index(l, "link/ether"):])
+		return f[1]
+	}
+	brMAC := mac(sandbox.Run(t, "ip", "-o", "link", "show", "netshim0"))
+	ports := strings.Split(strings.TrimSpace(sandbox.Run(t, "ip", "-o", "link", "show", "master", "netshim0")), "\n")
+	if len(ports) != 2 {
+		t.Fatalf("want 2 ports on the bridge, got:\n%s", strings.Join(ports, "\n"))
+	}
+	for _, p := range ports {
+		if got := mac(p); got != brMAC {
+			t.Errorf("host end has MAC %s, not the bridge's %s: %s", got, brMAC, p)
+		}
+	}
+	for _, l := range strings.Split(sandbox.Run(t, "bridge", "fdb", "show", "br", "netshim0"), "\n") {
+		if strings.Contains(l, "dev veth") && strings.Contains(l, "permanent") && !strings.Contains(l, " self ") {
+			t.Errorf("a local forwarding entry for a port: %s", l)
+		}
+	}
+	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.3")
+	b.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.2")
+	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.1")
+	a.mustTeardown()
+	b.mustTeardown()
+	waitReclaimers(t)
+	assertClean(t, h)
+}
+
 // A bridge of that name made before (by an earlier version, or by hand
 // with the defaults) is taken as it is, with multicast snooping turned off.
 func TestHookExistingBridge(t *testing.T) {
