@@ -25,6 +25,11 @@ func MACFor(ip netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x42, b[0], b[1], b[2], b[3]}
 }
 
+// BridgeMAC is the MAC EnsureBridge gives a bridge it makes, whose address
+// is gateway; setup gives it to the host ends of a pair made before it
+// knows the bridge's link (see VethSpec.HostMAC).
+func BridgeMAC(gateway netip.Addr) net.HardwareAddr { return MACFor(gateway) }
+
 // RandomVethName returns `veth` and 7 random hex digits, as Docker names the
 // host end. The runtime's generator serves: it is seeded from the kernel at
 // start, and a taken name is replaced (EEXIST). crypto/rand's first read
@@ -66,7 +71,7 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (link netlink.Link, created b
 		Flags:  net.FlagUp,
 		// A fixed MAC keeps the bridge's address from following its lowest
 		// port, which would make neighbours' ARP caches stale.
-		HardwareAddr: MACFor(s.Gateway),
+		HardwareAddr: BridgeMAC(s.Gateway),
 	},
 		// Without multicast snooping the bridge floods multicast to every
 		// port, as a plain switch does. With it, each port that comes up

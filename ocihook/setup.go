@@ -823,8 +823,7 @@ func (c *setupCtx) vethSpec(def *config.Network, ns *state.Net, ip netip.Addr) (
 	if def.Internal {
 		route = netip.Addr{} // no route out
 	}
-	// The MAC EnsureBridge gives a bridge it makes.
-	vs := pairSpec(c.rec.HostVeth, c.rec.ID, c.ns, def, ns.BridgeIndex, netsetup.MACFor(ns.Gateway))
+	vs := pairSpec(c.rec.HostVeth, c.rec.ID, c.ns, def, ns.BridgeIndex, netsetup.BridgeMAC(ns.Gateway))
 	vs.MAC, vs.Subnet, vs.IP, vs.Gateway = netsetup.MACFor(ip), ns.Subnet, ip, route
 	return vs, netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}
 }

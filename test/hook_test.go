@@ -578,7 +578,9 @@ func TestHookNoIPv6LinkLocal(t *testing.T) {
 
 // Every host end carries the bridge's MAC, so the bridge's forwarding
 // table holds no local entry per port (each would make every later attach
-// walk it), and containers still reach each other and the gateway.
+// walk it), and containers still reach each other and the gateway. The
+// first pair is made after the lock (there is no bridge to look up yet),
+// the second early, from the bridge lookup: both ways are covered.
 func TestHookHostEndsShareBridgeMAC(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
@@ -589,8 +591,11 @@ func TestHookHostEndsShareBridgeMAC(t *testing.T) {
 	b := h.newProc("macb", nil)
 	b.mustSetup()
 	mac := func(l string) string {
-		f := strings.Fields(l[strings.Index(l, "link/ether"):])
-		return f[1]
+		i := strings.Index(l, "link/ether ")
+		if i < 0 {
+			t.Fatalf("no MAC in %q", l)
+		}
+		return strings.Fields(l[i:])[1]
 	}
 	brMAC := mac(sandbox.Run(t, "ip", "-o", "link", "show", "netshim0"))
 	ports := strings.Split(strings.TrimSpace(sandbox.Run(t, "ip", "-o", "link", "show", "master", "netshim0")), "\n")
