@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -156,6 +157,18 @@ Success prints nothing; failure prints one line and exits non-zero.`,
 			stage := ""
 			if len(args) == 1 {
 				stage = args[0]
+			}
+			if s, _ := ocihook.ResolveStage(stage, ""); s == ocihook.StageTeardown {
+				// Teardown's pieces that run at once (the link, the
+				// ports, the network's state) are each a syscall or
+				// two: on one P they take turns at those syscalls,
+				// and the hook wakes no thread on the other CPU for
+				// them, which leaves that CPU to the kernel work the
+				// teardown starts. Measured on 2 vCPUs: 0.07-0.28 ms
+				// less per teardown (p50 of 80-100, six runs), with
+				// the container alive or gone. Setup needs both CPUs
+				// (0.2-0.3 ms more on one).
+				runtime.GOMAXPROCS(1)
 			}
 			worker := ocihook.StartWorker(stage) // on another CPU, while the config loads
 			env, err := g.env()
