@@ -124,7 +124,7 @@ func runcRuns(netshim, work string, runs int) (*runcResult, error) {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
 
-func render(samples []*sample, rr *runcResult, skipped []string, ns []int) string {
+func render(samples []*sample, rr *runcResult, skipped []string, ns []int, faults map[int][]time.Duration) string {
 	var b strings.Builder
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Fprintf(&b, "# netshim benchmark\n\n%s, kernel %s, %d CPUs. Each row: the whole hook process per container (bridge network,\n",
@@ -137,6 +137,7 @@ func render(samples []*sample, rr *runcResult, skipped []string, ns []int) strin
 	b.WriteString("\"after exit\" rows, where the process is killed first, as before a runtime's poststop. Bundles are on tmpfs\n")
 	b.WriteString("(as in Podman's run root); netshim writes each container's /etc/hosts and /etc/resolv.conf there (the CNI\n")
 	b.WriteString("plugins and netavark write no files: Podman does). Times in ms.\n\n")
+	b.WriteString(faultLine(faults, ns))
 	base := map[int]*sample{}
 	for _, s := range samples {
 		if s.tool == "netshim-nftables" {
@@ -330,4 +331,27 @@ func chart(samples []*sample, ns []int, path string) error {
 	}
 	defer f.Close()
 	return png.Encode(f, img)
+}
+
+// faultLine says what a page fault cost before the rounds of each N (see
+// faultCost): the machine's speed, as netshim feels it, when the rows were
+// measured.
+func faultLine(faults map[int][]time.Duration, ns []int) string {
+	var parts []string
+	for _, n := range ns {
+		f := faults[n]
+		if len(f) == 0 {
+			continue
+		}
+		us := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e3) }
+		probes := fmt.Sprintf("%d probes", len(f))
+		if len(f) == 1 {
+			probes = "1 probe"
+		}
+		parts = append(parts, fmt.Sprintf("%s µs before the rounds of %d (%s, %s-%s)", us(pct(f, .5)), n, probes, us(pct(f, 0)), us(pct(f, 1))))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "A page fault (touching a fresh anonymous page, the machine's speed as a hook feels it) cost " + strings.Join(parts, "; ") + ".\n\n"
 }

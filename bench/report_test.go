@@ -36,3 +36,28 @@ func TestByCount(t *testing.T) {
 		t.Errorf("a partial round is left out: got %d, first %v", len(got), got[0])
 	}
 }
+
+// TestFaultCost checks that the probe measures something a page fault can
+// cost: more than nothing, less than a millisecond.
+func TestFaultCost(t *testing.T) {
+	if d := faultCost(); d <= 0 || d > time.Millisecond {
+		t.Errorf("faultCost() = %v", d)
+	}
+}
+
+// TestFaultLine checks the report's line on the probes: median and range
+// per N, in µs, and nothing without probes.
+func TestFaultLine(t *testing.T) {
+	f := map[int][]time.Duration{
+		20:   {1500 * time.Nanosecond, 1300 * time.Nanosecond, 2100 * time.Nanosecond},
+		1000: {1400 * time.Nanosecond},
+	}
+	want := "A page fault (touching a fresh anonymous page, the machine's speed as a hook feels it) cost " +
+		"1.50 µs before the rounds of 20 (3 probes, 1.30-2.10); 1.40 µs before the rounds of 1000 (1 probe, 1.40-1.40).\n\n"
+	if got := faultLine(f, []int{20, 1000}); got != want {
+		t.Errorf("faultLine:\n got %q\nwant %q", got, want)
+	}
+	if got := faultLine(nil, []int{20}); got != "" {
+		t.Errorf("faultLine without probes: %q", got)
+	}
+}
