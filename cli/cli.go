@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -158,23 +157,7 @@ Success prints nothing; failure prints one line and exits non-zero.`,
 			if len(args) == 1 {
 				stage = args[0]
 			}
-			if s, _ := ocihook.ResolveStage(stage, ""); s == ocihook.StageTeardown {
-				// Teardown's pieces that run at once (the link, the
-				// ports, the network's state) are each a syscall or
-				// two: on one P they take turns at those syscalls,
-				// and the hook wakes no thread on the other CPU for
-				// them, which leaves that CPU to the kernel work the
-				// teardown starts. Measured on 2 vCPUs, p50 of 100
-				// teardowns against two Ps: 0.06-0.13 ms less with
-				// the container alive, 0.16-0.22 ms after it exited,
-				// this call's own 0.1-0.17 ms included (the STW of a
-				// GOMAXPROCS change). Setup needs both CPUs: on one
-				// it took 0.2-0.3 ms more.
-				runtime.GOMAXPROCS(1)
-			}
-			// The worker starts while the config loads; in a setup it
-			// has the other CPU.
-			worker := ocihook.StartWorker(stage)
+			worker := ocihook.StartWorker(stage) // on another CPU, while the config loads
 			env, err := g.env()
 			if err != nil {
 				worker.Done()
