@@ -339,8 +339,10 @@ func main() {
 // five mappings of 256 pages). On a VM a fault is mostly exits to the host,
 // which a busy host makes slower: 1.3-1.5 µs in this machine's fast
 // periods, 2.1 in its slow ones. A hook process takes some 480, and its
-// start and exit are made of the same exits, so the figure says how fast
-// the machine was for netshim in a way the other tools' times do not.
+// start and exit are made of exits too: the figure reads directly one of
+// the costs that move netshim most, beside the other tools' own times
+// (which move less). It is one reading, not the whole: run 18 measured
+// netshim's slowest N = 20 rows since run 9 with a median probe of 1.74 µs.
 func faultCost() time.Duration {
 	const pages = 256
 	size := pages * os.Getpagesize()
