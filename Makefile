@@ -14,8 +14,16 @@ all: build
 
 build: $(BIN)
 
+# A hook lives ~5 ms and never collects. Go 1.26's default collector (Green
+# Tea) keeps mark bits at the end of every small-object span, so each span a
+# hook allocates from touches its last page too; the classic one leaves that
+# page alone for pointer-free objects. Built with it, a setup took ~35 fewer
+# page faults and 0.1-0.55 ms less on our VM (14 A/B pairs). Toolchains that
+# dropped the opt-out build with their default.
+GOEXP := $(shell GOEXPERIMENT=nogreenteagc $(GO) env GOEXPERIMENT >/dev/null 2>&1 && echo nogreenteagc)
+
 $(BIN): $(GOFILES)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./hook
+	CGO_ENABLED=0 GOEXPERIMENT=$(GOEXP) $(GO) build -trimpath -o $(BIN) ./hook
 
 deps:
 	@scripts/deps.sh
