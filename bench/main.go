@@ -336,30 +336,38 @@ func main() {
 
 // faultCost is what a page fault costs the machine at the moment: the time
 // to touch the pages of a fresh anonymous mapping, per page (the median of
-// five mappings of 256 pages). On a VM a fault is mostly exits to the host,
-// which a busy host makes slower: 1.3-1.5 µs in this machine's fast
-// periods, 2.1 in its slow ones. A hook process takes some 480, and its
-// start and exit are made of exits too: the figure reads directly one of
-// the costs that move netshim most, beside the other tools' own times
-// (which move less). It is one reading, not the whole: run 18 measured
-// netshim's slowest N = 20 rows since run 9 with a median probe of 1.74 µs.
+// five mappings of 256 pages). On this VM most of it is the kernel's work
+// for the page, not the fault's entry: populating the pages without a fault
+// (MADV_POPULATE_WRITE) cost 1.6-1.75 µs against 1.84-2.17 for touching
+// them. A busy host makes it slower: 1.3-1.5 µs in the machine's fast
+// periods, 2.1 in its slow ones. A setup takes some 440 faults, and its
+// start and exit are made of the same page work: the figure reads directly
+// one of the costs that move netshim most, beside the other tools' own
+// times (which move less). It is one reading, not the whole: run 18
+// measured netshim's slowest N = 20 rows since run 9 with a median probe of
+// 1.74 µs.
 func faultCost() time.Duration {
 	const pages = 256
-	size := pages * os.Getpagesize()
 	var ds []time.Duration
 	for range 5 {
-		m, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		m, err := unix.Mmap(-1, 0, pages*os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 		if err != nil {
 			return 0
 		}
-		start := time.Now()
-		for i := 0; i < size; i += os.Getpagesize() {
-			m[i] = 1
-		}
-		ds = append(ds, time.Since(start)/pages)
+		ds = append(ds, touchPages(m))
 		unix.Munmap(m)
 	}
 	return pct(ds, .5)
+}
+
+// touchPages writes a byte to each page of m and returns the time per page.
+func touchPages(m []byte) time.Duration {
+	page := os.Getpagesize()
+	start := time.Now()
+	for i := 0; i < len(m); i += page {
+		m[i] = 1
+	}
+	return time.Since(start) / time.Duration(len(m)/page)
 }
 
 func mustReadlink(p string) string {

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"os"
 	"slices"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestByCount checks which runs of two rounds of 250 count as made with few
@@ -37,11 +40,26 @@ func TestByCount(t *testing.T) {
 	}
 }
 
-// TestFaultCost checks that the probe measures something a page fault can
-// cost: more than nothing, less than a millisecond.
+// TestFaultCost checks that the probe measures page faults: more than
+// writing to the same number of pages already mapped (a few nanoseconds
+// each; a fault is hundreds at the least), and less than a millisecond.
 func TestFaultCost(t *testing.T) {
-	if d := faultCost(); d <= 0 || d > time.Millisecond {
-		t.Errorf("faultCost() = %v", d)
+	d := faultCost()
+	if d <= 0 || d > time.Millisecond {
+		t.Fatalf("faultCost() = %v", d)
+	}
+	m, err := unix.Mmap(-1, 0, 256*os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	touchPages(m) // fault them in
+	var mapped []time.Duration
+	for range 5 {
+		mapped = append(mapped, touchPages(m))
+	}
+	if w := pct(mapped, .5); d < 5*w {
+		t.Errorf("faultCost() = %v, not well above a write to a mapped page (%v)", d, w)
 	}
 }
 
