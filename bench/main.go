@@ -336,16 +336,18 @@ func main() {
 
 // faultCost is what a page fault costs the machine at the moment: the time
 // to touch the pages of a fresh anonymous mapping, per page (the median of
-// five mappings of 256 pages). On this VM most of it is the kernel's work
-// for the page, not the fault's entry: populating the pages without a fault
+// five mappings of 256 pages). On this VM most of it is the work for the
+// page, not the fault's entry: populating the pages without a fault
 // (MADV_POPULATE_WRITE) cost 1.6-1.75 µs against 1.84-2.17 for touching
-// them. A busy host makes it slower: 1.3-1.5 µs in the machine's fast
-// periods, 2.1 in its slow ones. A setup takes some 440 faults, and its
-// start and exit are made of the same page work: the figure reads directly
-// one of the costs that move netshim most, beside the other tools' own
-// times (which move less). It is one reading, not the whole: run 18
-// measured netshim's slowest N = 20 rows since run 9 with a median probe of
-// 1.74 µs.
+// them. The machine is a nested guest (PVM), so part of that work is its
+// host's, which a profile taken in the guest does not see. A busy host
+// makes it slower: 1.3-1.5 µs in the machine's fast periods, 2.1-2.5 in
+// its slow ones. A setup takes some 440 faults, and its start and exit are
+// made of the same page work: the figure reads directly one of the costs
+// that move netshim most, beside the other tools' own times (which move
+// less). It is one reading, not the whole: run 18 measured netshim's
+// slowest N = 20 rows since run 9 with a median probe of 1.74 µs, and run
+// 24 met every target with 2.03.
 func faultCost() time.Duration {
 	const pages = 256
 	var ds []time.Duration
