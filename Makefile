@@ -74,6 +74,7 @@ BENCH_N ?= 20,1000
 bench: deps build
 	@scripts/bench-peers.sh
 	$(GO) build -o bench/out/bench ./bench
+	CGO_ENABLED=0 GOEXPERIMENT=$(GOEXP) $(GO) build -trimpath -o bench/out/noop ./bench/noop
 	unshare --net --mount --propagation private -- bench/out/bench -n $(BENCH_N) -netshim $(BIN) -cni bench/out/bin -out bench
 
 demo: deps build

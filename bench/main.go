@@ -30,6 +30,7 @@ var (
 	flagRuns    = flag.Int("runc-runs", 20, "runc run repetitions")
 	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,cni,netavark", "tools to measure")
 	flagSamples = flag.Int("min-samples", 100, "repeat a measurement at small N until it has this many samples")
+	flagNoop    = flag.String("noop", "bench/out/noop", "a Go program that does nothing, built as netshim is")
 )
 
 // container is a process in a fresh netns standing in for a container.
@@ -277,8 +278,10 @@ func main() {
 	// targets' and the cheapest (a round of 1,000 is ~25 s, the others'
 	// minutes), get a second round after every other tool's, at another
 	// moment.
-	// What a page fault cost, before each round (see faultCost).
+	// What a page fault cost, and what a process that does nothing cost,
+	// before each round (see faultCost and floorCost).
 	faults := map[int][]time.Duration{}
+	floors := newFloors(*flagNoop)
 	for _, n := range ns {
 		rounds := max(1, (*flagSamples+n-1)/n)
 		roundsOf := func(w *row) int {
@@ -289,6 +292,7 @@ func main() {
 		}
 		for r := 0; r < max(rounds, 2); r++ {
 			faults[n] = append(faults[n], faultCost())
+			floors.probe(n)
 			for _, w := range rows {
 				if w.n != n || r >= roundsOf(w) {
 					continue
@@ -320,7 +324,7 @@ func main() {
 		skipped = append(skipped, "runc run: "+err.Error())
 		rr = nil
 	}
-	report := render(samples, rr, skipped, ns, faults)
+	report := render(samples, rr, skipped, ns, faults, floors)
 	fmt.Print(report)
 	os.MkdirAll(*flagOut, 0o755)
 	if err := os.WriteFile(filepath.Join(*flagOut, "results.md"), []byte(report), 0o644); err != nil {

@@ -124,7 +124,7 @@ func runcRuns(netshim, work string, runs int) (*runcResult, error) {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
 
-func render(samples []*sample, rr *runcResult, skipped []string, ns []int, faults map[int][]time.Duration) string {
+func render(samples []*sample, rr *runcResult, skipped []string, ns []int, faults map[int][]time.Duration, fs floors) string {
 	var b strings.Builder
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	fmt.Fprintf(&b, "# netshim benchmark\n\n%s, kernel %s, %d CPUs. Each row: the whole hook process per container (bridge network,\n",
@@ -138,6 +138,7 @@ func render(samples []*sample, rr *runcResult, skipped []string, ns []int, fault
 	b.WriteString("(as in Podman's run root); netshim writes each container's /etc/hosts and /etc/resolv.conf there (the CNI\n")
 	b.WriteString("plugins and netavark write no files: Podman does). Times in ms.\n\n")
 	b.WriteString(faultLine(faults, ns))
+	b.WriteString(floorLines(fs, ns))
 	base := map[int]*sample{}
 	for _, s := range samples {
 		if s.tool == "netshim-nftables" {

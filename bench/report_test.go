@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"slices"
 	"testing"
 	"time"
@@ -77,5 +78,43 @@ func TestFaultLine(t *testing.T) {
 	}
 	if got := faultLine(nil, []int{20}); got != "" {
 		t.Errorf("faultLine without probes: %q", got)
+	}
+}
+
+// TestFloorLines checks the report's lines on the floors: median and range
+// per N, in ms, a line per program, and nothing without probes.
+func TestFloorLines(t *testing.T) {
+	fs := floors{
+		{name: "a", d: map[int][]time.Duration{20: {700 * time.Microsecond, 650 * time.Microsecond, 900 * time.Microsecond}, 1000: {800 * time.Microsecond}}},
+		{name: "b", d: map[int][]time.Duration{}},
+	}
+	want := "A process that does nothing, started and reaped as a hook is (the median of 15 starts per probe, a probe before each round), cost:\n\n" +
+		"- a: 0.70 before the rounds of 20 (3 probes, 0.65-0.90); 0.80 before the rounds of 1000 (1 probe, 0.80-0.80)\n\n"
+	if got := floorLines(fs, []int{20, 1000}); got != want {
+		t.Errorf("floorLines:\n got %q\nwant %q", got, want)
+	}
+	if got := floorLines(fs[1:], []int{20}); got != "" {
+		t.Errorf("floorLines without probes: %q", got)
+	}
+}
+
+// TestFloorProbe starts a real program that does nothing: each probe keeps
+// one median, and a program that cannot start is left out of the probe.
+func TestFloorProbe(t *testing.T) {
+	sh, err := exec.LookPath("true")
+	if err != nil {
+		t.Skip("no true(1)")
+	}
+	fs := floors{
+		{name: "true", argv: []string{sh}, d: map[int][]time.Duration{}},
+		{name: "missing", argv: []string{"/nonexistent/noop"}, d: map[int][]time.Duration{}},
+	}
+	fs.probe(20)
+	fs.probe(20)
+	if d := fs[0].d[20]; len(d) != 2 || d[0] <= 0 || d[0] > time.Second {
+		t.Errorf("true: %v", d)
+	}
+	if d := fs[1].d[20]; len(d) != 0 {
+		t.Errorf("a program that cannot start was timed: %v", d)
 	}
 }
