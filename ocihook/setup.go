@@ -86,11 +86,12 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	// turning IPv6 off there needs RTNL, which making the pair holds. A
 	// failure here is before anything is done; should the thread not come
 	// back, this hook goes no further.
-	socks, err := netsetup.PrepareContainer(nsh, 2)
+	prep, err := netsetup.PrepareContainer(nsh, 2)
 	if err != nil {
 		return name, err
 	}
-	early.ctr, early.lo = socks[0], socks[1]
+	prep.DisableIPv6()
+	early.ctr, early.lo = prep.Conns[0], prep.Conns[1]
 	env.mark("prepared")
 	// The pair is the longest kernel work of a setup: it is made on this
 	// goroutine, already running, while the hook's worker, running too
