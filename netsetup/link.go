@@ -312,51 +312,46 @@ func AttachHostVeth(c *Conn, v *Veth, s VethSpec) error {
 // SetUpContainer configures the container's side from inside its netns:
 // IPv6 off, lo up, and for a veth spec its eth0 (peer, its ifindex there).
 func SetUpContainer(ns netns.NsHandle, s *VethSpec, peer int) error {
-	var p *Prepared
+	var cs []*Conn
 	err := Do(ns, func() (err error) {
-		p, err = PrepareContainer(netns.None(), 1)
+		cs, err = PrepareContainer(netns.None(), 1)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	defer p.Close()
-	p.DisableIPv6()
-	if err := UpLoopback(p.Conns[0]); err != nil {
+	defer cs[0].Close()
+	if err := UpLoopback(cs[0]); err != nil {
 		return err
 	}
-	return ConfigureContainer(p.Conns[0], s, peer)
+	return ConfigureContainer(cs[0], s, peer)
 }
 
-// Prepared is a container's netns made ready for its links by
-// PrepareContainer: route sockets there, and its IPv6 switch, open.
-type Prepared struct {
-	// Conns are the route sockets, in the container's netns.
-	Conns []*Conn
-	// ipv6 is the netns's net.ipv6.conf.all.disable_ipv6, open for
-	// writing, or -1.
-	ipv6 int
-}
-
-// PrepareContainer prepares the container's netns ns for its links: n
-// route sockets there (one for each goroutine that will work there at the
-// same time), and its IPv6 switch, open for DisableIPv6. The calling
-// thread is switched into ns and back, unless ns is not open: the caller
-// is then in the container's netns already (see Do). Should the thread not
-// come back, it stays locked to the calling goroutine, and the error says
-// so: the caller must not go on (a hook returns the error and exits, and
-// the thread with it). It changes nothing in the netns: a caller that does
-// not go on only closes what it opened.
-func PrepareContainer(ns netns.NsHandle, n int) (*Prepared, error) {
-	p := &Prepared{ipv6: -1}
+// PrepareContainer prepares the container's netns ns for its links: IPv6
+// off, and n route sockets there (one for each goroutine that will work
+// there at the same time; the caller closes them). The calling thread is
+// switched into ns and back, unless ns is not open: the caller is then in
+// the container's netns already (see Do). Should the thread not come back,
+// it stays locked to the calling goroutine, and the error says so: the
+// caller must not go on (a hook returns the error and exits, and the
+// thread with it).
+//
+// IPv6 is turned off for the whole netns (net.ipv6.conf.all.disable_ipv6,
+// which new links take too), as Docker does on a network without IPv6:
+// `ip a` in a container shows no inet6 address, not even lo's ::1. Bringing
+// lo up then makes no IPv6 address and routes either, and a teardown has
+// none to remove. A kernel without IPv6, or a read-only /proc/sys, leaves
+// it on.
+func PrepareContainer(ns netns.NsHandle, n int) ([]*Conn, error) {
+	var cs []*Conn
 	open := func() error {
-		p.ipv6 = openIPv6Switch()
+		disableIPv6()
 		for range n {
 			c, err := NewConn(netns.None())
 			if err != nil {
 				return err
 			}
-			p.Conns = append(p.Conns, c)
+			cs = append(cs, c)
 		}
 		return nil
 	}
@@ -367,42 +362,12 @@ func PrepareContainer(ns netns.NsHandle, n int) (*Prepared, error) {
 		err = open()
 	}
 	if err != nil {
-		p.Close()
+		for _, c := range cs {
+			c.Close()
+		}
 		return nil, fmt.Errorf("netlink in container netns: %w", err)
 	}
-	return p, nil
-}
-
-// DisableIPv6 turns IPv6 off in the prepared netns, from any thread: a
-// sysctl file belongs to the netns it was opened in. It is turned off for
-// the whole netns (net.ipv6.conf.all.disable_ipv6, which new links take
-// too), as Docker does on a network without IPv6: `ip a` in a container
-// shows no inet6 address, not even lo's ::1. Bringing lo up then makes no
-// IPv6 address and routes either, and a teardown has none to remove. A
-// kernel without IPv6, or a read-only /proc/sys, leaves it on.
-//
-// The kernel takes RTNL for it, or has the write retried while another
-// holds it: the container's pair is made after, not meanwhile.
-func (p *Prepared) DisableIPv6() {
-	if p.ipv6 < 0 {
-		return
-	}
-	unix.Write(p.ipv6, []byte("1"))
-	unix.Close(p.ipv6)
-	p.ipv6 = -1
-}
-
-// Close closes the sockets, and the IPv6 switch unless DisableIPv6 used
-// it.
-func (p *Prepared) Close() {
-	for _, c := range p.Conns {
-		c.Close()
-	}
-	p.Conns = nil
-	if p.ipv6 >= 0 {
-		unix.Close(p.ipv6)
-		p.ipv6 = -1
-	}
+	return cs, nil
 }
 
 // UpLoopback brings lo up, on a socket in the container's netns.
@@ -410,8 +375,9 @@ func UpLoopback(c *Conn) error {
 	return c.Exec(upReq("set lo up in container", 1)) // lo is always ifindex 1
 }
 
-// openIPv6Switch opens net.ipv6.conf.all.disable_ipv6 of the calling
-// thread's netns for writing, or returns -1 if it cannot.
+// disableIPv6 turns IPv6 off in the calling thread's netns, if it can.
+// The kernel takes RTNL for it, or has the write retried while another
+// holds it: the container's pair is made after, not meanwhile.
 //
 // The file is opened through a proc instance of our own, not the host's
 // /proc. Every netns that has looked up /proc/sys/net/ipv6 leaves a dentry
@@ -427,7 +393,7 @@ func UpLoopback(c *Conn) error {
 // in three traces) the runtime starts a thread for it; closing here, or at
 // exit, measured no faster. Without the new mount API, or where mounting
 // proc is refused, the host's /proc does it.
-func openIPv6Switch() int {
+func disableIPv6() {
 	const name = "sys/net/ipv6/conf/all/disable_ipv6"
 	fd := -1
 	if mnt, err := procInstance(); err == nil {
@@ -437,10 +403,11 @@ func openIPv6Switch() int {
 	if fd < 0 {
 		var err error
 		if fd, err = unix.Open("/proc/"+name, unix.O_WRONLY|unix.O_CLOEXEC, 0); err != nil {
-			return -1
+			return
 		}
 	}
-	return fd
+	unix.Write(fd, []byte("1"))
+	unix.Close(fd)
 }
 
 // procInstance is privateProc; a test puts a failing one in its place.

@@ -36,60 +36,14 @@ func vethAlias(id string) string { return "netshim:" + id }
 // Setup wires the container's network. Anything it created is undone
 // before it returns an error.
 func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
-	// The bundle's config is read on the worker while this goroutine
-	// opens what it needs in the container's netns: neither needs the
-	// other, and both are on every setup's path. The netns's part only
-	// opens (see netsetup.PrepareContainer), so whatever the config turns
-	// out to say, nothing is done before it is known.
-	type bundle struct {
-		spec *bundleConfig
-		opts *Options
-		err  error
+	spec, err := readSpec(st.Bundle)
+	if err != nil {
+		return "", err
 	}
-	read := make(chan bundle, 1)
-	env.Worker.Go(func() {
-		spec, err := readSpec(st.Bundle)
-		if err != nil {
-			read <- bundle{err: err}
-			return
-		}
-		opts, err := ParseAnnotations(spec.Annotations)
-		read <- bundle{spec, opts, err}
-	})
-	var (
-		nsh     netns.NsHandle = -1
-		nsID    netsetup.NSIdentity
-		shared  bool
-		prep    *netsetup.Prepared
-		nsErr   error
-		prepErr error
-	)
-	if st.Pid > 0 {
-		nsh, nsID, nsErr = netsetup.NetnsOf(st.Pid)
-		if nsErr == nil {
-			var self netsetup.NSIdentity
-			if self, nsErr = netsetup.SelfNetns(); nsErr == nil {
-				if shared = nsID == self; !shared {
-					// 2 sockets: eth0's configuration, and lo (see
-					// earlyVeth).
-					prep, prepErr = netsetup.PrepareContainer(nsh, 2)
-				}
-			}
-		}
+	opts, err := ParseAnnotations(spec.Annotations)
+	if err != nil {
+		return "", err
 	}
-	defer func() {
-		if prep != nil {
-			prep.Close()
-		}
-		if nsh.IsOpen() {
-			nsh.Close()
-		}
-	}()
-	b := <-read
-	if b.err != nil {
-		return "", b.err
-	}
-	spec, opts := b.spec, b.opts
 	name := opts.Name
 	if name == "" {
 		name = st.ID
@@ -105,14 +59,16 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 		rootfs = filepath.Join(st.Bundle, rootfs)
 	}
 	env.mark("spec")
-	if nsErr != nil {
-		return name, nsErr
+	nsh, nsID, err := netsetup.NetnsOf(st.Pid)
+	if err != nil {
+		return name, err
 	}
-	// A failure in the container's netns is before anything is done;
-	// should the thread not have come back, this hook goes no further.
-	if prepErr != nil {
-		return name, prepErr
+	defer nsh.Close()
+	self, err := netsetup.SelfNetns()
+	if err != nil {
+		return name, err
 	}
+	shared := nsID == self
 	switch {
 	case opts.Network == ModeHost && !shared:
 		return name, fmt.Errorf("network host: container %s has its own network namespace; remove the network namespace from config.json (netshim bundle --network host does)", st.ID)
@@ -126,11 +82,15 @@ func (env *Env) Setup(ctx context.Context, st *specs.State) (string, error) {
 	if early == nil {
 		return env.setupLocked(st, spec, opts, name, rootfs, nsh, nsID, nil)
 	}
-	// IPv6 off before the pair is made: it takes RTNL, which making the
-	// pair holds.
-	prep.DisableIPv6()
-	early.ctr, early.lo = prep.Conns[0], prep.Conns[1]
-	prep = nil // the pair's sockets now: early.close closes them
+	// The container's netns first, on this thread (switched in and back):
+	// turning IPv6 off there needs RTNL, which making the pair holds. A
+	// failure here is before anything is done; should the thread not come
+	// back, this hook goes no further.
+	socks, err := netsetup.PrepareContainer(nsh, 2)
+	if err != nil {
+		return name, err
+	}
+	early.ctr, early.lo = socks[0], socks[1]
 	env.mark("prepared")
 	// The pair is the longest kernel work of a setup: it is made on this
 	// goroutine, already running, while the hook's worker, running too

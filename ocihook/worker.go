@@ -10,32 +10,28 @@ import (
 	"github.com/netshim/netshim/internal/fastio"
 )
 
-// Worker is a goroutine a hook starts as it starts, for the pieces of work
-// the hook runs beside its own: setup's reading of the bundle, then its
-// shared state under the lock; teardown's link removal. It warms the JSON
-// codecs first, then stays on its CPU, yielding, until work comes, and
-// again after each piece. A goroutine started when the work is ready, or
-// one woken for it, runs only once the other CPU's thread is woken:
-// 0.15 ms on this kind of VM, twice that or more when the host is busy, on
-// the critical path of every setup and teardown.
+// Worker is a goroutine a hook starts as it starts, for the one piece of
+// work the hook runs beside its own: setup's shared state under the lock,
+// teardown's link removal. It warms the JSON codecs first, then stays on
+// its CPU, yielding, until that work comes. A goroutine started when the
+// work is ready, or one woken for it, runs only once the other CPU's
+// thread is woken: 0.15 ms on this kind of VM, twice that or more when the
+// host is busy, on the critical path of every setup and teardown.
 type Worker struct {
-	// jobs holds the job handed over, until the worker starts it.
 	jobs chan func()
 	quit chan struct{}
 	mu   sync.Mutex
-	// busy says a job was handed over and has not finished; done says
-	// Done let the worker go. Either makes Go run a job on a goroutine of
-	// its own: a job can hand over work and wait for it (a setup undoing
-	// an earlier one tears it down, which does).
-	busy, done bool
+	// given and done say Go handed a job over and Done let the worker go:
+	// either makes later jobs run on goroutines of their own.
+	given, done bool
 	// ended is closed when the worker's goroutine returns.
 	ended chan struct{}
 }
 
-// workerSpin bounds how long a worker stays on its CPU waiting for work,
-// from its start or its last job; after it, the worker blocks like any
-// goroutine. A hook hands its work over a fraction of a millisecond after
-// it starts, and lets the worker go when it returns (Done).
+// workerSpin bounds how long a worker stays on its CPU waiting for work;
+// after it, the worker blocks like any goroutine. A hook hands its work
+// over half a millisecond or so after it starts, and lets the worker go
+// when it returns (Done).
 const workerSpin = time.Millisecond
 
 // StartWorker starts a hook's worker; stage is the hook's argument, which
@@ -62,10 +58,10 @@ func (w *Worker) loop(stage string) {
 		runtime.LockOSThread()
 		runtime.UnlockOSThread()
 	}
-	// The codecs first, one type at a time, work first: what is not built
-	// by then is built as it is used.
+	// The codecs first, one type at a time while no work has come: what
+	// is not built by then is built as it is used.
 	for _, warm := range codecWarmers(stage) {
-		if _, quit := w.poll(); quit {
+		if w.poll() {
 			return
 		}
 		warm()
@@ -77,16 +73,10 @@ func (w *Worker) loop(stage string) {
 	if runtime.GOMAXPROCS(0) > 1 {
 		deadline := time.Now().Add(workerSpin)
 		for next := time.Now(); ; runtime.Gosched() {
-			ran, quit := w.poll()
-			if quit {
+			if w.poll() {
 				return
 			}
-			now := time.Now()
-			if ran {
-				deadline, next = now.Add(workerSpin), now
-				continue
-			}
-			if !now.Before(next) {
+			if now := time.Now(); !now.Before(next) {
 				if !now.Before(deadline) || !cpusFree() {
 					break
 				}
@@ -97,32 +87,28 @@ func (w *Worker) loop(stage string) {
 	w.wait()
 }
 
-// poll runs the job handed over, if there is one, and reports whether it
-// ran one, and whether the worker was let go (it then runs a job handed
-// over before, if any, first).
-func (w *Worker) poll() (ran, quit bool) {
+// poll runs the job handed over, if there is one, and reports whether the
+// worker is finished: it ran its job, or was let go.
+func (w *Worker) poll() bool {
 	select {
 	case job := <-w.jobs:
-		w.run(job)
-		return true, false
+		job()
 	case <-w.quit:
 		w.drain()
-		return false, true
 	default:
-		return false, false
+		return false
 	}
+	return true
 }
 
-// wait runs the jobs handed over as they come, until the worker is let go.
+// wait runs the job handed over once it comes, unless the worker is let go
+// first.
 func (w *Worker) wait() {
-	for {
-		select {
-		case job := <-w.jobs:
-			w.run(job)
-		case <-w.quit:
-			w.drain()
-			return
-		}
+	select {
+	case job := <-w.jobs:
+		job()
+	case <-w.quit:
+		w.drain()
 	}
 }
 
@@ -130,31 +116,21 @@ func (w *Worker) wait() {
 func (w *Worker) drain() {
 	select {
 	case job := <-w.jobs:
-		w.run(job)
+		job()
 	default:
 	}
 }
 
-// run runs a job handed over, then takes the next.
-func (w *Worker) run(job func()) {
-	job()
-	w.mu.Lock()
-	w.busy = false
-	w.mu.Unlock()
-}
-
-// Go runs f on the worker, or on a new goroutine when there is no worker,
-// it was let go, or it has not finished the job handed over before.
+// Go runs f on the worker, or on a new goroutine when there is no worker
+// or it was given work already or let go.
 func (w *Worker) Go(f func()) {
 	if w != nil {
 		w.mu.Lock()
-		free := !w.busy && !w.done
-		if free {
-			w.busy = true
-			w.jobs <- f // empty when not busy: never blocks
-		}
+		free := !w.given && !w.done
+		w.given = true
 		w.mu.Unlock()
 		if free {
+			w.jobs <- f // buffered: never blocks
 			return
 		}
 	}

@@ -31,7 +31,7 @@ func TestWorkerRunsWhatItIsHanded(t *testing.T) {
 		if !runs(t, w) {
 			t.Errorf("%s: the job handed over did not run once", stage)
 		}
-		// A second job runs too, once the first is done.
+		// A second job runs too, on a goroutine of its own.
 		if !runs(t, w) {
 			t.Errorf("%s: the second job did not run once", stage)
 		}
@@ -86,28 +86,5 @@ func TestWorkerRunsAJobHandedBeforeDone(t *testing.T) {
 		if !ran {
 			t.Fatalf("try %d: the job handed over before Done did not run", i)
 		}
-	}
-}
-
-// A job on the worker that hands over work and waits for it gets it done
-// (a setup that tears down an earlier one does), and the worker takes the
-// next job once it is free again.
-func TestWorkerJobHandsOverWork(t *testing.T) {
-	w := StartWorker(StageSetup)
-	defer w.Done()
-	done := make(chan struct{})
-	w.Go(func() {
-		inner := make(chan struct{})
-		w.Go(func() { close(inner) })
-		select {
-		case <-inner:
-		case <-time.After(time.Second):
-			t.Error("work handed over by a job on the worker did not run")
-		}
-		close(done)
-	})
-	<-done
-	if !runs(t, w) {
-		t.Error("a job handed over after the worker's first did not run once")
 	}
 }
