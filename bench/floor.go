@@ -80,19 +80,7 @@ func startOnce(argv []string) (time.Duration, error) {
 func floorLines(fs floors, ns []int) string {
 	var lines []string
 	for _, f := range fs {
-		var parts []string
-		for _, n := range ns {
-			d := f.d[n]
-			if len(d) == 0 {
-				continue
-			}
-			probes := fmt.Sprintf("%d probes", len(d))
-			if len(d) == 1 {
-				probes = "1 probe"
-			}
-			parts = append(parts, fmt.Sprintf("%s before the rounds of %d (%s, %s-%s)", ms(pct(d, .5)), n, probes, ms(pct(d, 0)), ms(pct(d, 1))))
-		}
-		if len(parts) > 0 {
+		if parts := probeParts(f.d, ns, ms, ""); len(parts) > 0 {
 			lines = append(lines, "- "+f.name+": "+strings.Join(parts, "; "))
 		}
 	}

@@ -279,7 +279,7 @@ func main() {
 	// minutes), get a second round after every other tool's, at another
 	// moment.
 	// What a page fault cost, and what a process that does nothing cost,
-	// before each round (see faultCost and floorCost).
+	// before each round (see faultCost and floor).
 	faults := map[int][]time.Duration{}
 	floors := newFloors(*flagNoop)
 	for _, n := range ns {

@@ -338,21 +338,27 @@ func chart(samples []*sample, ns []int, path string) error {
 // faultCost): the machine's speed, as netshim feels it, when the rows were
 // measured.
 func faultLine(faults map[int][]time.Duration, ns []int) string {
+	us := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e3) }
+	if parts := probeParts(faults, ns, us, " µs"); len(parts) > 0 {
+		return "A page fault (touching a fresh anonymous page, the machine's speed as a hook feels it) cost " + strings.Join(parts, "; ") + ".\n\n"
+	}
+	return ""
+}
+
+// probeParts says, for each N probed, the median probe before its rounds
+// and the range, in the unit format gives.
+func probeParts(probes map[int][]time.Duration, ns []int, format func(time.Duration) string, unit string) []string {
 	var parts []string
 	for _, n := range ns {
-		f := faults[n]
-		if len(f) == 0 {
+		d := probes[n]
+		if len(d) == 0 {
 			continue
 		}
-		us := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e3) }
-		probes := fmt.Sprintf("%d probes", len(f))
-		if len(f) == 1 {
-			probes = "1 probe"
+		count := fmt.Sprintf("%d probes", len(d))
+		if len(d) == 1 {
+			count = "1 probe"
 		}
-		parts = append(parts, fmt.Sprintf("%s µs before the rounds of %d (%s, %s-%s)", us(pct(f, .5)), n, probes, us(pct(f, 0)), us(pct(f, 1))))
+		parts = append(parts, fmt.Sprintf("%s%s before the rounds of %d (%s, %s-%s)", format(pct(d, .5)), unit, n, count, format(pct(d, 0)), format(pct(d, 1))))
 	}
-	if len(parts) == 0 {
-		return ""
-	}
-	return "A page fault (touching a fresh anonymous page, the machine's speed as a hook feels it) cost " + strings.Join(parts, "; ") + ".\n\n"
+	return parts
 }
