@@ -61,18 +61,14 @@ func (fs floors) probe(n int) {
 	}
 }
 
-// startOnce runs argv as the bench runs a hook (a state on stdin, its
-// output collected) and returns how long it took.
+// startOnce runs argv as the bench runs a hook (runHook) and returns how
+// long it took.
 func startOnce(argv []string) (time.Duration, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin = strings.NewReader(`{"ociVersion":"1.0.2"}`)
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	d := time.Since(start)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w: %s", argv[0], err, out)
+	if err := runHook(argv, `{"ociVersion":"1.0.2"}`); err != nil {
+		return 0, fmt.Errorf("%s: %w", argv[0], err)
 	}
-	return d, nil
+	return time.Since(start), nil
 }
 
 // floorLines says what the floors cost before the rounds of each N: the

@@ -39,10 +39,17 @@ func (t *netshimTool) prepare(work string) error {
 }
 
 func (t *netshimTool) hook(c *container, stage, status string) error {
-	cmd := exec.Command(t.bin, "--config", t.config, "--state-dir", t.state, "hook", stage)
-	cmd.Stdin = strings.NewReader(fmt.Sprintf(`{"ociVersion":"1.0.2","id":%q,"status":%q,"pid":%d,"bundle":%q}`, c.id, status, c.pid, c.dir))
-	out, err := cmd.CombinedOutput()
-	if err != nil {
+	return runHook([]string{t.bin, "--config", t.config, "--state-dir", t.state, "hook", stage},
+		fmt.Sprintf(`{"ociVersion":"1.0.2","id":%q,"status":%q,"pid":%d,"bundle":%q}`, c.id, status, c.pid, c.dir))
+}
+
+// runHook runs argv as a runtime runs a hook: the state on its stdin, its
+// output collected (and returned in the error when it fails). The floors
+// (see floor) are started by it too.
+func runHook(argv []string, state string) error {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin = strings.NewReader(state)
+	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%v: %s", err, out)
 	}
 	return nil
