@@ -21,7 +21,7 @@ build: $(BIN)
 # against 441) and per teardown (436 against 404). What that saves in time is
 # within this VM's noise (A/B pairs of fresh builds: -0.12 to +0.11 ms per
 # setup). Toolchains that dropped the opt-out build with their default.
-# (Expanded when the binary is built, not on every make.)
+# (Expanded where a build uses it, not on every make.)
 GOEXP = $(shell GOEXPERIMENT=nogreenteagc $(GO) env GOEXPERIMENT >/dev/null 2>&1 && echo nogreenteagc)
 
 # The page cache holds this binary, as the linker writes it, in 4 KiB pages,
