@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/netshim/netshim/internal/fastio"
+	"github.com/netshim/netshim/internal/unmapper"
 )
 
 // Worker is a goroutine a hook starts as it starts, for the one piece of
@@ -49,6 +50,12 @@ func newWorker() *Worker {
 
 func (w *Worker) loop(stage string) {
 	defer close(w.ended)
+	// The hook's memory is freed after its exit, not before the runtime
+	// hears of it: the exit, from exit_group to the parent's SIGCHLD, went
+	// from 0.21-0.22 ms to 0.10-0.11 here. Started on the worker, beside
+	// the config's load; without it (another architecture) a hook exits
+	// as any process.
+	unmapper.Start()
 	if s, _ := ResolveStage(stage, ""); s == StageSetup {
 		// A process's first LockOSThread starts the runtime's template
 		// thread, with a clone that takes 50-90 µs here. Setup's first
