@@ -17,7 +17,8 @@ import (
 // its CPU, yielding, until that work comes. A goroutine started when the
 // work is ready, or one woken for it, runs only once the other CPU's
 // thread is woken: 0.15 ms on this kind of VM, twice that or more when the
-// host is busy, on the critical path of every setup and teardown.
+// host is busy, on the critical path of every setup and teardown. Before
+// anything else it starts the hook's unmapper (see loop), off that path.
 type Worker struct {
 	jobs chan func()
 	quit chan struct{}

@@ -102,7 +102,14 @@ func TestHolder(t *testing.T) {
 	if len(fds) != 1 || fds[0] != "anon_inode:[pidfd]" {
 		t.Errorf("holder's descriptors are %v, want its pidfd alone", fds)
 	}
-	if st := statusField(t, pid, "State"); !strings.HasPrefix(st, "S") {
+	// Between its close_range and its poll the holder is running: wait
+	// for it to sleep, as it must while the child lives.
+	st := statusField(t, pid, "State")
+	for i := 0; i < 100 && !strings.HasPrefix(st, "S"); i++ {
+		time.Sleep(10 * time.Millisecond)
+		st = statusField(t, pid, "State")
+	}
+	if !strings.HasPrefix(st, "S") {
 		t.Errorf("holder is %q while the child lives, want sleeping", st)
 	}
 
