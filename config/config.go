@@ -43,14 +43,36 @@ const (
 	FirewallIptables = "iptables"
 )
 
+// Gateway modes of a bridge network, as Docker's
+// com.docker.network.bridge.gateway_mode_ipv4: how the outside reaches the
+// network's containers and how they reach it.
+const (
+	// GatewayNAT masquerades traffic leaving the network and drops, before
+	// NAT, every packet for the network's addresses that did not come in on
+	// its bridge: only published ports reach containers from outside.
+	GatewayNAT = "nat"
+	// GatewayNATUnprotected masquerades too but lets the outside reach
+	// every container port directly (Docker's legacy behaviour).
+	GatewayNATUnprotected = "nat-unprotected"
+	// GatewayRouted neither masquerades nor maps host ports: containers are
+	// reached by their own address, on published ports only.
+	GatewayRouted = "routed"
+	// GatewayIsolated has no way in or out, not even from the host.
+	GatewayIsolated = "isolated"
+)
+
+// GatewayModes lists the gateway modes, for messages.
+const GatewayModes = "nat, nat-unprotected, routed or isolated"
+
 // File is the TOML document as written by the user.
 type File struct {
-	StateDir         string                  `toml:"state_dir"`
-	DataDir          string                  `toml:"data_dir"`
-	Firewall         string                  `toml:"firewall"`
-	IPLocalPortRange string                  `toml:"ip_local_port_range"`
-	Bridge           BridgeFile              `toml:"bridge"`
-	Networks         map[string]*NetworkFile `toml:"networks"`
+	StateDir              string                  `toml:"state_dir"`
+	DataDir               string                  `toml:"data_dir"`
+	Firewall              string                  `toml:"firewall"`
+	IPLocalPortRange      string                  `toml:"ip_local_port_range"`
+	TrustedHostInterfaces []string                `toml:"trusted_host_interfaces"`
+	Bridge                BridgeFile              `toml:"bridge"`
+	Networks              map[string]*NetworkFile `toml:"networks"`
 }
 
 // BridgeFile holds daemon.json's bridge keys in snake_case.
@@ -65,6 +87,7 @@ type BridgeFile struct {
 	DNSOptions          []string   `toml:"dns_opts"`
 	ICC                 *bool      `toml:"icc"`
 	IPMasquerade        *bool      `toml:"ip_masquerade"`
+	GatewayMode         string     `toml:"gateway_mode"`
 	DefaultAddressPools []PoolFile `toml:"default_address_pools"`
 }
 
@@ -77,14 +100,15 @@ type PoolFile struct {
 
 // NetworkFile is a user-defined network as written in [networks.NAME].
 type NetworkFile struct {
-	Subnet   string   `toml:"subnet"`
-	Gateway  string   `toml:"gateway"`
-	IPRange  string   `toml:"ip_range"`
-	Internal bool     `toml:"internal"`
-	MTU      int      `toml:"mtu"`
-	Bridge   string   `toml:"bridge"`
-	ICC      *bool    `toml:"icc"`
-	DNS      []string `toml:"dns"`
+	Subnet      string   `toml:"subnet"`
+	Gateway     string   `toml:"gateway"`
+	IPRange     string   `toml:"ip_range"`
+	Internal    bool     `toml:"internal"`
+	MTU         int      `toml:"mtu"`
+	Bridge      string   `toml:"bridge"`
+	ICC         *bool    `toml:"icc"`
+	DNS         []string `toml:"dns"`
+	GatewayMode string   `toml:"gateway_mode"`
 }
 
 // Pool is a canonical address pool.
@@ -119,6 +143,8 @@ type Network struct {
 	ICC            bool
 	Masquerade     bool
 	Internal       bool
+	// GatewayMode is one of the Gateway* modes.
+	GatewayMode string
 	// Default marks the default network `bridge`.
 	Default bool
 }
@@ -140,6 +166,10 @@ type Config struct {
 	Pools []Pool
 	// Networks are the user-defined networks of the file, by name.
 	Networks map[string]Network
+	// TrustedHostInterfaces are host interfaces whose traffic may reach
+	// containers of nat-mode networks directly, by address (Docker's
+	// trusted_host_interfaces), published ports only.
+	TrustedHostInterfaces []string
 }
 
 // Error is a configuration error naming the file, key and value.
@@ -258,6 +288,12 @@ func canonicalize(f *File) (*Config, error) {
 		}
 		c.PortRange = [2]int{lo, hi}
 	}
+	for _, name := range f.TrustedHostInterfaces {
+		if err := checkIfName("trusted_host_interfaces", name); err != nil {
+			return nil, err
+		}
+		c.TrustedHostInterfaces = append(c.TrustedHostInterfaces, name)
+	}
 
 	pools, err := canonPools(f.Bridge.DefaultAddressPools)
 	if err != nil {
@@ -344,6 +380,9 @@ func canonBridge(b *BridgeFile) (Network, error) {
 		return n, err
 	}
 	n.DNS = dns
+	if err := applyGatewayMode("bridge.gateway_mode", b.GatewayMode, &n); err != nil {
+		return n, err
+	}
 	if b.BIP != "" {
 		p, err := netip.ParsePrefix(b.BIP)
 		if err != nil || !p.Addr().Is4() {
@@ -470,7 +509,39 @@ func canonNetworkID(name, id string, f *NetworkFile) (Network, error) {
 		return n, err
 	}
 	n.DNS = dns
+	if err := applyGatewayMode(key+".gateway_mode", f.GatewayMode, &n); err != nil {
+		return n, err
+	}
 	return n, nil
+}
+
+// CheckGatewayMode reports whether mode is a gateway mode ("" is nat).
+func CheckGatewayMode(mode string) error {
+	switch mode {
+	case "", GatewayNAT, GatewayNATUnprotected, GatewayRouted, GatewayIsolated:
+		return nil
+	}
+	return fmt.Errorf("must be %s", GatewayModes)
+}
+
+// applyGatewayMode sets n's gateway mode (nat when empty) and what it
+// implies: no masquerade unless NAT, and no way out when isolated (Docker
+// allows isolated only on internal networks; here it makes one).
+func applyGatewayMode(key, mode string, n *Network) error {
+	switch mode {
+	case "":
+		mode = GatewayNAT
+	case GatewayNAT, GatewayNATUnprotected, GatewayRouted:
+	case GatewayIsolated:
+		n.Internal = true
+	default:
+		return &Error{Key: key, Value: mode, Reason: "must be " + GatewayModes}
+	}
+	n.GatewayMode = mode
+	if n.Internal || mode == GatewayRouted {
+		n.Masquerade = false
+	}
+	return nil
 }
 
 func checkIfName(key, name string) error {

@@ -152,3 +152,64 @@ func TestExamples(t *testing.T) {
 		}
 	}
 }
+
+func TestGatewayModes(t *testing.T) {
+	c, err := Parse("", []byte(`
+trusted_host_interfaces = ["eth3", "vxlan.1"]
+[bridge]
+gateway_mode = "routed"
+[networks.a]
+subnet = "192.0.2.0/24"
+[networks.b]
+subnet = "198.51.100.0/24"
+gateway_mode = "isolated"
+[networks.c]
+subnet = "203.0.113.0/24"
+gateway_mode = "nat-unprotected"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Bridge; b.GatewayMode != GatewayRouted || b.Masquerade {
+		t.Errorf("routed default network masquerades or lost its mode: %+v", b)
+	}
+	if a := c.Networks["a"]; a.GatewayMode != GatewayNAT || !a.Masquerade {
+		t.Errorf("the default mode is nat: %+v", a)
+	}
+	if b := c.Networks["b"]; b.GatewayMode != GatewayIsolated || !b.Internal || b.Masquerade {
+		t.Errorf("isolated is internal: %+v", b)
+	}
+	if n := c.Networks["c"]; n.GatewayMode != GatewayNATUnprotected || !n.Masquerade {
+		t.Errorf("nat-unprotected masquerades: %+v", n)
+	}
+	if len(c.TrustedHostInterfaces) != 2 || c.TrustedHostInterfaces[1] != "vxlan.1" {
+		t.Errorf("trusted interfaces %v", c.TrustedHostInterfaces)
+	}
+	for doc, want := range map[string]string{
+		"[bridge]\ngateway_mode = \"open\"\n":                                `bridge.gateway_mode = "open": must be nat, nat-unprotected, routed or isolated`,
+		"[networks.x]\nsubnet = \"192.0.2.0/24\"\ngateway_mode = \"nat \"\n": `networks.x.gateway_mode = "nat ": must be`,
+		"trusted_host_interfaces = [\"a/b\"]\n":                              `trusted_host_interfaces = "a/b": not a valid interface name`,
+	} {
+		if _, err := Parse("f.toml", []byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", doc, err, want)
+		}
+	}
+}
+
+// The example config is valid, with every key uncommented.
+func TestExampleConfig(t *testing.T) {
+	data, err := os.ReadFile("../examples/netshim.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(l, "# "); ok && (strings.Contains(rest, " = ") || strings.HasPrefix(rest, "[")) {
+			l = rest
+		}
+		lines = append(lines, l)
+	}
+	if _, err := Parse("netshim.toml", []byte(strings.Join(lines, "\n"))); err != nil {
+		t.Errorf("examples/netshim.toml with every key: %v", err)
+	}
+}
