@@ -98,7 +98,7 @@ it runs as a createRuntime and poststop hook.`,
 		// are a tenth of a millisecond of each hook's start).
 		root.AddCommand(hookCmd(g))
 	} else {
-		root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
+		root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), reloadCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
 	}
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
@@ -240,6 +240,33 @@ Safe to run at any time, and after a crash or reboot.`,
 				fmt.Fprintln(g.stdout, l)
 			}
 			return err
+		},
+	}
+}
+
+func reloadCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reload",
+		Short: "Re-create every firewall rule of netshim from its state",
+		Long: `Re-create the firewall rules of every network in use and every published port,
+exactly as the state records them, in one batch per backend: after a firewall
+reload (nft flush ruleset, iptables -F, a firewalld reload) wiped them. Running
+it again changes nothing. Hooks also re-create them when they find them gone;
+examples/netshim-reload.service runs it after nftables.service or firewalld
+reloads.`,
+		Example: "  nft flush ruleset; netshim reload",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := g.env()
+			if err != nil {
+				return err
+			}
+			line, err := env.Reload()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, line)
+			return nil
 		},
 	}
 }

@@ -204,3 +204,20 @@ func TestHookRunArgs(t *testing.T) {
 		}
 	}
 }
+
+// Bad driver options are refused with one line before anything is done.
+func TestNetworkCreateOptions(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "none.toml"), []byte("data_dir = \""+filepath.Join(dir, "data")+"\"\n"), 0o600)
+	for _, tc := range []struct{ opt, want string }{
+		{"gateway_mode=open", `netshim: -o gateway_mode="open": must be nat, nat-unprotected, routed or isolated`},
+		{"colour=red", `netshim: -o "colour=red": want KEY=VALUE with KEY gateway_mode`},
+		{"com.docker.network.bridge.gateway_mode_ipv4=x", `-o com.docker.network.bridge.gateway_mode_ipv4="x": must be`},
+	} {
+		code, out, errOut := run(t, "--state-dir", filepath.Join(dir, "state"), "--config", filepath.Join(dir, "none.toml"),
+			"network", "create", "-o", tc.opt, "n1")
+		if code == 0 || out != "" || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("-o %s: exit %d, %q %q, want %q", tc.opt, code, out, errOut, tc.want)
+		}
+	}
+}

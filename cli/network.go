@@ -38,7 +38,8 @@ func networkCreateCmd(g *globals) *cobra.Command {
 		Short: "Create a bridge network",
 		Example: `  netshim network create wp-net
   netshim network create -d bridge --subnet 172.100.0.0/16 --gateway 172.100.0.1 net0
-  netshim network create --internal backend`,
+  netshim network create --internal backend
+  netshim network create -o gateway_mode=routed --subnet 198.18.0.0/24 direct`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			env, err := g.env()
@@ -62,6 +63,7 @@ func networkCreateCmd(g *globals) *cobra.Command {
 	f.BoolVar(&req.Internal, "internal", false, "no outbound access: no masquerade, no route out")
 	f.IntVar(&req.MTU, "mtu", 0, "MTU of the bridge and the containers' interfaces (default 1500)")
 	f.StringVar(&req.Bridge, "bridge", "", "bridge device name (default br-<first 12 hex of the id>)")
+	f.StringArrayVarP(&req.Options, "opt", "o", nil, "driver option KEY=VALUE: gateway_mode=nat|nat-unprotected|routed|isolated")
 	return cmd
 }
 

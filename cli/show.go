@@ -40,7 +40,7 @@ func psCmd(g *globals) *cobra.Command {
 				if mac == "" {
 					mac = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ocihook.ShortID(r.ID), r.Name, network, ip, mac, psPorts(r.Ports))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ocihook.ShortID(r.ID), r.Name, network, ip, mac, psPorts(r))
 			}
 			tw.Flush()
 			if len(errs) > 0 {
@@ -78,7 +78,8 @@ func endpointOf(r *state.Record) Endpoint {
 		Created: r.Created.Format("2006-01-02T15:04:05.000000000Z07:00"), Ports: []PortJSON{},
 	}
 	for _, p := range r.Ports {
-		e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: p.HostIPString(), HostPort: p.HostPort})
+		ip, port := reachedAt(r, p)
+		e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: ip, HostPort: port})
 	}
 	if r.IP.IsValid() {
 		e.IPAddress, e.IPPrefixLen = r.IP.String(), r.Subnet.Bits()
@@ -109,11 +110,21 @@ type PortJSON struct {
 	HostPort      int    `json:"HostPort"`
 }
 
+// reachedAt is where published port p of r answers: its host address and
+// port, or on a routed network (no host port) the container's own.
+func reachedAt(r *state.Record, p state.Port) (string, int) {
+	if p.HostPort == 0 {
+		return r.IP.String(), p.ContainerPort
+	}
+	return p.HostIPString(), p.HostPort
+}
+
 // psPorts is Docker's PORTS column: 0.0.0.0:8080->80/tcp, ...
-func psPorts(ports []state.Port) string {
-	parts := make([]string, 0, len(ports))
-	for _, p := range ports {
-		parts = append(parts, fmt.Sprintf("%s:%d->%d/%s", p.HostIPString(), p.HostPort, p.ContainerPort, p.Proto))
+func psPorts(r *state.Record) string {
+	parts := make([]string, 0, len(r.Ports))
+	for _, p := range r.Ports {
+		ip, port := reachedAt(r, p)
+		parts = append(parts, fmt.Sprintf("%s:%d->%d/%s", ip, port, p.ContainerPort, p.Proto))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -138,7 +149,8 @@ func portCmd(g *globals) *cobra.Command {
 				found := false
 				for _, p := range r.Ports {
 					if fmt.Sprint(p.ContainerPort) == want && p.Proto == proto {
-						fmt.Fprintf(g.stdout, "%s:%d\n", p.HostIPString(), p.HostPort)
+						ip, port := reachedAt(r, p)
+						fmt.Fprintf(g.stdout, "%s:%d\n", ip, port)
 						found = true
 					}
 				}
@@ -148,7 +160,8 @@ func portCmd(g *globals) *cobra.Command {
 				return nil
 			}
 			for _, p := range r.Ports {
-				fmt.Fprintf(g.stdout, "%d/%s -> %s:%d\n", p.ContainerPort, p.Proto, p.HostIPString(), p.HostPort)
+				ip, port := reachedAt(r, p)
+				fmt.Fprintf(g.stdout, "%d/%s -> %s:%d\n", p.ContainerPort, p.Proto, ip, port)
 			}
 			return nil
 		},

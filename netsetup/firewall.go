@@ -5,29 +5,47 @@ import (
 	"net/netip"
 
 	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/state"
 )
 
-// NetRules is what a network needs from the firewall.
-type NetRules struct {
-	Name   string
-	Bridge string
-	Subnet netip.Prefix
-	// Masquerade: traffic from the subnet leaving through another
-	// interface is source-NATed (ip_masquerade).
-	Masquerade bool
-	// Internal drops traffic between the bridge and any other interface.
-	Internal bool
-}
+// NetRules is what a network needs from the firewall (recorded in its
+// state: see state.NetRules).
+type NetRules = state.NetRules
 
-// RulesFor derives a network's firewall needs from its definition.
-func RulesFor(n *config.Network, subnet netip.Prefix) NetRules {
-	return NetRules{
+// RulesFor derives a network's firewall needs from its definition, its
+// subnet and gateway as settled, and the host's trusted interfaces.
+func RulesFor(n *config.Network, subnet netip.Prefix, gateway netip.Addr, trusted []string) NetRules {
+	r := NetRules{
 		Name:       n.Name,
 		Bridge:     n.Bridge,
 		Subnet:     subnet,
+		Gateway:    gateway,
+		Mode:       n.GatewayMode,
 		Masquerade: n.Masquerade && !n.Internal,
 		Internal:   n.Internal,
+		DNS:        !n.Default,
 	}
+	if r.Mode == "" {
+		r.Mode = config.GatewayNAT
+	}
+	if r.Mode == config.GatewayNAT {
+		r.Trusted = trusted
+	}
+	return r
+}
+
+// NetworkState is one network's rules as recorded: what they are made of,
+// and the objects the backend returned when it installed them.
+type NetworkState struct {
+	Rules     NetRules
+	Installed []string
+}
+
+// Ruleset is everything of ours a backend should have, as the state
+// records it: every network's rules and every container's ports.
+type Ruleset struct {
+	Networks []NetworkState
+	Ports    []PortRules
 }
 
 // Firewall installs and removes netshim's rules. Every method is one atomic
@@ -45,11 +63,25 @@ type Firewall interface {
 	// RemoveNetwork removes what EnsureNetwork installed. With last, no
 	// network remains and netshim's own tables go too.
 	RemoveNetwork(installed []string, last bool) error
-	// AddPorts publishes a container's ports (DNAT to it).
+	// AddPorts publishes a container's ports.
 	AddPorts(p PortRules) error
 	// RemovePorts withdraws them; ports already gone are not an error.
 	RemovePorts(p PortRules) error
+	// Present reports, with one cheap look, whether network n's rules
+	// are still in place: a flush of the host's ruleset removes them
+	// (nft flush ruleset, iptables -F, a firewalld reload). A hook asks
+	// before it relies on them.
+	Present(n NetRules) (bool, error)
+	// Reload re-creates everything of ours exactly as s names it, in one
+	// batch, replacing what is there. It returns each network's
+	// installed objects, to record.
+	Reload(s Ruleset) (installed map[string][]string, err error)
+	// Missing lists what of s is not in place, for `netshim doctor`.
+	Missing(s Ruleset) ([]string, error)
 }
+
+// DefaultFirewall is the backend of a state that names none.
+const DefaultFirewall = config.FirewallNftables
 
 // NewFirewall returns the backend named in the config.
 func NewFirewall(name string) (Firewall, error) {

@@ -5,53 +5,86 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/state"
 )
 
-func TestIptablesRulesData(t *testing.T) {
-	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Masquerade: true}
+func iptObjects(n NetRules) string {
 	var objs []string
 	for _, r := range iptNetworkRules(n) {
 		objs = append(objs, r.object())
 	}
-	got := strings.Join(objs, "\n")
+	return strings.Join(objs, "\n")
+}
+
+func TestIptablesRulesData(t *testing.T) {
+	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"),
+		Gateway: netip.MustParseAddr("172.17.0.1"), Mode: config.GatewayNAT, Masquerade: true, Trusted: []string{"eth3"}}
+	got := iptObjects(n)
 	for _, want := range []string{
-		"nat POSTROUTING -s 172.17.0.0/16 ! -o netshim0 -j MASQUERADE",
-		"nat POSTROUTING -o netshim0 -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE",
-		"filter NETSHIM-FORWARD -i netshim0 -j ACCEPT",
+		"raw NETSHIM-PREROUTING -d 172.17.0.0/16 -i eth3 -j RETURN\nraw NETSHIM-PREROUTING -d 172.17.0.0/16 ! -i netshim0 -j DROP",
+		"nat NETSHIM-POSTROUTING -s 172.17.0.0/16 ! -o netshim0 -j MASQUERADE",
+		"nat NETSHIM-POSTROUTING -o netshim0 -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE",
+		"filter NETSHIM-FORWARD -i netshim0 -j ACCEPT\nfilter NETSHIM-FORWARD -o netshim0 -j DROP",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in\n%s", want, got)
 		}
 	}
-	for _, o := range objs {
+	for _, o := range strings.Split(got, "\n") {
 		if r, err := parseIptObject(o); err != nil || r.object() != o {
 			t.Errorf("round trip %q: %v", o, err)
 		}
 	}
-	internal := iptNetworkRules(NetRules{Name: "in", Bridge: "br-x", Subnet: netip.MustParsePrefix("192.0.2.0/24"), Internal: true})
-	if len(internal) != 4 || internal[2].Args[len(internal[2].Args)-1] != "DROP" {
-		t.Errorf("internal: %v", internal)
+	routed := n
+	routed.Mode, routed.Masquerade = config.GatewayRouted, false
+	if got := iptObjects(routed); strings.Contains(got, "MASQUERADE") || strings.Contains(got, "raw ") ||
+		!strings.Contains(got, "filter NETSHIM-FORWARD -o netshim0 -p icmp -j ACCEPT\nfilter NETSHIM-FORWARD -o netshim0 -j DROP") {
+		t.Errorf("routed:\n%s", got)
 	}
+	unprot := n
+	unprot.Mode = config.GatewayNATUnprotected
+	if got := iptObjects(unprot); strings.Contains(got, "raw ") || !strings.HasSuffix(got, "filter NETSHIM-FORWARD -o netshim0 -j ACCEPT") {
+		t.Errorf("nat-unprotected:\n%s", got)
+	}
+	isolated := NetRules{Name: "iso", Bridge: "br-i", Subnet: netip.MustParsePrefix("192.0.2.0/24"), Gateway: netip.MustParseAddr("192.0.2.1"),
+		Mode: config.GatewayIsolated, Internal: true, DNS: true}
+	if got := iptObjects(isolated); !strings.Contains(got, "raw NETSHIM-PREROUTING -d 192.0.2.0/24 ! -i br-i -j DROP") ||
+		!strings.Contains(got, "filter NETSHIM-INPUT -i br-i -d 192.0.2.1/32 -p udp -m udp --dport 53 -j ACCEPT") ||
+		!strings.HasSuffix(got, "filter NETSHIM-INPUT -i br-i -j DROP\nfilter NETSHIM-OUTPUT -o br-i -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nfilter NETSHIM-OUTPUT -o br-i -j DROP") {
+		t.Errorf("isolated:\n%s", got)
+	}
+
 	ports := iptPortRules(PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
 		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
 		{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, ContainerPort: 53},
+		{Proto: "tcp", ContainerPort: 443}, // routed: no host port
 	}})
 	want := []string{
 		"nat NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
-		"filter NETSHIM-FORWARD -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT",
+		"filter NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT",
 		"nat NETSHIM -p udp -d 127.0.0.1/32 -m udp --dport 5353 -j DNAT --to-destination 172.17.0.2:53",
-		"filter NETSHIM-FORWARD -d 172.17.0.2/32 -o netshim0 -p udp -m udp --dport 53 -j ACCEPT",
+		"filter NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p udp -m udp --dport 53 -j ACCEPT",
+		"filter NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 443 -j ACCEPT",
+	}
+	if len(ports) != len(want) {
+		t.Fatalf("port rules %v", ports)
 	}
 	for i, r := range ports {
 		if r.object() != want[i] {
 			t.Errorf("port rule %d: %q want %q", i, r.object(), want[i])
 		}
 	}
-	if c := coexistRules(n); len(c) != 5 || c[4].Args[len(c[4].Args)-3] != "DNAT" {
+	if c := coexistRules(n); len(c) != 2 || c[1].object() != "filter NETSHIM-FORWARD -o netshim0 -j ACCEPT" {
 		t.Errorf("coexist rules %v", c)
 	}
 	if _, err := parseIptObject("mangle X -j Y"); err == nil {
 		t.Error("foreign table accepted")
+	}
+	// Reload's input: shared rules first in their chains.
+	rs := iptRuleset(Ruleset{Networks: []NetworkState{{Rules: n}}})
+	if rs[0].object() != "raw NETSHIM-PREROUTING ! -i lo -d 127.0.0.0/8 -j DROP" || rs[1].object() != "raw NETSHIM-PREROUTING -i lo -j RETURN" ||
+		rs[2].Args[1] != iptChainIso1 || rs[3].Args[1] != iptChainPorts {
+		t.Errorf("shared rules not first: %v", rs[:4])
 	}
 }

@@ -2,13 +2,11 @@ package netsetup
 
 import (
 	"fmt"
-	"net"
+	"sort"
 	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"golang.org/x/sys/unix"
 )
 
 // TableName is netshim's nftables table, in the ip and bridge families. We
@@ -58,115 +56,6 @@ func parseObject(obj string) (nftables.TableFamily, string, error) {
 	return 0, "", fmt.Errorf("nftables object %q in state: unknown family", obj)
 }
 
-// ifname is an interface name as nftables compares it: NUL-padded to 16.
-func ifname(n string) []byte {
-	b := make([]byte, 16)
-	copy(b, n)
-	return b
-}
-
-// networkChains is the data of a network's rules: one base chain per hook,
-// each named after the network, so a network's rules are removed by name.
-func networkChains(n NetRules) []nftChain {
-	var chains []nftChain
-	mask := net.CIDRMask(n.Subnet.Bits(), 32)
-	saddrInSubnet := []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: n.Subnet.Addr().AsSlice()},
-	}
-	oifIsBridge := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-	}
-	var post [][]expr.Any
-	if n.Masquerade {
-		// ip saddr SUBNET oifname != BRIDGE counter masquerade
-		post = append(post, concat(saddrInSubnet, []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-			&expr.Counter{},
-			&expr.Masq{},
-		}))
-	}
-	if !n.Internal {
-		// Published ports reached from the host itself (127.0.0.1 too,
-		// with route_localnet) or from a container of this bridge through
-		// a host address: the container must answer through the host.
-		// oifname BRIDGE ct status dnat fib saddr type local masquerade
-		post = append(post, concat(oifIsBridge, ctStatusDNAT(), []expr.Any{
-			&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-			&expr.Counter{},
-			&expr.Masq{},
-		}))
-		// oifname BRIDGE ct status dnat ip saddr SUBNET masquerade
-		post = append(post, concat(oifIsBridge, ctStatusDNAT(), saddrInSubnet, []expr.Any{&expr.Counter{}, &expr.Masq{}}))
-	}
-	if len(post) > 0 {
-		chains = append(chains, nftChain{
-			Family: nftables.TableFamilyIPv4, Name: "post-" + n.Name,
-			Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
-			Rules: post,
-		})
-	}
-	// Networks cannot reach each other: traffic from this bridge to any
-	// other bridge of ours is dropped (the set holds their names).
-	// iifname BRIDGE oifname @bridges oifname != BRIDGE drop
-	fwd := [][]expr.Any{{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Lookup{SourceRegister: 1, SetName: setBridges},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictDrop},
-	}}
-	if n.Internal {
-		// One side is the bridge, the other is not: nothing in or out.
-		crossing := func(this, other expr.MetaKey) []expr.Any {
-			return []expr.Any{
-				&expr.Meta{Key: this, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Meta{Key: other, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.Bridge)},
-				&expr.Counter{},
-				&expr.Verdict{Kind: expr.VerdictDrop},
-			}
-		}
-		fwd = append(fwd,
-			crossing(expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME), // iifname BRIDGE oifname != BRIDGE drop
-			crossing(expr.MetaKeyOIFNAME, expr.MetaKeyIIFNAME)) // oifname BRIDGE iifname != BRIDGE drop
-	}
-	chains = append(chains, nftChain{
-		Family: nftables.TableFamilyIPv4, Name: "fwd-" + n.Name,
-		Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
-		Rules: fwd,
-	})
-	return chains
-}
-
-func concat(parts ...[]expr.Any) []expr.Any {
-	var out []expr.Any
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
-}
-
-// ctStatusDNAT matches connections that were destination-NATed.
-func ctStatusDNAT() []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	}
-}
-
-// ipsDstNAT is IPS_DST_NAT of the conntrack status bits.
-const ipsDstNAT = 1 << 5
-
 func table(f nftables.TableFamily) *nftables.Table {
 	return &nftables.Table{Family: f, Name: TableName}
 }
@@ -189,14 +78,73 @@ func (*Nftables) NetworkObjects(n NetRules) []string {
 	return out
 }
 
-// setBridges is the set of our bridge names, for isolation between
-// networks. A network's element is named "ip/@bridges/NAME" in the state.
-const setBridges = "bridges"
+// The sets every network's rules look up.
+const (
+	// setBridges holds our bridges' names, for isolation between networks.
+	// A network's element is named "ip/@bridges/NAME" in the state.
+	setBridges = "bridges"
+	// setPublished holds container address . protocol . port of every
+	// published port, reached directly in routed mode or from a trusted
+	// interface.
+	setPublished = "published"
+)
 
 const bridgeElemPrefix = "ip/@" + setBridges + "/"
 
+var keyPublished = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+
 func bridgesSet(t *nftables.Table) *nftables.Set {
 	return &nftables.Set{Table: t, Name: setBridges, KeyType: nftables.TypeIFName}
+}
+
+func publishedSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: setPublished, KeyType: keyPublished, Concatenation: true}
+}
+
+// sharedInfra queues what every network's rules use: the sets, and the
+// loopback guard (see loopbackChain). With fresh, the table is new in this
+// batch; otherwise the guard is only added if the kernel has none (adding
+// it again would duplicate its rule, flushing it would wait for an RCU
+// grace period). It returns the sets, for the rules' lookups.
+func sharedInfra(c *nftables.Conn, fresh bool) (map[string]*nftables.Set, error) {
+	t := c.AddTable(table(nftables.TableFamilyIPv4))
+	sets := map[string]*nftables.Set{setBridges: bridgesSet(t), setPublished: publishedSet(t)}
+	for _, name := range []string{setBridges, setPublished} {
+		if err := c.AddSet(sets[name], nil); err != nil {
+			return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+		}
+	}
+	if !fresh {
+		if ch, err := c.ListChain(t, chainLoopback); err == nil && ch != nil {
+			return sets, nil
+		}
+	}
+	addChain(c, loopbackChain(), sets, false)
+	return sets, nil
+}
+
+// addChain queues chain ch with its rules (the chain flushed first unless
+// fresh), resolving the rules' set lookups to sets queued in this batch.
+func addChain(c *nftables.Conn, ch nftChain, sets map[string]*nftables.Set, flush bool) {
+	t := c.AddTable(table(ch.Family))
+	nc := &nftables.Chain{Table: t, Name: ch.Name}
+	if ch.Hook != nil {
+		nc.Type, nc.Hooknum, nc.Priority, nc.Policy = ch.Type, ch.Hook, ch.Priority, policyAccept()
+	}
+	nc = c.AddChain(nc)
+	if flush {
+		c.FlushChain(nc)
+	}
+	for _, r := range ch.Rules {
+		for _, e := range r {
+			if l, ok := e.(*expr.Lookup); ok {
+				if s := sets[l.SetName]; s != nil {
+					l.SetID = s.ID
+				}
+			}
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: r})
+	}
 }
 
 // xtPrefix marks, among the nftables backend's objects, the iptables rules
@@ -213,20 +161,48 @@ func forwardDrops(c *nftables.Conn) bool {
 }
 
 // coexistRules are the iptables rules a network needs when FORWARD drops:
-// the iptables backend's forwarding rules, and (instead of its per-port
-// accepts, which would put iptables on the per-container path) one accept
-// for every destination-NATed connection into the bridge.
+// whatever goes to or from its bridge is accepted there, and our own
+// table's forward chain decides (a packet must pass every base chain, so
+// its drops still hold).
 func coexistRules(n NetRules) []iptRule {
-	var out []iptRule
-	for _, r := range iptNetworkRules(n) {
-		if r.Table == "filter" {
-			out = append(out, r)
+	return []iptRule{
+		{"filter", iptChainForward, []string{"-i", n.Bridge, "-j", "ACCEPT"}},
+		{"filter", iptChainForward, []string{"-o", n.Bridge, "-j", "ACCEPT"}},
+	}
+}
+
+// ensureCoexist makes iptables accept n's forwarding when its FORWARD chain
+// drops, and removes the coexistence rules of prev no longer wanted. It
+// returns the objects to record.
+func ensureCoexist(c *nftables.Conn, n NetRules, prev []string) ([]string, error) {
+	var xt, xtPrev []string
+	for _, obj := range prev {
+		if o, ok := strings.CutPrefix(obj, xtPrefix); ok {
+			xtPrev = append(xtPrev, o)
 		}
 	}
-	if !n.Internal {
-		out = append(out, iptRule{"filter", iptChainForward, []string{"-o", n.Bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"}})
+	drops := forwardDrops(c)
+	if !drops && len(xtPrev) == 0 {
+		return nil, nil
 	}
-	return out
+	ipt, err := newIptables()
+	if err != nil {
+		return nil, fmt.Errorf("FORWARD policy is DROP and %w", err)
+	}
+	keep := map[string]bool{}
+	if drops {
+		if err := ipt.ensureCoexistShared(); err != nil {
+			return nil, err
+		}
+		for _, r := range coexistRules(n) {
+			if err := ipt.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
+				return nil, fmt.Errorf("iptables: add %s: %w", r.object(), err)
+			}
+			xt = append(xt, xtPrefix+r.object())
+			keep[r.object()] = true
+		}
+	}
+	return xt, ipt.deleteObjects(xtPrev, keep)
 }
 
 // EnsureNetwork implements Firewall. Chains are created, flushed and filled
@@ -236,48 +212,15 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var xt, xtPrev []string
-	var own []string
-	for _, obj := range prev {
-		switch {
-		case strings.HasPrefix(obj, xtPrefix):
-			xtPrev = append(xtPrev, strings.TrimPrefix(obj, xtPrefix))
-		case strings.HasPrefix(obj, bridgeElemPrefix):
-			// the bridge's element is re-added below
-		default:
-			own = append(own, obj)
-		}
+	xt, err := ensureCoexist(c, n, prev)
+	if err != nil {
+		return nil, err
 	}
-	prev = own
-	if forwardDrops(c) || len(xtPrev) > 0 {
-		ipt, err := newIptables()
-		if err != nil {
-			return nil, fmt.Errorf("FORWARD policy is DROP and %w", err)
-		}
-		if forwardDrops(c) {
-			if err := ipt.ensureShared(true); err != nil {
-				return nil, err
-			}
-			for _, r := range coexistRules(n) {
-				if err := ipt.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
-					return nil, fmt.Errorf("iptables: add %s: %w", r.object(), err)
-				}
-				xt = append(xt, xtPrefix+r.object())
-			}
-		}
-		keep := map[string]bool{}
-		for _, o := range xt {
-			keep[strings.TrimPrefix(o, xtPrefix)] = true
-		}
-		if err := ipt.deleteObjects(xtPrev, keep); err != nil {
-			return nil, err
-		}
+	sets, err := sharedInfra(c, false)
+	if err != nil {
+		return nil, err
 	}
-	set := bridgesSet(c.AddTable(table(nftables.TableFamilyIPv4)))
-	if err := c.AddSet(set, nil); err != nil {
-		return nil, fmt.Errorf("nftables: set %s: %w", setBridges, err)
-	}
-	if err := c.SetAddElements(set, []nftables.SetElement{{Key: ifname(n.Bridge)}}); err != nil {
+	if err := c.SetAddElements(sets[setBridges], []nftables.SetElement{{Key: ifname(n.Bridge)}}); err != nil {
 		return nil, fmt.Errorf("nftables: set %s: %w", setBridges, err)
 	}
 	chains := networkChains(n)
@@ -288,7 +231,7 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		installed = append(installed, chains[i].object())
 	}
 	for _, obj := range prev {
-		if keep[obj] {
+		if keep[obj] || strings.HasPrefix(obj, xtPrefix) || strings.HasPrefix(obj, bridgeElemPrefix) {
 			continue
 		}
 		f, name, err := parseObject(obj)
@@ -297,19 +240,8 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		}
 		delChain(c, f, name)
 	}
-	for i := range chains {
-		ch := &chains[i]
-		t := c.AddTable(table(ch.Family))
-		nc := c.AddChain(&nftables.Chain{Table: t, Name: ch.Name, Type: ch.Type, Hooknum: ch.Hook, Priority: ch.Priority, Policy: policyAccept()})
-		c.FlushChain(nc)
-		for _, r := range ch.Rules {
-			for _, e := range r {
-				if l, ok := e.(*expr.Lookup); ok && l.SetName == setBridges {
-					l.SetID = set.ID
-				}
-			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: r})
-		}
+	for _, ch := range chains {
+		addChain(c, ch, sets, true)
 	}
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("nftables: install rules of network %s: %w", n.Name, err)
@@ -357,14 +289,13 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 		// Our iptables chain goes when no network of ours needs it; the
 		// caller's last says exactly that.
 		if last {
-			if err := ipt.removeShared(true); err != nil {
+			if err := ipt.removeCoexistShared(); err != nil {
 				return err
 			}
 		}
 	}
-	installed = own
 	families := map[nftables.TableFamily]bool{nftables.TableFamilyIPv4: true}
-	for _, obj := range installed {
+	for _, obj := range own {
 		f, name, err := parseObject(obj)
 		if err != nil {
 			return err
@@ -380,9 +311,164 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: remove rules %s: %w", strings.Join(installed, ", "), err)
+		return fmt.Errorf("nftables: remove rules %s: %w", strings.Join(own, ", "), err)
 	}
 	return nil
+}
+
+// Present implements Firewall: one look at the network's forward chain,
+// which every network has and a flush of the ruleset or of our table
+// removes. A chain that cannot be looked up counts as gone: the reload
+// that follows fails loudly if the kernel cannot be asked at all.
+func (*Nftables) Present(n NetRules) (bool, error) {
+	c, err := newNftConn()
+	if err != nil {
+		return false, err
+	}
+	_, err = c.ListChain(table(nftables.TableFamilyIPv4), "fwd-"+n.Name)
+	return err == nil, nil
+}
+
+// ourChains lists the chains of our table, by name.
+func ourChains(c *nftables.Conn) (map[string]bool, error) {
+	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	out := map[string]bool{}
+	for _, ch := range all {
+		if ch.Table.Name == TableName {
+			out[ch.Name] = true
+		}
+	}
+	return out, nil
+}
+
+// wanted is everything of s as data: the chains, in order, and the
+// elements of each set and map.
+func wanted(s Ruleset) ([]nftChain, map[string][]nftables.SetElement) {
+	chains := []nftChain{loopbackChain()}
+	elems := portElements(s.Ports)
+	for _, nw := range s.Networks {
+		chains = append(chains, networkChains(nw.Rules)...)
+		elems[setBridges] = append(elems[setBridges], nftables.SetElement{Key: ifname(nw.Rules.Bridge)})
+	}
+	if len(elems[mapAny])+len(elems[mapByIP]) > 0 {
+		chains = append(chains, publishChains()...)
+	}
+	return chains, elems
+}
+
+// Reload implements Firewall: one transaction makes our table hold exactly
+// what s names. Every wanted chain is flushed and filled, every set
+// flushed and filled, chains of ours that s does not name deleted; the
+// table itself stays, so whatever was flushed, deleted or added by hand in
+// it ends as s says, and a second reload lists the same ruleset.
+func (*Nftables) Reload(s Ruleset) (map[string][]string, error) {
+	c, err := newNftConn()
+	if err != nil {
+		return nil, err
+	}
+	installed := map[string][]string{}
+	for _, nw := range s.Networks {
+		xt, err := ensureCoexist(c, nw.Rules, nw.Installed)
+		if err != nil {
+			return nil, err
+		}
+		objs := []string{bridgeElemPrefix + nw.Rules.Bridge}
+		for _, ch := range networkChains(nw.Rules) {
+			objs = append(objs, ch.object())
+		}
+		installed[nw.Rules.Name] = append(objs, xt...)
+	}
+	existing, err := ourChains(c)
+	if err != nil {
+		return nil, err
+	}
+	chains, elems := wanted(s)
+	t := c.AddTable(table(nftables.TableFamilyIPv4))
+	sets := publishSets(t)
+	sets[setBridges] = bridgesSet(t)
+	for _, name := range []string{setBridges, setPublished, mapByIP, mapAny} {
+		// A set whose properties are set here cannot be refused.
+		c.AddSet(sets[name], nil)
+		c.FlushSet(sets[name])
+	}
+	keep := map[string]bool{}
+	for _, ch := range chains {
+		keep[ch.Name] = true
+	}
+	for name := range existing {
+		if !keep[name] {
+			delChain(c, nftables.TableFamilyIPv4, name)
+		}
+	}
+	for _, ch := range chains {
+		addChain(c, ch, sets, true)
+	}
+	for name, es := range elems {
+		if err := c.SetAddElements(sets[name], es); err != nil {
+			return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("nftables: reload table %s: %w", TableName, err)
+	}
+	return installed, nil
+}
+
+// Missing implements Firewall: every chain with its number of rules, and
+// every element of the sets and maps, against what s names.
+func (*Nftables) Missing(s Ruleset) ([]string, error) {
+	c, err := newNftConn()
+	if err != nil {
+		return nil, err
+	}
+	t := table(nftables.TableFamilyIPv4)
+	existing, err := ourChains(c)
+	if err != nil {
+		return nil, err
+	}
+	chains, elems := wanted(s)
+	var missing []string
+	for _, ch := range chains {
+		if !existing[ch.Name] {
+			missing = append(missing, "chain "+ch.object())
+			continue
+		}
+		rules, err := c.GetRules(t, &nftables.Chain{Table: t, Name: ch.Name})
+		if err != nil {
+			return nil, fmt.Errorf("nftables: list chain %s: %w", ch.Name, err)
+		}
+		if len(rules) < len(ch.Rules) {
+			missing = append(missing, fmt.Sprintf("chain %s has %d of its %d rules", ch.object(), len(rules), len(ch.Rules)))
+		}
+	}
+	if len(existing) == 0 {
+		return missing, nil // no table, or an empty one: the sets are gone too
+	}
+	names := make([]string, 0, len(elems))
+	for name := range elems {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		have, err := c.GetSetElements(&nftables.Set{Table: t, Name: name})
+		if err != nil {
+			missing = append(missing, "set "+name)
+			continue
+		}
+		got := map[string]bool{}
+		for _, e := range have {
+			got[string(e.Key)] = true
+		}
+		for _, e := range elems[name] {
+			if !got[string(e.Key)] {
+				missing = append(missing, "an element of "+name)
+			}
+		}
+	}
+	return missing, nil
 }
 
 func policyAccept() *nftables.ChainPolicy {

@@ -3,58 +3,158 @@ package netsetup
 import (
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
+	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/state"
 )
 
+// chainsByName indexes a network's chains.
+func chainsByName(chains []nftChain) map[string]nftChain {
+	out := map[string]nftChain{}
+	for _, c := range chains {
+		out[c.Name] = c
+	}
+	return out
+}
+
+// verdicts is each rule's final verdict ("drop", "accept", "masq", "jump").
+func verdicts(c nftChain) []string {
+	var out []string
+	for _, r := range c.Rules {
+		switch v := r[len(r)-1].(type) {
+		case *expr.Verdict:
+			out = append(out, map[expr.VerdictKind]string{expr.VerdictDrop: "drop", expr.VerdictAccept: "accept", expr.VerdictJump: "jump"}[v.Kind])
+		case *expr.Masq:
+			out = append(out, "masq")
+		default:
+			out = append(out, "?")
+		}
+	}
+	return out
+}
+
 func TestNetworkChainsData(t *testing.T) {
-	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Masquerade: true}
-	chains := networkChains(n)
-	if len(chains) != 2 || len(chains[0].Rules) != 3 || chains[1].object() != "ip/fwd-bridge" || len(chains[1].Rules) != 1 {
-		t.Fatalf("want a postrouting chain of 3 rules (out, local, hairpin) and a forward chain (isolation), got %+v", chains)
+	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"),
+		Gateway: netip.MustParseAddr("172.17.0.1"), Mode: config.GatewayNAT, Masquerade: true}
+	chains := chainsByName(networkChains(n))
+	if len(chains) != 3 {
+		t.Fatalf("nat mode: want raw, post and fwd chains, got %v", chains)
 	}
-	if l, ok := chains[1].Rules[0][3].(*expr.Lookup); !ok || l.SetName != "bridges" {
-		t.Errorf("isolation looks up the bridge set: %T", chains[1].Rules[0][3])
+	raw := chains["raw-bridge"]
+	if raw.Hook != nftables.ChainHookPrerouting || *raw.Priority != *nftables.ChainPriorityRaw || !reflect.DeepEqual(verdicts(raw), []string{"drop"}) {
+		t.Fatalf("raw chain %+v", raw)
 	}
-	c := chains[0]
-	if c.object() != "ip/post-bridge" || c.Hook != nftables.ChainHookPostrouting || c.Type != nftables.ChainTypeNAT {
-		t.Fatalf("chain %+v", c)
+	// ip daddr 172.17.0.0/16 iifname != "netshim0" counter drop
+	r := raw.Rules[0]
+	if p := r[0].(*expr.Payload); p.Offset != 16 || p.Len != 4 {
+		t.Errorf("direct access rule does not look at the destination: %+v", p)
 	}
-	r := c.Rules[0]
-	bw := r[1].(*expr.Bitwise)
-	if !reflect.DeepEqual(bw.Mask, []byte{255, 255, 0, 0}) {
+	if bw := r[1].(*expr.Bitwise); !reflect.DeepEqual(bw.Mask, []byte{255, 255, 0, 0}) {
 		t.Errorf("mask %v", bw.Mask)
 	}
 	if got := r[2].(*expr.Cmp).Data; !reflect.DeepEqual(got, []byte{172, 17, 0, 0}) {
 		t.Errorf("subnet %v", got)
 	}
-	oif := r[4].(*expr.Cmp)
-	if oif.Op != expr.CmpOpNeq || string(oif.Data[:8]) != "netshim0" || len(oif.Data) != 16 {
-		t.Errorf("oifname %+v", oif)
+	if iif := r[4].(*expr.Cmp); iif.Op != expr.CmpOpNeq || string(iif.Data[:8]) != "netshim0" || len(iif.Data) != 16 {
+		t.Errorf("iifname %+v", iif)
 	}
-	if _, ok := r[len(r)-1].(*expr.Masq); !ok {
-		t.Errorf("last expression %T", r[len(r)-1])
+	if lo := r[6].(*expr.Cmp); lo.Op != expr.CmpOpNeq || strings.TrimRight(string(lo.Data), "\x00") != "lo" {
+		t.Errorf("the host's own packets (iifname lo) are not let through: %+v", lo)
 	}
-
-	internal := networkChains(NetRules{Name: "in", Bridge: "br-x", Subnet: netip.MustParsePrefix("192.0.2.0/24"), Internal: true})
-	if len(internal) != 1 || internal[0].object() != "ip/fwd-in" || len(internal[0].Rules) != 3 {
-		t.Fatalf("internal: %+v", internal)
+	post := chains["post-bridge"]
+	if post.Hook != nftables.ChainHookPostrouting || post.Type != nftables.ChainTypeNAT || !reflect.DeepEqual(verdicts(post), []string{"masq", "masq", "masq"}) {
+		t.Fatalf("post chain %+v", post)
+	}
+	fwd := chains["fwd-bridge"]
+	// isolation, established, dnat, published, unpublished drop
+	if want := []string{"drop", "accept", "accept", "accept", "drop"}; !reflect.DeepEqual(verdicts(fwd), want) {
+		t.Errorf("fwd verdicts %v, want %v", verdicts(fwd), want)
+	}
+	if l, ok := fwd.Rules[0][3].(*expr.Lookup); !ok || l.SetName != setBridges {
+		t.Errorf("isolation looks up the bridge set: %T", fwd.Rules[0][3])
 	}
 	var fw Nftables
-	if got := fw.NetworkObjects(n); !reflect.DeepEqual(got, []string{"ip/@bridges/netshim0", "ip/post-bridge", "ip/fwd-bridge"}) {
+	if got := fw.NetworkObjects(n); !reflect.DeepEqual(got, []string{"ip/@bridges/netshim0", "ip/raw-bridge", "ip/post-bridge", "ip/fwd-bridge"}) {
 		t.Errorf("objects %v", got)
 	}
-	if noMasq := networkChains(NetRules{Name: "x", Subnet: n.Subnet}); len(noMasq) != 2 || len(noMasq[0].Rules) != 2 {
-		t.Errorf("ip_masquerade=false keeps only the published-port rules: %+v", noMasq)
+
+	// A trusted interface is let through before the drop.
+	trusted := n
+	trusted.Trusted = []string{"eth3"}
+	if v := verdicts(chainsByName(networkChains(trusted))["raw-bridge"]); !reflect.DeepEqual(v, []string{"accept", "drop"}) {
+		t.Errorf("trusted interface: %v", v)
 	}
+
+	unprot := n
+	unprot.Mode = config.GatewayNATUnprotected
+	uc := chainsByName(networkChains(unprot))
+	if _, ok := uc["raw-bridge"]; ok {
+		t.Error("nat-unprotected drops direct access")
+	}
+	if v := verdicts(uc["fwd-bridge"]); v[len(v)-1] != "accept" {
+		t.Errorf("nat-unprotected does not accept direct access: %v", v)
+	}
+
+	routed := n
+	routed.Mode, routed.Masquerade = config.GatewayRouted, false
+	rc := chainsByName(networkChains(routed))
+	if _, ok := rc["raw-bridge"]; ok {
+		t.Error("routed drops direct access")
+	}
+	if _, ok := rc["post-bridge"]; ok {
+		t.Error("routed masquerades")
+	}
+	// isolation, established, published, icmp, drop: no dnat in routed mode
+	if v := verdicts(rc["fwd-bridge"]); !reflect.DeepEqual(v, []string{"drop", "accept", "accept", "accept", "drop"}) {
+		t.Errorf("routed fwd %v", v)
+	}
+
+	internal := chainsByName(networkChains(NetRules{Name: "in", Bridge: "br-x", Subnet: netip.MustParsePrefix("192.0.2.0/24"),
+		Mode: config.GatewayNAT, Internal: true}))
+	if len(internal) != 2 || !reflect.DeepEqual(verdicts(internal["fwd-in"]), []string{"drop", "drop", "drop"}) {
+		t.Fatalf("internal: %+v", internal)
+	}
+
+	isolated := chainsByName(networkChains(NetRules{Name: "iso", Bridge: "br-i", Subnet: netip.MustParsePrefix("192.0.2.0/24"),
+		Gateway: netip.MustParseAddr("192.0.2.1"), Mode: config.GatewayIsolated, Internal: true, DNS: true}))
+	for _, name := range []string{"raw-iso", "fwd-iso", "in-iso", "out-iso"} {
+		if _, ok := isolated[name]; !ok {
+			t.Errorf("isolated network lacks %s: %v", name, isolated)
+		}
+	}
+	if v := verdicts(isolated["in-iso"]); !reflect.DeepEqual(v, []string{"accept", "accept", "drop"}) {
+		t.Errorf("isolated input: DNS to the gateway, then nothing: %v", v)
+	}
+	if v := verdicts(isolated["out-iso"]); !reflect.DeepEqual(v, []string{"accept", "drop"}) {
+		t.Errorf("isolated output: answers, then nothing: %v", v)
+	}
+
 	for _, bad := range []string{"post-bridge", "inet/x", "ip/"} {
 		if _, _, err := parseObject(bad); err == nil {
 			t.Errorf("parseObject(%q) accepted", bad)
 		}
+	}
+}
+
+func TestLoopbackChain(t *testing.T) {
+	c := loopbackChain()
+	if c.Hook != nftables.ChainHookPrerouting || *c.Priority != *nftables.ChainPriorityRaw || len(c.Rules) != 1 {
+		t.Fatalf("loopback chain %+v", c)
+	}
+	r := c.Rules[0]
+	if iif := r[1].(*expr.Cmp); iif.Op != expr.CmpOpNeq || strings.TrimRight(string(iif.Data), "\x00") != "lo" {
+		t.Errorf("not iifname != lo: %+v", iif)
+	}
+	if got := r[4].(*expr.Cmp).Data; !reflect.DeepEqual(got, []byte{127, 0, 0, 0}) || !reflect.DeepEqual(r[3].(*expr.Bitwise).Mask, []byte{255, 0, 0, 0}) {
+		t.Errorf("not ip daddr 127.0.0.0/8: %v", r)
+	}
+	if v := verdicts(c); !reflect.DeepEqual(v, []string{"drop"}) {
+		t.Errorf("verdict %v", v)
 	}
 }
 
@@ -69,8 +169,21 @@ func TestPortElements(t *testing.T) {
 	if m != mapByIP || !reflect.DeepEqual(e.Key, []byte{17, 0, 0, 0, 127, 0, 0, 1, 0x23, 0x82, 0, 0}) || !reflect.DeepEqual(e.Val, []byte{172, 17, 0, 2, 0, 53, 0, 0}) {
 		t.Errorf("by ip: %s %v %v", m, e.Key, e.Val)
 	}
-	if keyAny.Bytes != 8 || keyByIP.Bytes != 12 || dataTo.Bytes != 8 {
-		t.Errorf("key sizes %d %d %d", keyAny.Bytes, keyByIP.Bytes, dataTo.Bytes)
+	if keyAny.Bytes != 8 || keyByIP.Bytes != 12 || dataTo.Bytes != 8 || keyPublished.Bytes != 12 {
+		t.Errorf("key sizes %d %d %d %d", keyAny.Bytes, keyByIP.Bytes, dataTo.Bytes, keyPublished.Bytes)
+	}
+	// Two host ports of one container port are one published element; a
+	// routed port (no host port) has no map element.
+	elems := portElements([]PortRules{{IP: ip, Ports: []state.Port{
+		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
+		{Proto: "tcp", HostPort: 8081, ContainerPort: 80},
+		{Proto: "udp", ContainerPort: 53},
+	}}})
+	if len(elems[mapAny]) != 2 || len(elems[setPublished]) != 2 {
+		t.Errorf("elements %v", elems)
+	}
+	if got := elems[setPublished][1].Key; !reflect.DeepEqual(got, []byte{172, 17, 0, 2, 17, 0, 0, 0, 0, 53, 0, 0}) {
+		t.Errorf("published element %v", got)
 	}
 	chains := publishChains()
 	if len(chains) != 3 || len(chains[0].Rules) != 2 || chains[1].Hook != nftables.ChainHookPrerouting || chains[2].Hook != nftables.ChainHookOutput {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
@@ -48,8 +47,8 @@ func reg32(b ...byte) []byte {
 
 func port16(p int) []byte { return reg32(byte(p>>8), byte(p)) }
 
-// portElement is the map element of one published port, and the map it
-// goes in.
+// portElement is the DNAT map element of one published host port, and
+// the map it goes in.
 func portElement(ip [4]byte, p state.Port) (string, nftables.SetElement) {
 	val := concat2(ip[:], port16(p.ContainerPort))
 	if p.HostIP.IsValid() {
@@ -57,6 +56,11 @@ func portElement(ip [4]byte, p state.Port) (string, nftables.SetElement) {
 		return mapByIP, nftables.SetElement{Key: concat2(reg32(protoNum(p.Proto)), h[:], port16(p.HostPort)), Val: val}
 	}
 	return mapAny, nftables.SetElement{Key: concat2(reg32(protoNum(p.Proto)), port16(p.HostPort)), Val: val}
+}
+
+// publishedElement is the element of setPublished for a container port.
+func publishedElement(ip [4]byte, p state.Port) nftables.SetElement {
+	return nftables.SetElement{Key: concat2(ip[:], reg32(protoNum(p.Proto)), port16(p.ContainerPort))}
 }
 
 func concat2(parts ...[]byte) []byte {
@@ -67,70 +71,49 @@ func concat2(parts ...[]byte) []byte {
 	return out
 }
 
-// publishInfra queues the maps and, unless they exist, the constant chains
-// of published ports. Existing chains are left alone: flushing them would
-// delete rules, and in nftables every deletion waits for an RCU grace
+// publishInfra queues the maps and sets of published ports and, unless
+// they exist (or with fresh, in a table new in this batch), the constant
+// chains that look them up. Existing chains are left alone: flushing them
+// would delete rules, and in nftables every deletion waits for an RCU grace
 // period (10-20 ms here), which the per-container path must not pay.
-func publishInfra(c *nftables.Conn) (map[string]*nftables.Set, error) {
+func publishInfra(c *nftables.Conn, fresh bool) map[string]*nftables.Set {
 	t := c.AddTable(table(nftables.TableFamilyIPv4))
-	sets := map[string]*nftables.Set{
-		mapAny:  {Table: t, Name: mapAny, IsMap: true, KeyType: keyAny, DataType: dataTo, Concatenation: true},
-		mapByIP: {Table: t, Name: mapByIP, IsMap: true, KeyType: keyByIP, DataType: dataTo, Concatenation: true},
-	}
-	for _, name := range []string{mapByIP, mapAny} {
-		if err := c.AddSet(sets[name], nil); err != nil {
-			return nil, fmt.Errorf("nftables: map %s: %w", name, err)
-		}
+	sets := publishSets(t)
+	for _, name := range []string{mapByIP, mapAny, setPublished} {
+		// A set whose properties are set here cannot be refused.
+		c.AddSet(sets[name], nil)
 	}
 	// One get, whatever the number of containers. The output chain is made
 	// last in the same batch, so if it exists the others do.
-	if ch, err := c.ListChain(t, chainOut); err == nil && ch != nil {
-		return sets, nil
+	if !fresh {
+		if ch, err := c.ListChain(t, chainOut); err == nil && ch != nil {
+			return sets
+		}
 	}
 	for _, ch := range publishChains() {
-		nc := &nftables.Chain{Table: t, Name: ch.Name}
-		if ch.Hook != nil {
-			nc.Type, nc.Hooknum, nc.Priority, nc.Policy = ch.Type, ch.Hook, ch.Priority, policyAccept()
-		}
-		nc = c.AddChain(nc)
-		c.FlushChain(nc)
-		for _, r := range ch.Rules {
-			// Resolve the lookups' set references for this batch.
-			for _, e := range r {
-				if l, ok := e.(*expr.Lookup); ok {
-					l.SetID = sets[l.SetName].ID
-				}
-			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: r})
-		}
+		addChain(c, ch, sets, !fresh)
 	}
-	return sets, nil
+	return sets
 }
 
 // publishChains is the constant part of published ports, as data.
 func publishChains() []nftChain {
-	isLocal := func(saddr bool) []expr.Any {
-		return []expr.Any{
-			&expr.Fib{Register: 1, FlagDADDR: !saddr, FlagSADDR: saddr, ResultADDRTYPE: true},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-		}
-	}
 	dnat := []expr.Any{
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 9, RegProtoMax: 9, Specified: true},
 	}
 	// Registers: the key is built from reg 1 (128 bit) = reg32 8, 9, 10; the
 	// looked-up address lands in reg32 8 and the port in reg32 9.
 	return []nftChain{
-		{Name: chainPublish, Rules: [][]expr.Any{
+		{Family: nftables.TableFamilyIPv4, Name: chainPublish, Rules: [][]expr.Any{
 			// dnat ip to meta l4proto . ip daddr . th dport map @publish-ip
-			concat([]expr.Any{
+			rule([]expr.Any{
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 				&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 				&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 				&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapByIP},
 			}, dnat),
 			// dnat ip to meta l4proto . th dport map @publish-any
-			concat([]expr.Any{
+			rule([]expr.Any{
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 				&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 				&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapAny},
@@ -138,26 +121,48 @@ func publishChains() []nftChain {
 		}},
 		// fib daddr type local jump publish: from outside and from other
 		// containers (hairpin)...
-		{Name: chainPre, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest,
-			Rules: [][]expr.Any{concat(isLocal(false), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish}})}},
+		{Family: nftables.TableFamilyIPv4, Name: chainPre, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest,
+			Rules: [][]expr.Any{rule(fibLocal(false), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish}})}},
 		// ...and from the host itself, 127.0.0.1 included.
-		{Name: chainOut, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest,
-			Rules: [][]expr.Any{concat(isLocal(false), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish}})}},
+		{Family: nftables.TableFamilyIPv4, Name: chainOut, Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest,
+			Rules: [][]expr.Any{rule(fibLocal(false), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainPublish}})}},
+	}
+}
+
+// publishSets are the maps and set of published ports.
+func publishSets(t *nftables.Table) map[string]*nftables.Set {
+	return map[string]*nftables.Set{
+		mapAny:       {Table: t, Name: mapAny, IsMap: true, KeyType: keyAny, DataType: dataTo, Concatenation: true},
+		mapByIP:      {Table: t, Name: mapByIP, IsMap: true, KeyType: keyByIP, DataType: dataTo, Concatenation: true},
+		setPublished: publishedSet(t),
 	}
 }
 
 // PortRules is what a container's published ports need from the firewall.
+// A port with a host port is mapped to the container (DNAT); one without
+// (routed mode) is opened on the container's own address only.
 type PortRules struct {
 	Bridge string
 	IP     [4]byte
 	Ports  []state.Port
 }
 
-func (p PortRules) elements() map[string][]nftables.SetElement {
+// portElements are the elements of ps's ports, by map or set.
+func portElements(ps []PortRules) map[string][]nftables.SetElement {
 	out := map[string][]nftables.SetElement{}
-	for _, port := range p.Ports {
-		m, e := portElement(p.IP, port)
-		out[m] = append(out[m], e)
+	for _, p := range ps {
+		seen := map[string]bool{}
+		for _, port := range p.Ports {
+			if port.HostPort > 0 {
+				m, e := portElement(p.IP, port)
+				out[m] = append(out[m], e)
+			}
+			// Two host ports for one container port are one element.
+			if e := publishedElement(p.IP, port); !seen[string(e.Key)] {
+				seen[string(e.Key)] = true
+				out[setPublished] = append(out[setPublished], e)
+			}
+		}
 	}
 	return out
 }
@@ -176,7 +181,7 @@ func (*Nftables) AddPorts(p PortRules) error {
 	}
 	t := table(nftables.TableFamilyIPv4)
 	publish := func(set func(name string) *nftables.Set) error {
-		for name, elems := range p.elements() {
+		for name, elems := range portElements([]PortRules{p}) {
 			if err := c.SetAddElements(set(name), elems); err != nil {
 				return fmt.Errorf("nftables: map %s: %w", name, err)
 			}
@@ -186,24 +191,24 @@ func (*Nftables) AddPorts(p PortRules) error {
 		}
 		return nil
 	}
-	err = publish(func(name string) *nftables.Set { return mapRef(t, name) })
+	err = publish(func(name string) *nftables.Set { return setRef(t, name) })
 	if !errors.Is(err, unix.ENOENT) {
 		return err
 	}
-	sets, err := publishInfra(c)
-	if err != nil {
-		return err
-	}
+	sets := publishInfra(c, false)
 	return publish(func(name string) *nftables.Set { return sets[name] })
 }
 
-// mapRef names an existing published-port map, for element operations.
-func mapRef(t *nftables.Table, name string) *nftables.Set {
-	s := &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: keyAny, DataType: dataTo}
-	if name == mapByIP {
-		s.KeyType = keyByIP
+// setRef names an existing published-port map or set, for element
+// operations.
+func setRef(t *nftables.Table, name string) *nftables.Set {
+	switch name {
+	case mapByIP:
+		return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: keyByIP, DataType: dataTo}
+	case mapAny:
+		return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: keyAny, DataType: dataTo}
 	}
-	return s
+	return publishedSet(t)
 }
 
 // RemovePorts implements Firewall: one batch deletes the container's
@@ -220,13 +225,13 @@ func (*Nftables) RemovePorts(p PortRules) error {
 	t := table(nftables.TableFamilyIPv4)
 	del := func(elems map[string][]nftables.SetElement) error {
 		for name, es := range elems {
-			if err := c.SetDeleteElements(mapRef(t, name), es); err != nil {
+			if err := c.SetDeleteElements(setRef(t, name), es); err != nil {
 				return err
 			}
 		}
 		return c.Flush()
 	}
-	all := p.elements()
+	all := portElements([]PortRules{p})
 	if err := del(all); err == nil {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"sort"
 	"strings"
 
 	"github.com/google/nftables"
@@ -69,6 +70,7 @@ func (env *Env) Doctor() []Check {
 		out = append(out, Check{"FORWARD policy", true, strings.TrimPrefix(policy, "-P FORWARD ")})
 	}
 	out = append(out, Check{"firewall in use", true, env.Config.Firewall})
+	out = append(out, env.firewallCheck())
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return append(out, Check{"host routes", false, err.Error()})
@@ -106,4 +108,39 @@ func (env *Env) Doctor() []Check {
 		out = append(out, Check{"subnets", true, fmt.Sprintf("%d network subnets, none collides with a host address or route", len(subnets))})
 	}
 	return out
+}
+
+// firewallCheck compares the firewall with what the state says is
+// installed.
+func (env *Env) firewallCheck() Check {
+	const name = "firewall rules"
+	sets, _, err := env.recordedRules()
+	if err != nil {
+		return Check{name, false, err.Error()}
+	}
+	var missing []string
+	networks := 0
+	for backend, rs := range sets {
+		fw, err := netsetup.NewFirewall(backend)
+		if err != nil {
+			return Check{name, false, err.Error()}
+		}
+		m, err := fw.Missing(*rs)
+		if err != nil {
+			return Check{name, false, err.Error()}
+		}
+		missing = append(missing, m...)
+		networks += len(rs.Networks)
+	}
+	if len(missing) == 0 {
+		return Check{name, true, fmt.Sprintf("every rule of the %d networks in use and of their published ports is in place", networks)}
+	}
+	sort.Strings(missing)
+	more := ""
+	if len(missing) > 3 {
+		more = fmt.Sprintf(" and %d more", len(missing)-3)
+		missing = missing[:3]
+	}
+	return Check{name, false, "missing: " + strings.Join(missing, "; ") + more +
+		" (the host's firewall was flushed or reloaded since): run `netshim reload`"}
 }

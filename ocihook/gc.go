@@ -189,8 +189,11 @@ func (env *Env) rebuild(recs []*state.Record, live map[string]bool) ([]string, e
 				ns = env.Store.NewNet(r.Network)
 				ns.Bridge, ns.Subnet, ns.Gateway, ns.Firewall = r.Bridge, r.Subnet, r.Gateway, r.Firewall
 				if fw, err := netsetup.NewFirewall(r.Firewall); err == nil {
+					// The network's file is lost: its rules are taken
+					// to be what its definition makes today.
 					if def, err := env.network(r.Network); err == nil {
-						ns.Installed = fw.NetworkObjects(netsetup.RulesFor(def, r.Subnet))
+						rules := netsetup.RulesFor(def, r.Subnet, r.Gateway, env.Config.TrustedHostInterfaces)
+						ns.Installed, ns.Rules = fw.NetworkObjects(rules), &rules
 					}
 				}
 				report = append(report, fmt.Sprintf("state of network %s, rebuilt from records", r.Network))

@@ -80,6 +80,14 @@ type NetworkRequest struct {
 	Bridge   string
 	Internal bool
 	MTU      int
+	// Options are -o KEY=VALUE driver options.
+	Options []string
+}
+
+// networkOptions are the -o keys `network create` takes, with Docker's
+// names for them, and the config key each sets.
+var networkOptions = map[string]string{
+	"gateway_mode": "gateway_mode", "com.docker.network.bridge.gateway_mode_ipv4": "gateway_mode",
 }
 
 // flagOfKey words a config error about a created network in terms of the
@@ -90,7 +98,8 @@ func flagOfKey(err error) error {
 		return err
 	}
 	_, field, _ := strings.Cut(strings.TrimPrefix(ce.Key, "networks."), ".")
-	flag := map[string]string{"subnet": "--subnet", "gateway": "--gateway", "ip_range": "--ip-range", "mtu": "--mtu", "bridge": "--bridge"}[field]
+	flag := map[string]string{"subnet": "--subnet", "gateway": "--gateway", "ip_range": "--ip-range", "mtu": "--mtu", "bridge": "--bridge",
+		"gateway_mode": "-o gateway_mode"}[field]
 	if flag == "" {
 		return fmt.Errorf("%s", ce.Reason)
 	}
@@ -108,6 +117,17 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 	}
 	if req.Driver != "" && req.Driver != "bridge" {
 		return nil, fmt.Errorf("--driver %q: only the bridge driver is supported", req.Driver)
+	}
+	gatewayMode := ""
+	for _, o := range req.Options {
+		k, v, ok := strings.Cut(o, "=")
+		if !ok || networkOptions[k] == "" {
+			return nil, fmt.Errorf("-o %q: want KEY=VALUE with KEY gateway_mode (or com.docker.network.bridge.gateway_mode_ipv4)", o)
+		}
+		if err := config.CheckGatewayMode(v); err != nil {
+			return nil, fmt.Errorf("-o %s=%q: %w", k, v, err)
+		}
+		gatewayMode = v
 	}
 	lock, err := env.Store.Lock(env.lockTimeout())
 	if err != nil {
@@ -143,7 +163,8 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec := config.NetworkFile{Subnet: req.Subnet, Gateway: req.Gateway, IPRange: req.IPRange, Internal: req.Internal, MTU: req.MTU, Bridge: req.Bridge}
+	spec := config.NetworkFile{Subnet: req.Subnet, Gateway: req.Gateway, IPRange: req.IPRange, Internal: req.Internal, MTU: req.MTU, Bridge: req.Bridge,
+		GatewayMode: gatewayMode}
 	if spec.Subnet == "" {
 		used := append([]netip.Prefix{}, hostUsed...)
 		for _, p := range taken {
@@ -293,6 +314,7 @@ type NetworkInfo struct {
 	Bridge     string                     `json:"Bridge"`
 	Internal   bool                       `json:"Internal"`
 	MTU        int                        `json:"MTU"`
+	Options    map[string]string          `json:"Options"`
 	Containers map[string]NetworkEndpoint `json:"Containers"`
 }
 
@@ -307,7 +329,7 @@ func (env *Env) InspectNetwork(name string) (*NetworkInfo, error) {
 		return nil, err
 	}
 	info := &NetworkInfo{Name: n.Name, ID: n.ID, Driver: "bridge", Bridge: n.Bridge, Internal: n.Internal, MTU: n.MTU,
-		Containers: map[string]NetworkEndpoint{}}
+		Options: map[string]string{"gateway_mode": n.GatewayMode}, Containers: map[string]NetworkEndpoint{}}
 	subnet, gw := n.Subnet, n.Gateway
 	if !subnet.IsValid() && ns != nil {
 		subnet, gw = ns.Subnet, ns.Gateway

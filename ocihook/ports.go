@@ -78,6 +78,33 @@ func (env *Env) allocatePorts(id, name string, reqs []PortRequest, idx *state.Po
 	return out, nil
 }
 
+// routedPorts are the ports a routed network opens for reqs: the
+// container's own, once each; host addresses and ports do not apply (as in
+// Docker).
+func routedPorts(reqs []PortRequest) []state.Port {
+	var out []state.Port
+	seen := map[state.Port]bool{}
+	for _, r := range reqs {
+		p := state.Port{Proto: r.Proto, ContainerPort: r.ContainerPort}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// needsRouteLocalnet reports whether a port is published on a loopback
+// address: explicitly, or as every local address.
+func needsRouteLocalnet(ports []state.Port) bool {
+	for _, p := range ports {
+		if p.HostPort > 0 && (!p.HostIP.IsValid() || p.HostIP.IsLoopback()) {
+			return true
+		}
+	}
+	return false
+}
+
 // releasePorts withdraws a record's published ports: firewall, conntrack of
 // UDP flows, and reservations. The caller holds the lock.
 func (env *Env) releasePorts(rec *state.Record) error {
@@ -92,7 +119,7 @@ func (env *Env) releasePorts(rec *state.Record) error {
 		return err
 	}
 	for _, p := range rec.Ports {
-		if p.Proto != "udp" {
+		if p.Proto != "udp" || p.HostPort == 0 {
 			continue
 		}
 		// After the map element is gone: no new flow is DNATed to this
@@ -110,8 +137,19 @@ func (env *Env) releasePorts(rec *state.Record) error {
 	if err != nil {
 		return err
 	}
-	if err := idx.Release(rec.ID, rec.Ports); err != nil {
+	if err := idx.Release(rec.ID, hostPorts(rec.Ports)); err != nil {
 		return err
 	}
 	return env.Store.PutPorts(idx)
+}
+
+// hostPorts are those of ports that hold a host port.
+func hostPorts(ports []state.Port) []state.Port {
+	var out []state.Port
+	for _, p := range ports {
+		if p.HostPort > 0 {
+			out = append(out, p)
+		}
+	}
+	return out
 }

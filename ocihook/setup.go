@@ -629,23 +629,33 @@ func (c *setupCtx) bridge() error {
 	rec.Firewall = fw.Name()
 	var ports *state.Ports
 	if reqs := c.opts.Ports(); len(reqs) > 0 {
-		if def.Internal {
-			return &AnnotationError{Key: AnnPublish, Value: c.spec.Annotations[AnnPublish], Reason: "network " + def.Name + " is internal: ports cannot be published"}
-		}
-		if ports, err = env.Store.GetPorts(); err != nil {
-			return err
-		}
-		if rec.Ports, err = env.allocatePorts(rec.ID, rec.Name, reqs, ports); err != nil {
-			return err
+		switch {
+		case def.Internal:
+			kind := "internal"
+			if def.GatewayMode == config.GatewayIsolated {
+				kind = "isolated"
+			}
+			return &AnnotationError{Key: AnnPublish, Value: c.spec.Annotations[AnnPublish], Reason: "network " + def.Name + " is " + kind + ": ports cannot be published"}
+		case def.GatewayMode == config.GatewayRouted:
+			// Opened on the container's own address: no host port.
+			rec.Ports = routedPorts(reqs)
+		default:
+			if ports, err = env.Store.GetPorts(); err != nil {
+				return err
+			}
+			if rec.Ports, err = env.allocatePorts(rec.ID, rec.Name, reqs, ports); err != nil {
+				return err
+			}
 		}
 	}
-	rules := netsetup.RulesFor(def, ns.Subnet)
 	installRules := !ns.RulesInstalled()
 	if installRules {
 		// Record the intent first: a crash after the rules are in leaves a
 		// state that names them.
+		rules := netsetup.RulesFor(def, ns.Subnet, ns.Gateway, env.Config.TrustedHostInterfaces)
 		ns.Firewall = fw.Name()
 		ns.Installed = fw.NetworkObjects(rules)
+		ns.Rules = &rules
 	}
 	// Record what is about to be created before creating it: the record
 	// first, so that a crash after it leaves something that names the
@@ -694,13 +704,24 @@ func (c *setupCtx) bridge() error {
 	fault("setup:bridge")
 	env.mark("bridge")
 	if installRules {
-		installed, err := fw.EnsureNetwork(rules, ns.Installed)
+		installed, err := fw.EnsureNetwork(*ns.Rules, ns.Installed)
 		if err != nil {
 			return err
 		}
 		fault("setup:rules")
 		ns.Installed = installed
 		if err := env.Store.PutNet(ns); err != nil {
+			return err
+		}
+	} else if err := env.ensureRules(ns.Rules, ns.Firewall); err != nil {
+		return err
+	}
+	if needsRouteLocalnet(rec.Ports) {
+		// DNATed loopback traffic (the host to 127.0.0.1:PORT) must be
+		// routable out of the bridge (Docker's userland-proxy=false); only
+		// on bridges that publish on loopback, and the firewall's loopback
+		// guard keeps what comes in on them from reaching 127.0.0.0/8.
+		if err := netsetup.EnsureSysctl("net.ipv4.conf."+def.Bridge+".route_localnet", "1"); err != nil {
 			return err
 		}
 	}
@@ -968,11 +989,6 @@ func (env *Env) ensureBridge(host *netlink.Handle, spec netsetup.BridgeSpec, ns 
 	}
 	br, _, err := netsetup.EnsureBridge(host, spec)
 	if err != nil {
-		return err
-	}
-	// Published ports answer on 127.0.0.1 too: DNATed loopback traffic
-	// must be routable out of the bridge (Docker's userland-proxy=false).
-	if err := netsetup.EnsureSysctl("net.ipv4.conf."+spec.Name+".route_localnet", "1"); err != nil {
 		return err
 	}
 	ns.BridgeIndex = br.Attrs().Index

@@ -3,10 +3,6 @@ package ocihook
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/vishvananda/netns"
 
@@ -27,6 +23,14 @@ func (env *Env) Teardown(ctx context.Context, id string) (string, error) {
 	rec, ok, err := env.Store.Get(id)
 	if err != nil || !ok {
 		return "", err
+	}
+	// The network's other containers keep their rules if the host's
+	// firewall was flushed since; a failure to re-create them is logged
+	// (by ensureRules) and does not stop this container's teardown.
+	if rec.Network != "" {
+		if ns, err := env.Store.GetNet(rec.Network); err == nil && ns != nil && ns.RulesInstalled() {
+			env.ensureRules(ns.Rules, ns.Firewall)
+		}
 	}
 	return rec.Name, env.teardownLocked(rec)
 }
@@ -176,13 +180,12 @@ func (env *Env) releaseAddress(rec *state.Record, ns *state.Net, err error) erro
 
 // noOtherRules reports whether no network but name has rules installed.
 func (env *Env) noOtherRules(name string) (bool, error) {
-	ents, err := os.ReadDir(filepath.Join(env.Store.Dir, "networks"))
+	names, err := env.Store.NetNames()
 	if err != nil {
-		return false, fmt.Errorf("list network state: %w", err)
+		return false, err
 	}
-	for _, e := range ents {
-		n, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || strings.HasPrefix(n, ".") || n == name {
+	for _, n := range names {
+		if n == name {
 			continue
 		}
 		other, err := env.Store.GetNet(n)

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 
 	"github.com/netshim/netshim/internal/fastio"
 	"github.com/netshim/netshim/internal/ipv4"
@@ -44,6 +46,8 @@ type Net struct {
 	// Installed names the firewall objects of the network's rules, as the
 	// backend returned them; removal hands them back.
 	Installed []string `json:"installed,omitempty"`
+	// Rules is what the installed rules were made from (reload).
+	Rules *NetRules `json:"rules,omitempty"`
 
 	// dir holds the allocation files; "" keeps allocations in memory only.
 	dir string
@@ -373,4 +377,21 @@ type DNSEntry struct {
 	ID        string   `json:"id"`
 	Names     []string `json:"names"`
 	Upstreams []string `json:"upstreams,omitempty"`
+}
+
+// NetNames lists the networks that have a state, sorted.
+func (s *Store) NetNames() ([]string, error) {
+	dir := filepath.Join(s.Dir, "networks")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	var names []string
+	for _, e := range ents {
+		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok && !strings.HasPrefix(n, ".") {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
 }

@@ -1,0 +1,307 @@
+package netsetup
+
+import (
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/config"
+)
+
+// Expressions that rules are made of, each named after the nft syntax it
+// stands for, so a rule below reads like its `nft list` line.
+
+// ifname is an interface name as nftables compares it: NUL-padded to 16.
+func ifname(n string) []byte {
+	b := make([]byte, 16)
+	copy(b, n)
+	return b
+}
+
+func ifnameCmp(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: ifname(name)},
+	}
+}
+
+// iifname NAME
+func iif(name string) []expr.Any { return ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, name) }
+
+// iifname != NAME
+func iifNot(name string) []expr.Any { return ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, name) }
+
+// oifname NAME
+func oif(name string) []expr.Any { return ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, name) }
+
+// oifname != NAME
+func oifNot(name string) []expr.Any { return ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, name) }
+
+// addrIn matches the IPv4 address at offset (12 source, 16 destination)
+// against prefix p.
+func addrIn(offset uint32, p netip.Prefix) []expr.Any {
+	out := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4}}
+	if p.Bits() < 32 {
+		var mask [4]byte
+		for i := 0; i < p.Bits(); i++ {
+			mask[i/8] |= 0x80 >> (i % 8)
+		}
+		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: make([]byte, 4)})
+	}
+	return append(out, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()})
+}
+
+// ip saddr PREFIX
+func saddrIn(p netip.Prefix) []expr.Any { return addrIn(12, p) }
+
+// ip daddr PREFIX
+func daddrIn(p netip.Prefix) []expr.Any { return addrIn(16, p) }
+
+// ip daddr ADDR
+func daddrIs(a netip.Addr) []expr.Any { return daddrIn(netip.PrefixFrom(a, 32)) }
+
+// meta l4proto PROTO
+func l4proto(proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// th dport PORT
+func dport(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+	}
+}
+
+// ct state established,related
+func ctEstablished() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+// ct status dnat
+func ctStatusDNAT() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+// ct status & dnat == 0
+func ctStatusNotDNAT() []expr.Any {
+	e := ctStatusDNAT()
+	e[2].(*expr.Cmp).Op = expr.CmpOpEq
+	return e
+}
+
+// ipsDstNAT is IPS_DST_NAT of the conntrack status bits.
+const ipsDstNAT = 1 << 5
+
+// fib saddr|daddr type local
+func fibLocal(saddr bool) []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: !saddr, FlagSADDR: saddr, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+}
+
+// ip daddr . meta l4proto . th dport @published: a connection to a
+// published port on a container's own address.
+func toPublished() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
+		&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: setPublished},
+	}
+}
+
+// oifname @bridges: another bridge of ours.
+func oifOurBridge() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: setBridges},
+	}
+}
+
+func counterThen(kind expr.VerdictKind) []expr.Any {
+	return []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: kind}}
+}
+
+// counter drop
+func drop() []expr.Any { return counterThen(expr.VerdictDrop) }
+
+// counter accept
+func accept() []expr.Any { return counterThen(expr.VerdictAccept) }
+
+// counter masquerade
+func masquerade() []expr.Any { return []expr.Any{&expr.Counter{}, &expr.Masq{}} }
+
+func rule(parts ...[]expr.Any) []expr.Any {
+	var out []expr.Any
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// loopback is 127.0.0.0/8.
+var loopback = netip.MustParsePrefix("127.0.0.0/8")
+
+// loopbackChain drops, before NAT, packets for 127.0.0.0/8 that did not
+// come in on lo. Such packets are martians the kernel itself drops, unless
+// route_localnet is on for the interface they came in on, which is the case
+// on a bridge where a port is published on a loopback address: without this
+// rule a container with CAP_NET_RAW would reach the host's loopback services
+// through its bridge, and a LAN neighbour a port published on 127.0.0.1
+// (PREROUTING's DNAT comes before the martian check). One rule covers every
+// port and interface; Docker has one per port published on loopback.
+//
+//	iifname != "lo" ip daddr 127.0.0.0/8 counter drop
+func loopbackChain() nftChain {
+	return nftChain{
+		Family: nftables.TableFamilyIPv4, Name: chainLoopback,
+		Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
+		Rules: [][]expr.Any{rule(iifNot("lo"), daddrIn(loopback), drop())},
+	}
+}
+
+// chainLoopback is the shared chain of loopbackChain.
+const chainLoopback = "loopback"
+
+// dnatMode reports whether the network's published ports are host ports
+// mapped to the containers (not in routed mode, where they are the
+// containers' own).
+func dnatMode(n NetRules) bool { return !n.Internal && n.Mode != config.GatewayRouted }
+
+// networkChains is the data of a network's rules: one base chain per hook,
+// each named after the network, so a network's rules are removed by name.
+func networkChains(n NetRules) []nftChain {
+	var chains []nftChain
+	br := n.Bridge
+	// Direct access: a packet for an address of the network that did not
+	// come in on its bridge is dropped before NAT (at that point a
+	// published port's destination is still the host's address, so
+	// published ports are not affected). One rule for the whole subnet,
+	// so a container's setup adds no rule (Docker 28 adds one per
+	// container); the gateway's address is covered too: the network's
+	// DNS responder and host services are not reached through it from
+	// outside (the host's own packets to it come in on lo).
+	//	iifname TRUSTED accept
+	//	ip daddr SUBNET iifname != BRIDGE iifname != "lo" counter drop
+	if n.Mode == config.GatewayNAT || n.Mode == config.GatewayIsolated {
+		var raw [][]expr.Any
+		if n.Mode == config.GatewayNAT {
+			for _, t := range n.Trusted {
+				raw = append(raw, rule(iif(t), daddrIn(n.Subnet), accept()))
+			}
+		}
+		raw = append(raw, rule(daddrIn(n.Subnet), iifNot(br), iifNot("lo"), drop()))
+		chains = append(chains, nftChain{
+			Family: nftables.TableFamilyIPv4, Name: "raw-" + n.Name,
+			Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
+			Rules: raw,
+		})
+	}
+	var post [][]expr.Any
+	if n.Masquerade {
+		//	ip saddr SUBNET oifname != BRIDGE counter masquerade
+		post = append(post, rule(saddrIn(n.Subnet), oifNot(br), masquerade()))
+	}
+	if dnatMode(n) {
+		// Published ports reached from the host itself (127.0.0.1 too,
+		// with route_localnet) or from a container of this bridge through
+		// a host address: the container must answer through the host.
+		//	oifname BRIDGE ct status dnat fib saddr type local counter masquerade
+		//	oifname BRIDGE ct status dnat ip saddr SUBNET counter masquerade
+		post = append(post,
+			rule(oif(br), ctStatusDNAT(), fibLocal(true), masquerade()),
+			rule(oif(br), ctStatusDNAT(), saddrIn(n.Subnet), masquerade()))
+	}
+	if len(post) > 0 {
+		chains = append(chains, nftChain{
+			Family: nftables.TableFamilyIPv4, Name: "post-" + n.Name,
+			Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+			Rules: post,
+		})
+	}
+	// Networks cannot reach each other: traffic from this bridge to any
+	// other bridge of ours is dropped, but for published ports reached
+	// through a host address (destination-NATed).
+	//	iifname BRIDGE oifname @bridges oifname != BRIDGE ct status & dnat == 0 counter drop
+	fwd := [][]expr.Any{rule(iif(br), oifOurBridge(), oifNot(br), ctStatusNotDNAT(), drop())}
+	// Into the bridge from anywhere else.
+	in := func(parts ...[]expr.Any) []expr.Any {
+		return rule(append([][]expr.Any{oif(br), iifNot(br)}, parts...)...)
+	}
+	if n.Internal {
+		//	iifname BRIDGE oifname != BRIDGE counter drop
+		//	oifname BRIDGE iifname != BRIDGE counter drop
+		fwd = append(fwd, rule(iif(br), oifNot(br), drop()), in(drop()))
+	} else {
+		//	... ct state established,related counter accept
+		fwd = append(fwd, in(ctEstablished(), accept()))
+		if dnatMode(n) {
+			//	... ct status dnat counter accept
+			fwd = append(fwd, in(ctStatusDNAT(), accept()))
+		}
+		//	... ip daddr . meta l4proto . th dport @published counter accept
+		fwd = append(fwd, in(toPublished(), accept()))
+		switch n.Mode {
+		case config.GatewayRouted:
+			//	... ip protocol icmp counter accept, then drop
+			fwd = append(fwd, in(l4proto(unix.IPPROTO_ICMP), accept()), in(drop()))
+		case config.GatewayNATUnprotected:
+			fwd = append(fwd, in(accept()))
+		default:
+			fwd = append(fwd, in(drop()))
+		}
+	}
+	chains = append(chains, nftChain{
+		Family: nftables.TableFamilyIPv4, Name: "fwd-" + n.Name,
+		Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
+		Rules: fwd,
+	})
+	if n.Mode == config.GatewayIsolated {
+		// Nothing between the host and the network, but the containers'
+		// queries to the network's DNS responder and its answers.
+		var input [][]expr.Any
+		if n.DNS {
+			for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+				//	iifname BRIDGE ip daddr GATEWAY meta l4proto udp|tcp th dport 53 counter accept
+				input = append(input, rule(iif(br), daddrIs(n.Gateway), l4proto(proto), dport(53), accept()))
+			}
+		}
+		//	iifname BRIDGE counter drop
+		input = append(input, rule(iif(br), drop()))
+		chains = append(chains,
+			nftChain{
+				Family: nftables.TableFamilyIPv4, Name: "in-" + n.Name,
+				Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter,
+				Rules: input,
+			},
+			nftChain{
+				Family: nftables.TableFamilyIPv4, Name: "out-" + n.Name,
+				Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
+				Rules: [][]expr.Any{
+					//	oifname BRIDGE ct state established,related counter accept
+					//	oifname BRIDGE counter drop
+					rule(oif(br), ctEstablished(), accept()),
+					rule(oif(br), drop()),
+				},
+			})
+	}
+	return chains
+}

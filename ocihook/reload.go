@@ -1,0 +1,131 @@
+package ocihook
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/netshim/netshim/netsetup"
+	"github.com/netshim/netshim/state"
+)
+
+// recordedRules gathers, per firewall backend, what the state says is
+// installed: the rules of every network that has them, as recorded when
+// they were installed, and the published ports of every record. It also
+// returns the networks' states, by name, to record what a reload
+// installs.
+func (env *Env) recordedRules() (map[string]*netsetup.Ruleset, map[string]*state.Net, error) {
+	names, err := env.Store.NetNames()
+	if err != nil {
+		return nil, nil, err
+	}
+	sets := map[string]*netsetup.Ruleset{}
+	set := func(backend string) *netsetup.Ruleset {
+		if backend == "" {
+			backend = netsetup.DefaultFirewall
+		}
+		if sets[backend] == nil {
+			sets[backend] = &netsetup.Ruleset{}
+		}
+		return sets[backend]
+	}
+	nets := map[string]*state.Net{}
+	for _, name := range names {
+		ns, err := env.Store.GetNet(name)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ns == nil || !ns.RulesInstalled() || ns.Rules == nil {
+			continue
+		}
+		nets[name] = ns
+		rs := set(ns.Firewall)
+		rs.Networks = append(rs.Networks, netsetup.NetworkState{Rules: *ns.Rules, Installed: ns.Installed})
+	}
+	recs, errs := env.Store.List()
+	if len(errs) > 0 {
+		// A record that cannot be read may name published ports: a
+		// reload without them would look complete and not be.
+		return nil, nil, errs[0]
+	}
+	for _, r := range recs {
+		if len(r.Ports) > 0 && r.IP.IsValid() {
+			rs := set(r.Firewall)
+			rs.Ports = append(rs.Ports, netsetup.PortRules{Bridge: r.Bridge, IP: r.IP.As4(), Ports: r.Ports})
+		}
+	}
+	return sets, nets, nil
+}
+
+// Reload re-creates every network's and every container's firewall rules
+// from the state, one batch per backend, after something flushed them (a
+// firewall reload): `netshim reload`. It returns what it did, in a line.
+func (env *Env) Reload() (string, error) {
+	lock, err := env.Store.Lock(env.lockTimeout())
+	if err != nil {
+		return "", err
+	}
+	defer lock.Unlock()
+	return env.reloadLocked()
+}
+
+// reloadLocked is Reload under the lock.
+func (env *Env) reloadLocked() (string, error) {
+	sets, nets, err := env.recordedRules()
+	if err != nil {
+		return "", err
+	}
+	backends := make([]string, 0, len(sets))
+	for b := range sets {
+		backends = append(backends, b)
+	}
+	sort.Strings(backends)
+	networks, ports := 0, 0
+	for _, b := range backends {
+		fw, err := netsetup.NewFirewall(b)
+		if err != nil {
+			return "", err
+		}
+		installed, err := fw.Reload(*sets[b])
+		if err != nil {
+			return "", fmt.Errorf("reload %s rules: %w", b, err)
+		}
+		for name, objs := range installed {
+			ns := nets[name]
+			ns.Installed = objs
+			if err := env.Store.PutNet(ns); err != nil {
+				return "", err
+			}
+		}
+		networks += len(sets[b].Networks)
+		for _, p := range sets[b].Ports {
+			ports += len(p.Ports)
+		}
+	}
+	return fmt.Sprintf("reloaded the firewall rules of %d networks and %d published ports", networks, ports), nil
+}
+
+// ensureRules re-creates every rule of ours from the state if the
+// network's rules are gone (the host's firewall was flushed or reloaded
+// since they were installed), so a hook never goes on without them. The
+// caller holds the lock. A reload is logged.
+func (env *Env) ensureRules(rules *state.NetRules, backend string) error {
+	if rules == nil {
+		return nil
+	}
+	fw, err := netsetup.NewFirewall(backend)
+	if err != nil {
+		return err
+	}
+	ok, err := fw.Present(*rules)
+	if err != nil || ok {
+		return err
+	}
+	start := time.Now()
+	_, err = env.reloadLocked()
+	env.logLine("-", "-", "reload", time.Since(start), err)
+	if err != nil {
+		return fmt.Errorf("the rules of network %s are gone from the firewall, and re-creating them failed: %w", rules.Name, err)
+	}
+	return nil
+}

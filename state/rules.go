@@ -1,0 +1,27 @@
+package state
+
+import "net/netip"
+
+// NetRules is what a network's firewall rules are made from. It is recorded
+// with the network when its rules are installed, so that `netshim reload`
+// re-creates exactly the rules teardown will remove, whatever the config
+// says by then.
+type NetRules struct {
+	Name    string       `json:"name"`
+	Bridge  string       `json:"bridge"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
+	// Mode is the network's gateway mode (config.Gateway*).
+	Mode string `json:"mode"`
+	// Masquerade: traffic from the subnet leaving through another
+	// interface is source-NATed.
+	Masquerade bool `json:"masquerade,omitempty"`
+	// Internal drops traffic between the bridge and any other interface.
+	Internal bool `json:"internal,omitempty"`
+	// DNS says the network's responder listens on Gateway: an isolated
+	// network lets its containers' queries through to it.
+	DNS bool `json:"dns,omitempty"`
+	// Trusted are host interfaces whose traffic may reach the containers'
+	// published ports directly, by address, in nat mode.
+	Trusted []string `json:"trusted,omitempty"`
+}
