@@ -1,7 +1,9 @@
 package test
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -83,6 +85,37 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{"inet 172.17.0.2/16", "link/ether 02:42:ac:11:00:03", "172.17.0.2\tdatabase db", "0% packet loss", "veths left: 0; netshim rules left: 0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// make install puts the binary, the config, the Podman hook and the
+// reload unit in place, the unit naming the installed binary.
+func TestMakeInstall(t *testing.T) {
+	dest := t.TempDir()
+	if out, err := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest, "PREFIX=/opt/ns").CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for _, f := range []string{"/opt/ns/bin/netshim", "/etc/netshim/netshim.toml", "/usr/share/containers/oci/hooks.d/netshim.json",
+		"/etc/systemd/system/netshim-reload.service"} {
+		if _, err := os.Stat(filepath.Join(dest, f)); err != nil {
+			t.Errorf("make install: %v", err)
+		}
+	}
+	unit, _ := os.ReadFile(filepath.Join(dest, "/etc/systemd/system/netshim-reload.service"))
+	for _, want := range []string{"ExecStart=/opt/ns/bin/netshim reload\n", "ExecReload=/opt/ns/bin/netshim reload\n", "PartOf=nftables.service firewalld.service",
+		"ReloadPropagatedFrom=nftables.service firewalld.service"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("unit lacks %q:\n%s", want, unit)
+		}
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err == nil {
+		// Only the binary's absence may be reported (it is under DESTDIR).
+		out, _ := exec.Command("systemd-analyze", "verify", filepath.Join(dest, "/etc/systemd/system/netshim-reload.service")).CombinedOutput()
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if l != "" && !strings.Contains(l, "is not executable") {
+				t.Errorf("systemd-analyze verify: %s", l)
+			}
 		}
 	}
 }

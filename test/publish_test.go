@@ -280,7 +280,8 @@ func rulesetDump(t *testing.T, backend string) string {
 		// iptables-nft makes tables and base chains on first use and they
 		// stay: a host that uses iptables has them already, so make them
 		// before comparing.
-		for _, tc := range [][2]string{{"nat", "PREROUTING"}, {"nat", "OUTPUT"}, {"nat", "POSTROUTING"}, {"filter", "FORWARD"}} {
+		for _, tc := range [][2]string{{"raw", "PREROUTING"}, {"nat", "PREROUTING"}, {"nat", "OUTPUT"}, {"nat", "POSTROUTING"},
+			{"filter", "FORWARD"}, {"filter", "INPUT"}, {"filter", "OUTPUT"}} {
 			sandbox.Run(t, "iptables", "-t", tc[0], "-I", tc[1], "-j", "ACCEPT")
 			sandbox.Run(t, "iptables", "-t", tc[0], "-D", tc[1], "-j", "ACCEPT")
 		}
