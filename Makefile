@@ -6,6 +6,7 @@ GO      ?= go
 BIN     := bin/netshim
 PREFIX  ?= /usr/local
 HOOKSD  ?= /usr/share/containers/oci/hooks.d
+UNITDIR ?= /etc/systemd/system
 GOFILES := $(shell find . -name '*.go' -not -path './bench/out/*') go.mod go.sum
 
 .PHONY: all build deps test unit demo install uninstall vet clean fuzz soak bench
@@ -86,9 +87,14 @@ install: build
 		install -D -m 0644 examples/netshim.toml $(DESTDIR)/etc/netshim/netshim.toml; \
 		echo "wrote $(DESTDIR)/etc/netshim/netshim.toml"; fi
 	install -D -m 0644 examples/hooks.d/netshim.json $(DESTDIR)$(HOOKSD)/netshim.json
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/bin/netshim|$(PREFIX)/bin/netshim|' examples/netshim-reload.service > $(DESTDIR)$(UNITDIR)/netshim-reload.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload && systemctl enable netshim-reload.service; fi
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/netshim $(DESTDIR)$(HOOKSD)/netshim.json
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable netshim-reload.service || true; fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/netshim $(DESTDIR)$(HOOKSD)/netshim.json $(DESTDIR)$(UNITDIR)/netshim-reload.service
 
 clean:
 	rm -rf bin
