@@ -70,13 +70,15 @@ soak: deps build
 	NETSHIM_BIN=$(CURDIR)/$(BIN) NETSHIM_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -timeout 30m -run '^TestSoak$$' -v ./test | grep -v '^    | ===' | tail -5
 
 # The benchmark against the CNI plugins and netavark, in a throwaway netns;
-# writes bench/results.md and bench/latency.png.
+# writes bench/results.md and bench/latency.png. BENCH_BASELINE=BIN measures
+# another netshim build (an older main) in the same run.
 BENCH_N ?= 20,1000
+BENCH_BASELINE ?=
 bench: deps build
 	@scripts/bench-peers.sh
 	$(GO) build -o bench/out/bench ./bench
 	CGO_ENABLED=0 GOEXPERIMENT=$(GOEXP) $(GO) build -trimpath -o bench/out/noop ./bench/noop
-	unshare --net --mount --propagation private -- bench/out/bench -n $(BENCH_N) -netshim $(BIN) -cni bench/out/bin -out bench
+	unshare --net --mount --propagation private -- bench/out/bench -n $(BENCH_N) -netshim $(BIN) -cni bench/out/bin -out bench $(if $(BENCH_BASELINE),-baseline $(BENCH_BASELINE))
 
 demo: deps build
 	@NETSHIM_BIN=$(CURDIR)/$(BIN) examples/demo.sh

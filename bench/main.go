@@ -31,6 +31,7 @@ var (
 	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,cni,netavark", "tools to measure")
 	flagSamples = flag.Int("min-samples", 100, "repeat a measurement at small N until it has this many samples")
 	flagNoop    = flag.String("noop", "bench/out/noop", "a Go program that does nothing, built as netshim is")
+	flagBase    = flag.String("baseline", "", "another netshim binary (an older build) measured beside -netshim as baseline-nftables and baseline-iptables")
 )
 
 // container is a process in a fresh netns standing in for a container.
@@ -227,6 +228,15 @@ func main() {
 		"netshim-iptables": &netshimTool{bin: netshim, backend: "iptables"},
 		"cni":              &cniTool{dir: cniDir},
 		"netavark":         &netavarkTool{},
+	}
+	if *flagBase != "" {
+		base, _ := filepath.Abs(*flagBase)
+		all["baseline-nftables"] = &netshimTool{bin: base, backend: "nftables", label: "baseline-nftables"}
+		all["baseline-iptables"] = &netshimTool{bin: base, backend: "iptables", label: "baseline-iptables"}
+		if !strings.Contains(*flagTools, "baseline-") {
+			*flagTools = "netshim-nftables,baseline-nftables,netshim-iptables,baseline-iptables," + strings.TrimPrefix(
+				strings.ReplaceAll(strings.ReplaceAll(*flagTools, "netshim-nftables", ""), "netshim-iptables", ""), ",")
+		}
 	}
 	var ns []int
 	for _, f := range strings.Split(*flagN, ",") {

@@ -15,9 +15,16 @@ import (
 type netshimTool struct {
 	bin, backend  string
 	config, state string
+	// label names a build other than the one under test (-baseline).
+	label string
 }
 
-func (t *netshimTool) name() string { return "netshim-" + t.backend }
+func (t *netshimTool) name() string {
+	if t.label != "" {
+		return t.label
+	}
+	return "netshim-" + t.backend
+}
 
 func (t *netshimTool) available() string {
 	if _, err := os.Stat(t.bin); err != nil {
