@@ -189,7 +189,7 @@ func dnsServeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			ocihook.LeaveCgroup()
-			return resolver.Serve(cmd.Context(), ocihook.NetStatePath(g.stateDir, args[0]), udp, tcp)
+			return resolver.Serve(cmd.Context(), g.stateDir, args[0], udp, tcp)
 		},
 	}
 }

@@ -70,6 +70,10 @@ func (env *Env) removeName(ns *state.Net, rec *state.Record) {
 			delete(ns.DNS.Endpoints, rec.IP)
 		}
 		if len(ns.DNS.Endpoints) > 0 {
+			// The others still need it: one that died is started again.
+			if err := env.ensureResponder(ns); err != nil {
+				env.logLine(rec.ID, rec.Name, "dns", 0, err)
+			}
 			return
 		}
 		stopProcess(ns.DNS.PID, ns.DNS.Start)
@@ -205,11 +209,6 @@ func findResponder(stateDir, network string) (int, uint64, bool) {
 		}
 	}
 	return 0, 0, false
-}
-
-// NetStatePath is where a network's state (and so its names) lives.
-func NetStatePath(stateDir, network string) string {
-	return filepath.Join(stateDir, "networks", network+".json")
 }
 
 var errNoSockets = errors.New("dns-serve needs its sockets on fds 3 and 4 (it is started by the hook)")

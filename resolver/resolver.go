@@ -1,300 +1,230 @@
 // Package resolver is the DNS responder of a user-defined network: it
-// answers A and PTR queries for the network's containers (names, aliases,
-// short ids) and forwards other names upstream. It serves from the
-// network's state file, re-read whenever a hook has replaced it, so a name
-// resolves as soon as its container's setup returns and stops with its
-// teardown.
+// answers A and PTR queries for the containers of the networks its client
+// is attached to (names, aliases, short ids) and forwards other names
+// upstream. It answers only the network's containers and the host itself.
+// It serves from the state dir's network files, re-read whenever a hook
+// has replaced one, so a name resolves as soon as its container's setup
+// returns and stops with its teardown.
 package resolver
 
 import (
-	"encoding/binary"
-	"encoding/json"
-	"fmt"
-	"io"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
-
-	"github.com/netshim/netshim/state"
 )
-
-// TTL of our answers: short, since containers come and go.
-const TTL = 60
 
 // Server answers for one network.
 type Server struct {
-	// Path is the network's state file.
-	Path string
-	// Timeout bounds one upstream exchange.
-	Timeout time.Duration
+	// Dir is the state dir's networks/ directory.
+	Dir string
+	// Network is the network whose gateway the server listens on.
+	Network string
 
-	mu        sync.Mutex
-	ino       uint64
-	mtime     time.Time
-	names     map[string][]netip.Addr // lower-case FQDN
-	ptr       map[string]string       // reverse name -> FQDN
-	clientUp  map[netip.Addr][]string
-	upstreams []string
-	internal  bool
-	empty     bool
+	fwd *forwarder
+
+	mu    sync.Mutex
+	stamp dirStamp
+	z     *zone
+
+	hostMu    sync.Mutex
+	hostAddrs map[netip.Addr]bool
+	hostRead  time.Time
 }
 
-// reload re-reads the state file if it was replaced. Each write is an
-// atomic rename, so a new inode means new content.
-func (s *Server) reload() error {
-	fi, err := os.Stat(s.Path)
+// NewServer returns the server of network, from the state dir stateDir.
+func NewServer(stateDir, network string) *Server {
+	return &Server{Dir: filepath.Join(stateDir, "networks"), Network: network, fwd: newForwarder()}
+}
+
+// dirStamp identifies a version of the networks directory: every state
+// write renames a file into it, which changes its modification time.
+type dirStamp struct {
+	ino   uint64
+	mtime time.Time
+}
+
+// current returns the zone, re-read if a network file was replaced.
+func (s *Server) current() (*zone, error) {
+	fi, err := os.Stat(s.Dir)
 	if err != nil {
-		s.mu.Lock()
-		s.names, s.ptr, s.clientUp, s.empty = nil, nil, nil, true
-		s.mu.Unlock()
-		return nil
+		return &zone{}, nil // no state: nothing to answer for
 	}
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	var ino uint64
-	if st != nil {
-		ino = st.Ino
+	var st dirStamp
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
 	}
+	st.mtime = fi.ModTime()
 	s.mu.Lock()
-	unchanged := ino == s.ino && fi.ModTime().Equal(s.mtime) && s.names != nil
-	s.mu.Unlock()
-	if unchanged {
-		return nil
+	defer s.mu.Unlock()
+	if s.z != nil && st == s.stamp {
+		return s.z, nil
 	}
-	var n state.Net
-	data, err := os.ReadFile(s.Path)
+	z, err := loadZone(s.Dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := json.Unmarshal(data, &n); err != nil {
-		return fmt.Errorf("%s: %w", s.Path, err)
-	}
-	names := map[string][]netip.Addr{}
-	ptr := map[string]string{}
-	clientUp := map[netip.Addr][]string{}
-	var ups []string
-	internal := false
-	if n.DNS != nil {
-		for addr, e := range n.DNS.Endpoints {
-			for i, name := range e.Names {
-				fq := fqdn(strings.ToLower(name))
-				names[fq] = append(names[fq], addr)
-				if i == 0 && addr.Is4() {
-					ptr[reverseName(addr)] = fq
-				}
-			}
-			if len(e.Upstreams) > 0 {
-				clientUp[addr] = e.Upstreams
-			}
-		}
-		ups, internal = n.DNS.Upstreams, n.DNS.Internal
-	}
-	s.mu.Lock()
-	s.ino, s.mtime = ino, fi.ModTime()
-	s.names, s.ptr, s.clientUp, s.upstreams, s.internal = names, ptr, clientUp, ups, internal
-	s.empty = n.DNS == nil || len(n.DNS.Endpoints) == 0
-	s.mu.Unlock()
-	return nil
+	s.z, s.stamp = z, st
+	return z, nil
 }
 
 // Empty reports whether no container needs the responder any more.
 func (s *Server) Empty() bool {
-	if err := s.reload(); err != nil {
+	z, err := s.current()
+	return err == nil && z.empty(s.Network)
+}
+
+// isHost reports whether a is an address of the host: its own queries to
+// the gateway come from one (the kernel drops, as martians, packets from
+// outside that claim one). The addresses are read again, at most once a
+// second, when one is not known.
+func (s *Server) isHost(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	s.hostMu.Lock()
+	defer s.hostMu.Unlock()
+	if s.hostAddrs[a] {
+		return true
+	}
+	if time.Since(s.hostRead) < time.Second {
 		return false
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.empty
+	s.hostRead = time.Now()
+	s.hostAddrs = map[netip.Addr]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, ia := range addrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil {
+			s.hostAddrs[p.Addr().Unmap()] = true
+		}
+	}
+	return s.hostAddrs[a]
 }
 
-// Answer returns the reply to the query q from client (nil: drop it).
-// overTCP says how the query came, and so how to forward it.
-func (s *Server) Answer(q []byte, client netip.Addr, overTCP bool) []byte {
-	var p dnsmessage.Parser
-	h, err := p.Start(q)
-	if err != nil || h.Response {
-		return nil // not a query: no header to answer to
-	}
-	qs, err := p.AllQuestions()
-	if err != nil {
-		return reply(h, nil, dnsmessage.RCodeFormatError, nil)
-	}
-	if err := s.reload(); err != nil {
-		return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
-	}
-	if len(qs) != 1 || h.OpCode != 0 {
-		return reply(h, qs, dnsmessage.RCodeFormatError, nil)
-	}
-	question := qs[0]
-	name := strings.ToLower(question.Name.String())
-	s.mu.Lock()
-	addrs, known := s.names[name]
-	target, knownPTR := s.ptr[name]
-	ups := s.clientUp[client]
-	if len(ups) == 0 {
-		ups = s.upstreams
-	}
-	internal := s.internal
-	s.mu.Unlock()
+// forwardJob is a query to ask upstream, with how to answer when that
+// fails.
+type forwardJob struct {
+	req       *request
+	q         []byte
+	upstreams []string
+	tcp       bool
+	limit     int
+}
 
-	hdr := dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: TTL}
-	switch {
-	case known:
-		// Other types of a name of ours get no data, so the client does
-		// not wait on an upstream that cannot know it.
-		return reply(h, qs, dnsmessage.RCodeSuccess, func(b *dnsmessage.Builder) error {
-			if question.Type != dnsmessage.TypeA && question.Type != dnsmessage.TypeALL {
-				return nil
-			}
-			for _, a := range addrs {
-				if err := b.AResource(hdr, dnsmessage.AResource{A: a.As4()}); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	case knownPTR && question.Type == dnsmessage.TypePTR:
+// failed is the answer when no upstream answered: SERVFAIL, or TC when
+// the answer was too large for UDP.
+func (j *forwardJob) failed(err error) []byte {
+	if errors.Is(err, errTooLarge) {
+		msg, _ := j.req.build(reply{}, 0, true)
+		return msg
+	}
+	return j.req.pack(reply{rcode: dnsmessage.RCodeServerFailure}, j.limit)
+}
+
+// Handle answers query q from client, received over TCP or UDP. It returns
+// the answer (nil: no answer at all), or a job to forward upstream.
+func (s *Server) Handle(q []byte, client netip.Addr, tcp bool) ([]byte, *forwardJob) {
+	req, rcode, err := parseRequest(q)
+	if err != nil {
+		return nil, nil
+	}
+	limit := req.limit(tcp)
+	if rcode != dnsmessage.RCodeSuccess {
+		return req.pack(reply{rcode: rcode}, limit), nil
+	}
+	// Only the Internet class is served; anything else is refused, not
+	// malformed.
+	if req.q.Class != dnsmessage.ClassINET {
+		return req.pack(reply{rcode: dnsmessage.RCodeRefused}, limit), nil
+	}
+	z, err := s.current()
+	if err != nil {
+		return req.pack(reply{rcode: dnsmessage.RCodeServerFailure}, limit), nil
+	}
+	v, ok := z.viewFor(s.Network, client, s.isHost(client))
+	if !ok {
+		// Not a container of the network, nor the host: no names, no
+		// recursion, and an answer no larger than the query.
+		return req.pack(reply{rcode: dnsmessage.RCodeRefused}, limit), nil
+	}
+	qname := req.q.Name
+	name := strings.ToLower(qname.String())
+	if addrs, ours := v.addrs(name); ours {
+		// A name of ours: its addresses, or no data for other types, so the
+		// client does not wait on an upstream that cannot know it.
+		if req.q.Type == dnsmessage.TypeA || req.q.Type == dnsmessage.TypeALL {
+			return req.pack(reply{auth: true, answers: aRecords(qname, addrs)}, limit), nil
+		}
+		return req.pack(reply{auth: true, soa: soaFor(qname)}, limit), nil
+	}
+	if target, ours := v.ptrTarget(name); ours {
+		if target == "" {
+			return req.pack(reply{rcode: dnsmessage.RCodeNameError, auth: true, soa: soaFor(qname)}, limit), nil
+		}
+		if req.q.Type != dnsmessage.TypePTR && req.q.Type != dnsmessage.TypeALL {
+			return req.pack(reply{auth: true, soa: soaFor(qname)}, limit), nil
+		}
 		ptr, err := dnsmessage.NewName(target)
 		if err != nil {
-			return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
+			return req.pack(reply{rcode: dnsmessage.RCodeServerFailure}, limit), nil
 		}
-		return reply(h, qs, dnsmessage.RCodeSuccess, func(b *dnsmessage.Builder) error {
-			return b.PTRResource(hdr, dnsmessage.PTRResource{PTR: ptr})
-		})
-	case internal || len(ups) == 0:
-		return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
+		return req.pack(reply{auth: true, answers: []dnsmessage.Resource{{
+			Header: dnsmessage.ResourceHeader{Name: qname, Type: dnsmessage.TypePTR, Class: dnsmessage.ClassINET, TTL: TTL},
+			Body:   &dnsmessage.PTRResource{PTR: ptr},
+		}}}, limit), nil
 	}
-	if resp := s.forward(q, ups, overTCP); resp != nil {
+	switch {
+	case v.internal():
+		// An internal network holds every name it has: the rest does not
+		// exist, for it.
+		return req.pack(reply{rcode: dnsmessage.RCodeNameError, auth: true, soa: soaFor(dnsmessage.MustNewName("."))}, limit), nil
+	case len(v.upstreams) == 0:
+		return req.pack(reply{rcode: dnsmessage.RCodeServerFailure}, limit), nil
+	}
+	return nil, &forwardJob{req: req, q: q, upstreams: v.upstreams, tcp: tcp, limit: limit}
+}
+
+// Answer answers query q from client at once, forwarding on the calling
+// goroutine if need be (tests, fuzzing).
+func (s *Server) Answer(q []byte, client netip.Addr, tcp bool) []byte {
+	resp, job := s.Handle(q, client, tcp)
+	if job == nil {
 		return resp
 	}
-	return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
+	return s.runForward(job)
 }
 
-// reply builds the answer to the query with header h and questions qs;
-// answers, when set, adds the records. Only a successful answer is
-// authoritative.
-func reply(h dnsmessage.Header, qs []dnsmessage.Question, rcode dnsmessage.RCode, answers func(*dnsmessage.Builder) error) []byte {
-	b := dnsmessage.NewBuilder(make([]byte, 0, 512), dnsmessage.Header{
-		ID: h.ID, Response: true, OpCode: h.OpCode, RecursionDesired: h.RecursionDesired,
-		RecursionAvailable: true, Authoritative: answers != nil, RCode: rcode,
-	})
-	b.EnableCompression()
-	if err := b.StartQuestions(); err != nil {
-		return nil
+// startForward runs job on a goroutine of its own and hands its answer to
+// answer, if the budget has a slot for it (the caller answers SERVFAIL
+// otherwise).
+func (s *Server) startForward(job *forwardJob, answer func([]byte)) bool {
+	if !s.fwd.acquire() {
+		return false
 	}
-	for _, q := range qs {
-		if err := b.Question(q); err != nil {
-			return nil
-		}
+	go func() { answer(s.runForwardHeld(job)) }()
+	return true
+}
+
+// runForward forwards job, taking its first slot.
+func (s *Server) runForward(job *forwardJob) []byte {
+	if !s.fwd.acquire() {
+		return job.failed(errBusy)
 	}
-	if answers != nil {
-		if err := b.StartAnswers(); err != nil {
-			return nil
-		}
-		if err := answers(&b); err != nil {
-			return nil
-		}
-	}
-	msg, err := b.Finish()
+	return s.runForwardHeld(job)
+}
+
+// runForwardHeld forwards job with its first slot held.
+func (s *Server) runForwardHeld(job *forwardJob) []byte {
+	resp, err := s.fwd.forward(job.q, job.upstreams, job.tcp, job.limit)
 	if err != nil {
-		return nil
+		return job.failed(err)
 	}
-	return msg
-}
-
-// forward asks the upstreams in turn, the way the query came (a truncated
-// answer over UDP is asked again over TCP), and returns the first answer.
-func (s *Server) forward(q []byte, ups []string, overTCP bool) []byte {
-	timeout := s.Timeout
-	if timeout == 0 {
-		timeout = 2 * time.Second
-	}
-	for _, up := range ups {
-		resp, err := exchange(q, up, overTCP, timeout)
-		if err == nil && !overTCP && truncated(resp) {
-			resp, err = exchange(q, up, true, timeout)
-		}
-		if err == nil {
-			return resp
-		}
-	}
-	return nil
-}
-
-// exchange sends q to server and waits for the answer with q's id.
-func exchange(q []byte, server string, overTCP bool, timeout time.Duration) ([]byte, error) {
-	network := "udp"
-	if overTCP {
-		network = "tcp"
-	}
-	c, err := net.DialTimeout(network, server, timeout)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	if overTCP {
-		if _, err := c.Write(tcpMsg(q)); err != nil {
-			return nil, err
-		}
-		return readTCPMsg(c)
-	}
-	if _, err := c.Write(q); err != nil {
-		return nil, err
-	}
-	buf := make([]byte, 65535)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return nil, err
-		}
-		// A late answer to an earlier query on a reused port is skipped.
-		if n >= 12 && buf[0] == q[0] && buf[1] == q[1] {
-			return buf[:n], nil
-		}
-	}
-}
-
-// truncated reports whether a message has the TC bit.
-func truncated(msg []byte) bool {
-	var p dnsmessage.Parser
-	h, err := p.Start(msg)
-	return err == nil && h.Truncated
-}
-
-// tcpMsg is msg with the length prefix of DNS over TCP.
-func tcpMsg(msg []byte) []byte {
-	return append(binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(msg)), uint16(len(msg))), msg...)
-}
-
-// readTCPMsg reads one length-prefixed DNS message.
-func readTCPMsg(r io.Reader) ([]byte, error) {
-	var l [2]byte
-	if _, err := io.ReadFull(r, l[:]); err != nil {
-		return nil, err
-	}
-	msg := make([]byte, binary.BigEndian.Uint16(l[:]))
-	if _, err := io.ReadFull(r, msg); err != nil {
-		return nil, err
-	}
-	return msg, nil
-}
-
-// reverseName is the in-addr.arpa name of an IPv4 address.
-func reverseName(a netip.Addr) string {
-	b := a.As4()
-	return fmt.Sprintf("%d.%d.%d.%d.in-addr.arpa.", b[3], b[2], b[1], b[0])
-}
-
-// fqdn adds the root's dot to a name that lacks it.
-func fqdn(name string) string {
-	if strings.HasSuffix(name, ".") {
-		return name
-	}
-	return name + "."
+	return resp
 }
