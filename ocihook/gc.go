@@ -322,12 +322,20 @@ func (env *Env) gcOrphans(live map[string]bool) ([]string, error) {
 					dirty = true
 				}
 			}
-			if len(ns.DNS.Endpoints) == 0 {
+			switch {
+			case len(ns.DNS.Endpoints) == 0:
 				if alive(ns.DNS.PID, ns.DNS.Start) {
 					report = append(report, fmt.Sprintf("dns responder of %s (pid %d)", name, ns.DNS.PID))
 				}
 				stopProcess(ns.DNS.PID, ns.DNS.Start)
 				ns.DNS = nil
+				dirty = true
+			case !alive(ns.DNS.PID, ns.DNS.Start):
+				// Its containers need it: start it again.
+				if err := env.ensureResponder(ns); err != nil {
+					return report, err
+				}
+				report = append(report, fmt.Sprintf("dns responder of %s was not running; started again (pid %d)", name, ns.DNS.PID))
 				dirty = true
 			}
 		}
