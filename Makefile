@@ -57,7 +57,7 @@ unit:
 # Each fuzz target for FUZZTIME (their seed corpora also run in make test).
 FUZZTIME ?= 60s
 FUZZ := ./ocihook:FuzzReadState ./ocihook:FuzzParseAnnotations ./ocihook:FuzzParsePublish \
-	./ocihook:FuzzParseLinkAddHostIP ./config:FuzzParse ./state:FuzzStateFiles
+	./ocihook:FuzzParseLinkAddHostIP ./config:FuzzParse ./state:FuzzStateFiles ./resolver:FuzzHandle
 fuzz:
 	@set -e; for t in $(FUZZ); do \
 		echo "fuzz $${t#*:} ($${t%%:*}) for $(FUZZTIME)"; \

@@ -22,6 +22,10 @@ check podman podman
 check python3 python3
 check redis-server redis-server
 check redis-cli redis-tools
+check gcc gcc
+check musl-gcc musl-tools
+check xz xz-utils
+check prlimit util-linux
 for extra in "$@"; do
 	cmd=${extra%%:*} pkg=${extra#*:}
 	check "$cmd" "$pkg"

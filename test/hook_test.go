@@ -470,7 +470,7 @@ func TestHookInternalNetworkDNS(t *testing.T) {
 			t.Errorf("internal network, %s: %v %v", name, r, err)
 		}
 	}
-	if r, err := ask("192.0.2.1:53", "outside.test."); err != nil || r.Rcode != dns.RcodeServerFailure || len(r.Answer) != 0 {
+	if r, err := ask("192.0.2.1:53", "outside.test."); err != nil || r.Rcode != dns.RcodeNameError || len(r.Answer) != 0 {
 		t.Errorf("internal network forwarded outside.test: %v %v", r, err)
 	}
 	if r, err := ask("198.18.0.1:53", "outside.test."); err != nil || len(r.Answer) != 1 {
