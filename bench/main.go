@@ -31,6 +31,7 @@ var (
 	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,cni,netavark", "tools to measure")
 	flagSamples = flag.Int("min-samples", 100, "repeat a measurement at small N until it has this many samples")
 	flagNoop    = flag.String("noop", "bench/out/noop", "a Go program that does nothing, built as netshim is")
+	flagDNS     = flag.Int("dns", 2000, "DNS responder queries of each kind (local, forwarded); 0 skips them")
 	flagBase    = flag.String("baseline", "", "another netshim binary (an older build) measured beside -netshim as baseline-nftables and baseline-iptables")
 )
 
@@ -334,7 +335,30 @@ func main() {
 		skipped = append(skipped, "runc run: "+err.Error())
 		rr = nil
 	}
-	report := render(samples, rr, skipped, ns, faults, floors)
+	var dnsRes []*dnsResult
+	if *flagDNS > 0 {
+		builds := [][2]string{{"netshim", netshim}}
+		if *flagBase != "" {
+			base, _ := filepath.Abs(*flagBase)
+			builds = append(builds, [2]string{"baseline", base})
+		}
+		stop, err := serveUpstream()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: dns upstream:", err)
+			os.Exit(1)
+		}
+		for _, b := range builds {
+			fmt.Printf("measuring the DNS responder of %s ...\n", b[0])
+			r, err := measureDNS(b[1], b[0], *flagDNS, work)
+			if err != nil {
+				skipped = append(skipped, "dns "+b[0]+": "+err.Error())
+				continue
+			}
+			dnsRes = append(dnsRes, r)
+		}
+		stop()
+	}
+	report := render(samples, rr, skipped, ns, faults, floors) + dnsLines(dnsRes)
 	fmt.Print(report)
 	os.MkdirAll(*flagOut, 0o755)
 	if err := os.WriteFile(filepath.Join(*flagOut, "results.md"), []byte(report), 0o644); err != nil {
