@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/engine"
 	"github.com/netshim/netshim/ocihook"
 	"github.com/netshim/netshim/resolver"
 	"github.com/netshim/netshim/state"
@@ -26,7 +27,6 @@ const (
 type globals struct {
 	configPath string
 	stateDir   string
-	debug      bool
 	stdin      io.Reader
 	stdout     io.Writer
 	stderr     io.Writer
@@ -43,24 +43,28 @@ func (g *globals) configFile() (string, bool) {
 	return config.DefaultPath, false
 }
 
-func (g *globals) env() (*ocihook.Env, error) {
+func (g *globals) env() (*engine.Engine, error) {
 	path, explicit := g.configFile()
 	cfg, err := config.Load(path, explicit)
 	if err != nil {
 		return nil, err
 	}
-	dir := g.stateDir
-	if dir == "" {
-		dir = os.Getenv(EnvStateDir)
-	}
-	if dir == "" {
-		dir = cfg.StateDir
-	}
-	store, err := state.New(dir)
+	store, err := state.New(g.stateDirOf(cfg))
 	if err != nil {
 		return nil, err
 	}
-	return &ocihook.Env{Config: cfg, Store: store, Defs: state.NewDefs(cfg.DataDir), Debug: g.debug}, nil
+	return &engine.Engine{Config: cfg, Store: store, Defs: state.NewDefs(cfg.DataDir)}, nil
+}
+
+// stateDirOf is the state dir: the flag, the environment, the config's.
+func (g *globals) stateDirOf(cfg *config.Config) string {
+	if g.stateDir != "" {
+		return g.stateDir
+	}
+	if dir := os.Getenv(EnvStateDir); dir != "" {
+		return dir
+	}
+	return cfg.StateDir
 }
 
 // Main runs the command line and returns the exit code. Errors are printed
@@ -88,18 +92,10 @@ it runs as a createRuntime and poststop hook.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.configPath, "config", "", "config file (env "+EnvConfig+", default "+config.DefaultPath+")")
 	pf.StringVar(&g.stateDir, "state-dir", "", "state directory (env "+EnvStateDir+", default: the config's state_dir, else "+config.DefaultStateDir+")")
-	pf.BoolVar(&g.debug, "debug", false, "log more detail")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	if hookRun(args) {
-		// Most runs are hook runs, one per container start and stop:
-		// they set up only their own command (the others' flags and help
-		// are a tenth of a millisecond of each hook's start).
-		root.AddCommand(hookCmd(g))
-	} else {
-		root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), reloadCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
-	}
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), reloadCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError
@@ -109,24 +105,6 @@ it runs as a createRuntime and poststop hook.`,
 		return 1
 	}
 	return 0
-}
-
-// hookRun reports whether args are the global flags, then `hook`. Anything
-// else (another command, an unknown flag, a mistake) gets every command, so
-// that help and errors are the usual ones.
-func hookRun(args []string) bool {
-	for i := 0; i < len(args); i++ {
-		switch a := args[i]; {
-		case a == "hook":
-			return true
-		case a == "--debug" || strings.HasPrefix(a, "--debug=") || strings.HasPrefix(a, "--config=") || strings.HasPrefix(a, "--state-dir="):
-		case (a == "--config" || a == "--state-dir") && i+1 < len(args):
-			i++
-		default:
-			return false
-		}
-	}
-	return false
 }
 
 type exitError struct {
@@ -157,17 +135,11 @@ Success prints nothing; failure prints one line and exits non-zero.`,
 			if len(args) == 1 {
 				stage = args[0]
 			}
-			worker := ocihook.StartWorker(stage) // on another CPU, while the config loads
-			env, err := g.env()
+			eng, err := g.env()
 			if err != nil {
-				worker.Done()
 				return err
 			}
-			env.Worker = worker
-			env.DeferReclaim()
-			err = ocihook.Run(cmd.Context(), env, g.stdin, stage)
-			env.HandOff()
-			return err
+			return ocihook.Run(eng, g.stdin, stage)
 		},
 	}
 }
@@ -184,40 +156,45 @@ func dnsServeCmd(g *globals) *cobra.Command {
 			if g.stateDir == "" {
 				return fmt.Errorf("dns-serve needs --state-dir")
 			}
-			udp, tcp, err := ocihook.ResponderSockets()
+			udp, tcp, err := engine.ResponderSockets()
 			if err != nil {
 				return err
 			}
-			ocihook.LeaveCgroup()
+			engine.LeaveCgroup()
 			return resolver.Serve(cmd.Context(), g.stateDir, args[0], udp, tcp)
 		},
 	}
 }
 
+// reclaimCmd is a teardown's reclaimer (see engine.Reclaim); it is not for
+// people to run.
 func reclaimCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var r engine.Reclaim
+	cmd := &cobra.Command{
 		Use:    "reclaim",
-		Short:  "Finish deletions hooks hand over (started by the hook)",
+		Short:  "Finish what a teardown left (started by the hook)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if g.stateDir == "" {
 				return fmt.Errorf("reclaim needs --state-dir")
 			}
-			l, err := ocihook.ReclaimerListener()
+			// The netfilter sockets the teardown handed over, as fds 3
+			// onwards, close as this process exits: it waits for their
+			// release, the teardown does not.
+			err := r.Do()
 			if err != nil {
-				return err
+				store, serr := state.New(g.stateDir)
+				if serr == nil {
+					(&engine.Engine{Store: store}).Log("", "", "reclaim", 0, err)
+				}
 			}
-			ocihook.LeaveCgroup()
-			// No config: the work names everything, and the hooks that
-			// hand it over may use other config files.
-			store, err := state.New(g.stateDir)
-			if err != nil {
-				return err
-			}
-			return ocihook.RunReclaimer(&ocihook.Env{Store: store, Debug: g.debug}, l)
+			return err
 		},
 	}
+	cmd.Flags().BoolVar(&r.Links, "links", false, "delete the links teardowns set aside")
+	cmd.Flags().IntSliceVar(&r.UDPPorts, "udp-port", nil, "drop the UDP conntrack entries of this host port")
+	return cmd
 }
 
 func gcCmd(g *globals) *cobra.Command {

@@ -184,27 +184,6 @@ func TestMakeInstall(t *testing.T) {
 	}
 }
 
-func TestHookRunArgs(t *testing.T) {
-	for _, c := range []struct {
-		args []string
-		want bool
-	}{
-		{[]string{"hook", "createRuntime"}, true},
-		{[]string{"--config", "/c.toml", "--state-dir", "/s", "hook", "poststop"}, true},
-		{[]string{"--debug", "--config=/c.toml", "--state-dir=/s", "hook"}, true},
-		{[]string{"--state-dir", "hook", "ps"}, false},
-		{[]string{"ps"}, false},
-		{[]string{"--help"}, false},
-		{[]string{"--bogus", "hook"}, false},
-		{[]string{"--config"}, false},
-		{nil, false},
-	} {
-		if got := hookRun(c.args); got != c.want {
-			t.Errorf("hookRun(%q) = %v, want %v", c.args, got, c.want)
-		}
-	}
-}
-
 // Bad driver options are refused with one line before anything is done.
 func TestNetworkCreateOptions(t *testing.T) {
 	dir := t.TempDir()

@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/netshim/netshim/config"
-	"github.com/netshim/netshim/ocihook"
+	"github.com/netshim/netshim/engine"
 )
 
 func networkCmd(g *globals) *cobra.Command {
@@ -32,7 +32,7 @@ networks can also be defined in the config file under [networks.NAME].`,
 }
 
 func networkCreateCmd(g *globals) *cobra.Command {
-	var req ocihook.NetworkRequest
+	var req engine.NetworkRequest
 	cmd := &cobra.Command{
 		Use:   "create [OPTIONS] NAME",
 		Short: "Create a bridge network",
@@ -86,12 +86,12 @@ func networkLsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "ID\tNAME\tDRIVER\tSUBNET")
 			if info, err := env.InspectNetwork(config.DefaultNetwork); err == nil {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(info.ID), info.Name, "bridge", orDash(info.Subnet))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(info.ID), info.Name, "bridge", orDash(info.Subnet))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(config.NetworkID("host")), "host", "host", "-")
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(config.NetworkID("none")), "none", "null", "-")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(config.NetworkID("host")), "host", "host", "-")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(config.NetworkID("none")), "none", "null", "-")
 			for _, n := range nets {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ocihook.ShortID(n.ID), n.Name, "bridge", n.Subnet)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(n.ID), n.Name, "bridge", n.Subnet)
 			}
 			return tw.Flush()
 		},

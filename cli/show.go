@@ -3,13 +3,12 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/netshim/netshim/ocihook"
+	"github.com/netshim/netshim/engine"
 	"github.com/netshim/netshim/state"
 )
 
@@ -28,19 +27,14 @@ func psCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "CONTAINER\tNAME\tNETWORK\tIP\tMAC\tPORTS")
 			for _, r := range recs {
-				network := r.Network
-				if network == "" {
-					network = r.Mode
+				network, ip, mac := r.Mode, "-", "-"
+				if len(r.Attachments) > 0 {
+					network = r.Attachments[0].Network
 				}
-				ip := "-"
-				if r.IP.IsValid() {
-					ip = netip.PrefixFrom(r.IP, r.Subnet.Bits()).String()
+				if a := r.Bridged(); a != nil {
+					network, ip, mac = a.Network, a.Addrs[0].String(), a.MAC
 				}
-				mac := r.MAC
-				if mac == "" {
-					mac = "-"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ocihook.ShortID(r.ID), r.Name, network, ip, mac, psPorts(r))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", engine.ShortID(r.ID), r.Name, network, ip, mac, psPorts(r))
 			}
 			tw.Flush()
 			if len(errs) > 0 {
@@ -73,19 +67,22 @@ type Endpoint struct {
 
 func endpointOf(r *state.Record) Endpoint {
 	e := Endpoint{
-		ID: r.ID, Name: r.Name, Mode: r.Mode, Network: r.Network, MacAddress: r.MAC, Bridge: r.Bridge,
-		HostVeth: r.HostVeth, ContainerVeth: r.ContainerVeth, Pid: r.PID, State: string(r.Phase),
+		ID: r.ID, Name: r.Name, Mode: r.Mode, Pid: r.Container.PID, State: string(r.Phase),
 		Created: r.Created.Format("2006-01-02T15:04:05.000000000Z07:00"), Ports: []PortJSON{},
 	}
-	for _, p := range r.Ports {
-		ip, port := reachedAt(r, p)
-		e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: ip, HostPort: port})
+	if len(r.Attachments) > 0 {
+		e.Network = r.Attachments[0].Network
 	}
-	if r.IP.IsValid() {
-		e.IPAddress, e.IPPrefixLen = r.IP.String(), r.Subnet.Bits()
-	}
-	if r.Gateway.IsValid() {
-		e.Gateway = r.Gateway.String()
+	if a := r.Bridged(); a != nil {
+		e.Network, e.MacAddress, e.Bridge, e.HostVeth, e.ContainerVeth = a.Network, a.MAC, a.Bridge, a.HostVeth, a.Interface
+		e.IPAddress, e.IPPrefixLen = a.Addr().String(), a.Addrs[0].Bits()
+		if a.Gateway.IsValid() {
+			e.Gateway = a.Gateway.String()
+		}
+		for _, p := range a.Ports {
+			ip, port := reachedAt(a, p)
+			e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: ip, HostPort: port})
+		}
 	}
 	for _, l := range r.Links {
 		e.Links = append(e.Links, fmt.Sprintf("%s:%s", l.Name, l.Alias))
@@ -110,21 +107,38 @@ type PortJSON struct {
 	HostPort      int    `json:"HostPort"`
 }
 
-// reachedAt is where published port p of r answers: its host address and
-// port, or on a routed network (no host port) the container's own.
-func reachedAt(r *state.Record, p state.Port) (string, int) {
+// reachedAt is where published port p of attachment a answers: its host
+// address and port, or on a routed network (no host port) the container's
+// own.
+func reachedAt(a *state.Attachment, p state.Port) (string, int) {
 	if p.HostPort == 0 {
-		return r.IP.String(), p.ContainerPort
+		return a.Addr().String(), p.ContainerPort
 	}
 	return p.HostIPString(), p.HostPort
 }
 
+// ports are r's published ports, each with its attachment.
+func ports(r *state.Record) (out []struct {
+	a *state.Attachment
+	p state.Port
+}) {
+	for i := range r.Attachments {
+		for _, p := range r.Attachments[i].Ports {
+			out = append(out, struct {
+				a *state.Attachment
+				p state.Port
+			}{&r.Attachments[i], p})
+		}
+	}
+	return out
+}
+
 // psPorts is Docker's PORTS column: 0.0.0.0:8080->80/tcp, ...
 func psPorts(r *state.Record) string {
-	parts := make([]string, 0, len(r.Ports))
-	for _, p := range r.Ports {
-		ip, port := reachedAt(r, p)
-		parts = append(parts, fmt.Sprintf("%s:%d->%d/%s", ip, port, p.ContainerPort, p.Proto))
+	var parts []string
+	for _, ap := range ports(r) {
+		ip, port := reachedAt(ap.a, ap.p)
+		parts = append(parts, fmt.Sprintf("%s:%d->%d/%s", ip, port, ap.p.ContainerPort, ap.p.Proto))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -147,9 +161,9 @@ func portCmd(g *globals) *cobra.Command {
 					proto = "tcp"
 				}
 				found := false
-				for _, p := range r.Ports {
-					if fmt.Sprint(p.ContainerPort) == want && p.Proto == proto {
-						ip, port := reachedAt(r, p)
+				for _, ap := range ports(r) {
+					if fmt.Sprint(ap.p.ContainerPort) == want && ap.p.Proto == proto {
+						ip, port := reachedAt(ap.a, ap.p)
 						fmt.Fprintf(g.stdout, "%s:%d\n", ip, port)
 						found = true
 					}
@@ -159,9 +173,9 @@ func portCmd(g *globals) *cobra.Command {
 				}
 				return nil
 			}
-			for _, p := range r.Ports {
-				ip, port := reachedAt(r, p)
-				fmt.Fprintf(g.stdout, "%d/%s -> %s:%d\n", p.ContainerPort, p.Proto, ip, port)
+			for _, ap := range ports(r) {
+				ip, port := reachedAt(ap.a, ap.p)
+				fmt.Fprintf(g.stdout, "%d/%s -> %s:%d\n", ap.p.ContainerPort, ap.p.Proto, ip, port)
 			}
 			return nil
 		},

@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/state"
@@ -172,9 +171,17 @@ func (e *UnsafePathError) Error() string {
 	return fmt.Sprintf("refusing to write %s: %s", e.Path, e.Reason)
 }
 
+// Mount is one of the container's mounts.
+type Mount struct {
+	Destination string
+	Type        string
+	Source      string
+	Options     []string
+}
+
 // bindSource returns the host source of the last bind mount whose
 // destination is dest, resolved against the bundle.
-func bindSource(bundle string, mounts []specs.Mount, dest string) (string, bool) {
+func bindSource(bundle string, mounts []Mount, dest string) (string, bool) {
 	src, found := "", false
 	for _, m := range mounts {
 		if filepath.Clean(m.Destination) != dest {
@@ -199,7 +206,7 @@ func bindSource(bundle string, mounts []specs.Mount, dest string) (string, bool)
 // place (it may be bind-mounted already). No symlink is followed out of the
 // rootfs, and a bind source that is a symlink is refused. It returns the
 // host path written.
-func WriteContainerFile(bundle, rootfs string, mounts []specs.Mount, dest string, content []byte) (string, error) {
+func WriteContainerFile(bundle, rootfs string, mounts []Mount, dest string, content []byte) (string, error) {
 	if src, ok := bindSource(bundle, mounts, dest); ok {
 		fd, err := unix.Open(src, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0o644)
 		if err != nil {

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/state"
@@ -76,7 +75,7 @@ func TestWriteBindSource(t *testing.T) {
 	bundle := t.TempDir()
 	src := filepath.Join(bundle, "hosts-src")
 	os.WriteFile(src, []byte("old old old\n"), 0o644)
-	mounts := []specs.Mount{{Destination: "/etc/hosts", Type: "bind", Source: "hosts-src", Options: []string{"rbind", "ro"}}}
+	mounts := []Mount{{Destination: "/etc/hosts", Type: "bind", Source: "hosts-src", Options: []string{"rbind", "ro"}}}
 	p, err := WriteContainerFile(bundle, filepath.Join(bundle, "rootfs"), mounts, "/etc/hosts", []byte("new\n"))
 	if err != nil || p != src {
 		t.Fatal(p, err)
@@ -120,7 +119,7 @@ func TestHostileSymlinks(t *testing.T) {
 	}
 	bundle := t.TempDir()
 	os.Symlink(victim, filepath.Join(bundle, "src"))
-	mounts := []specs.Mount{{Destination: "/etc/hosts", Source: filepath.Join(bundle, "src"), Options: []string{"bind"}}}
+	mounts := []Mount{{Destination: "/etc/hosts", Source: filepath.Join(bundle, "src"), Options: []string{"bind"}}}
 	_, err := WriteContainerFile(bundle, filepath.Join(bundle, "rootfs"), mounts, "/etc/hosts", []byte("pwned\n"))
 	var ue *UnsafePathError
 	if !errors.As(err, &ue) {

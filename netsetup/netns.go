@@ -1,6 +1,8 @@
-// Package netsetup does the kernel work of a container's network: the bridge,
-// the veth pair created straight into the container's netns, addresses,
-// routes, sysctls, firewall rules and the container's /etc files.
+// Package netsetup does the kernel work of a container's network, as
+// plumbing the engine's drivers use: bridges, the veth pair created
+// straight into the container's netns, addresses and routes, sysctls,
+// namespaces and processes, address pools, host ports, and the
+// container's /etc files. Firewall rules are package firewall's.
 package netsetup
 
 import (

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/engine"
 	"github.com/netshim/netshim/internal/names"
 )
 
@@ -28,23 +29,16 @@ const (
 
 // Network modes besides named networks.
 const (
-	ModeBridge = "bridge"
-	ModeNone   = "none"
-	ModeHost   = "host"
+	ModeBridge = engine.ModeBridge
+	ModeNone   = engine.ModeNone
+	ModeHost   = engine.ModeHost
 )
 
 // Link is one --link: a container name and the alias it is known by.
-type Link struct {
-	Name  string
-	Alias string
-}
+type Link = engine.LinkRequest
 
-// AddHost is one --add-host; HostGateway stands for the bridge address.
-type AddHost struct {
-	Name        string
-	IP          netip.Addr
-	HostGateway bool
-}
+// AddHost is one --add-host; HostGateway stands for the network's gateway.
+type AddHost = engine.AddHost
 
 // Options are a container's network options, from its annotations.
 type Options struct {
@@ -200,10 +194,14 @@ func splitList(s string) []string {
 }
 
 // CheckName validates a container name or alias as Docker does
-// ([a-zA-Z0-9][a-zA-Z0-9_.-]*), at most 128 characters.
+// ([a-zA-Z0-9][a-zA-Z0-9_.-]*), at most 128 characters, and refuses what
+// DNS can never answer (a label over 63 characters).
 func CheckName(s string) error {
 	if !names.Valid(s, "_.-", 128) {
-		return fmt.Errorf("invalid name %q: use letters, digits, '_', '.', '-', starting with a letter or digit", s)
+		return fmt.Errorf("invalid name %q: use letters, digits, '_', '.', '-', starting with a letter or digit, at most 128", s)
+	}
+	if err := engine.DNSName(s); err != nil {
+		return fmt.Errorf("invalid name %q: %w", s, err)
 	}
 	return nil
 }

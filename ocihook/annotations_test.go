@@ -17,8 +17,8 @@ func TestParseAnnotations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Name != "web" || o.IP.String() != "172.17.0.9" || len(o.Links) != 2 || o.Links[0] != (Link{"db", "database"}) ||
-		o.Links[1] != (Link{"cache", "cache"}) || len(o.DNS) != 1 || !o.AddHosts[0].HostGateway || o.AddHosts[1].IP.String() != "198.51.100.1" {
+	if o.Name != "web" || o.IP.String() != "172.17.0.9" || len(o.Links) != 2 || o.Links[0] != (Link{Name: "db", Alias: "database"}) ||
+		o.Links[1] != (Link{Name: "cache", Alias: "cache"}) || len(o.DNS) != 1 || !o.AddHosts[0].HostGateway || o.AddHosts[1].IP.String() != "198.51.100.1" {
 		t.Errorf("%+v", o)
 	}
 	if o, _ := ParseAnnotations(nil); o.Network != "bridge" {
@@ -79,14 +79,3 @@ func TestReadState(t *testing.T) {
 }
 
 func specsState(s string) specs.ContainerState { return specs.ContainerState(s) }
-
-func TestContainerResolvBase(t *testing.T) {
-	host := []byte("nameserver 127.0.0.53\nnameserver 198.51.100.53\n")
-	if got := containerResolvBase(host, false); string(got) != string(host) {
-		t.Errorf("a usable nameserver: %q", got)
-	}
-	loop := []byte("nameserver 127.0.0.53\n")
-	if got := containerResolvBase(loop, true); string(got) != string(loop) {
-		t.Errorf("host mode keeps loopback: %q", got)
-	}
-}

@@ -1,23 +1,24 @@
-// Package ocihook is the OCI hook: it reads the runtime's state on stdin and
-// sets up (createRuntime) or tears down (poststop) a container's network.
+// Package ocihook is the OCI boundary: it reads the runtime's state on
+// stdin, the bundle's config.json and its netshim/* annotations, turns them
+// into an engine.Request, and has the engine set up (createRuntime) or tear
+// down (poststop) the container's network.
 package ocihook
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 
-	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/engine"
+	"github.com/netshim/netshim/firewall"
 	"github.com/netshim/netshim/internal/fastio"
+	"github.com/netshim/netshim/netsetup"
 	"github.com/netshim/netshim/state"
 )
 
@@ -26,42 +27,6 @@ const (
 	StageSetup    = "createRuntime"
 	StageTeardown = "poststop"
 )
-
-// Env is what the hook works with: the config and the state directory.
-type Env struct {
-	Config *config.Config
-	Store  *state.Store
-	// Defs are the networks made with `netshim network create`.
-	Defs *state.Defs
-	// LockTimeout bounds the wait for the host lock.
-	LockTimeout time.Duration
-	// Debug adds detail to the log: when each step ended.
-	Debug bool
-
-	marks sync.Mutex // setup marks steps from several goroutines
-	steps []string
-	start time.Time
-	// reclaim, when set, collects what teardowns leave to the reclaimer.
-	reclaim *Reclaim
-	// Worker, when set, runs the work a hook does beside its own (see
-	// Worker); Run lets it go when it returns.
-	Worker *Worker
-}
-
-// mark notes, with Debug, when the step that just ended did, as the time
-// since the hook started: steps run on several goroutines at once, and
-// what ends last is what a setup waits for.
-func (env *Env) mark(step string) {
-	if !env.Debug {
-		return
-	}
-	env.marks.Lock()
-	defer env.marks.Unlock()
-	env.steps = append(env.steps, fmt.Sprintf("%s@%s", step, time.Since(env.start).Round(time.Microsecond)))
-}
-
-// DefaultLockTimeout is how long a hook waits for the host lock.
-const DefaultLockTimeout = 30 * time.Second
 
 // InputError is bad input from the runtime (state JSON, config.json).
 type InputError struct {
@@ -116,7 +81,7 @@ func ReadState(r io.Reader) (*specs.State, error) {
 		return nil, &InputError{What: "state JSON on stdin", Reason: err.Error()}
 	}
 	if err := state.CheckID(st.ID); err != nil {
-		return nil, &InputError{What: "state field id", Value: st.ID, Reason: "not a valid container id"}
+		return nil, &InputError{What: "state field id", Value: st.ID, Reason: "not a container id netshim can keep: " + err.Error()}
 	}
 	if st.Pid < 0 {
 		return nil, &InputError{What: "state field pid", Value: fmt.Sprint(st.Pid), Reason: "negative"}
@@ -124,9 +89,7 @@ func ReadState(r io.Reader) (*specs.State, error) {
 	return &st, nil
 }
 
-// bundleConfig is the part of a bundle's config.json the hook uses. The
-// rest (process, linux, seccomp...) is skipped by the decoder rather than
-// decoded into runtime-spec types the hook never reads.
+// bundleConfig is the part of a bundle's config.json the hook uses.
 type bundleConfig struct {
 	Hostname    string            `json:"hostname,omitempty"`
 	Root        *specs.Root       `json:"root,omitempty"`
@@ -151,80 +114,86 @@ func readSpec(bundle string) (*bundleConfig, error) {
 	return &spec, nil
 }
 
-// codecWarmers are the steps of the warm-up a hook's worker does (see
-// Worker) as the hook starts: encoding/json builds a type's decoder or
-// encoder by reflection the first time the type is used, ~0.1 ms for a
-// record. In the order the hook needs them: the decoders of its input
-// first (the state on stdin, read as soon as the config is loaded; the
-// bundle's config.json, which a teardown does not read), then the state
-// files' codecs (see state.CodecWarmers), which the work it hands over
-// needs.
-func codecWarmers(stage string) []func() {
-	steps := []func(){func() { json.Unmarshal([]byte(`{}`), &specs.State{}) }}
-	if stage != StageTeardown {
-		steps = append(steps, func() {
-			json.Unmarshal([]byte(`{"root":{},"mounts":[{}],"annotations":{}}`), &bundleConfig{})
-		})
+// Request turns the runtime's state and the bundle's config into the
+// engine's request. It also returns the bundle's annotations, to word the
+// engine's errors about a field in terms of the annotation that set it.
+func Request(st *specs.State) (*engine.Request, map[string]string, error) {
+	spec, err := readSpec(st.Bundle)
+	if err != nil {
+		return nil, nil, err
 	}
-	return append(steps, state.CodecWarmers(stage != StageTeardown)...)
+	opts, err := ParseAnnotations(spec.Annotations)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st.Pid <= 0 {
+		return nil, nil, &InputError{What: "state field pid", Value: fmt.Sprint(st.Pid), Reason: "setup needs the container's pid"}
+	}
+	if spec.Root == nil || spec.Root.Path == "" {
+		return nil, nil, &InputError{What: "bundle config root.path", Reason: "missing"}
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(st.Bundle, rootfs)
+	}
+	req := &engine.Request{
+		ID: st.ID, Name: opts.Name, Hostname: spec.Hostname, PID: st.Pid, Bundle: st.Bundle, Rootfs: rootfs,
+		Network: opts.Network, IP: opts.IP, Aliases: opts.Aliases, Links: opts.Links,
+		DNS: opts.DNS, DNSSearch: opts.DNSSearch, DNSOptions: opts.DNSOptions, AddHosts: opts.AddHosts, Ports: opts.Ports(),
+	}
+	if req.Name == "" {
+		req.Name = st.ID
+	}
+	for _, m := range spec.Mounts {
+		req.Mounts = append(req.Mounts, netsetup.Mount{Destination: m.Destination, Type: m.Type, Source: m.Source, Options: m.Options})
+	}
+	return req, spec.Annotations, nil
 }
 
-// Run is the hook: it reads the state from stdin and sets up or tears down.
-// stage is the hook's argument, possibly empty. The outcome is logged
-// under the state dir; the error is for the caller to print.
-func Run(ctx context.Context, env *Env, stdin io.Reader, stage string) (err error) {
+// annotationOf is the annotation behind each field of a request.
+var annotationOf = map[string]string{
+	engine.FieldIP: AnnIP, engine.FieldLinks: AnnLinks, engine.FieldAddHosts: AnnAddHost, engine.FieldPorts: AnnPublish,
+}
+
+// Run is the hook: it reads the state from stdin and has eng set up or
+// tear down. stage is the hook's argument, possibly empty. The outcome is
+// logged under the state dir; the error is for the caller to print, worded
+// in terms of the annotation that caused it.
+func Run(eng *engine.Engine, stdin io.Reader, stage string) (err error) {
 	start := time.Now()
-	env.start = start
-	defer env.Worker.Done()
-	var st *specs.State
-	var name string
-	defer func() {
-		id := "-"
-		if st != nil {
-			id = st.ID
-		}
-		env.logLine(id, name, stage, time.Since(start), err)
-	}()
+	id, name := "", ""
+	defer func() { eng.Log(id, name, stage, time.Since(start), err) }()
 	if stage != "" { // a bad argument is refused before reading stdin
 		if stage, err = ResolveStage(stage, ""); err != nil {
 			return err
 		}
 	}
-	st, err = ReadState(stdin)
+	st, err := ReadState(stdin)
 	if err != nil {
 		return err
 	}
-	stage, err = ResolveStage(stage, st.Status)
-	if err != nil {
+	id = st.ID
+	if stage, err = ResolveStage(stage, st.Status); err != nil {
 		return err
 	}
 	if stage == StageTeardown {
-		name, err = env.Teardown(ctx, st.ID)
+		// The teardown's slow tail is handed to a reclaimer, with the
+		// netfilter sockets it opens (see engine.Reclaim).
+		firewall.RetainSockets()
+		name, err = eng.Teardown(st.ID)
 		return err
 	}
-	name, err = env.Setup(ctx, st)
-	return err
-}
-
-// logLine appends one line per hook invocation to <state>/hook.log. Logging
-// never fails the hook.
-func (env *Env) logLine(id, name, stage string, d time.Duration, err error) {
-	outcome := "ok"
+	req, ann, err := Request(st)
 	if err != nil {
-		outcome = "error: " + err.Error()
+		return err
 	}
-	if name == "" {
-		name = "-"
+	name = req.Name
+	err = eng.Setup(req)
+	var fe *engine.FieldError
+	if errors.As(err, &fe) {
+		if key := annotationOf[fe.Field]; key != "" {
+			return &AnnotationError{Key: key, Value: ann[key], Reason: fe.Reason}
+		}
 	}
-	if stage == "" {
-		stage = "-"
-	}
-	steps := ""
-	if len(env.steps) > 0 {
-		steps = " steps: " + strings.Join(env.steps, " ")
-	}
-	line := fmt.Sprintf("%s id=%s name=%s stage=%s duration=%s %s%s\n",
-		time.Now().UTC().Format(time.RFC3339Nano), id, name, stage, d.Round(time.Microsecond), outcome, steps)
-	// One write with O_APPEND: lines of concurrent hooks do not interleave.
-	fastio.Create(filepath.Join(env.Store.Dir, "hook.log"), unix.O_APPEND, []byte(line), 0o600, false)
+	return err
 }

@@ -2,21 +2,15 @@ package ocihook
 
 import (
 	"fmt"
+
+	"github.com/netshim/netshim/engine"
 	"net/netip"
 	"strconv"
 	"strings"
 )
 
-// PortRequest is one container port to publish: on HostIP (unspecified:
-// every local address), at a host port from HostLo..HostHi (both 0: a
-// random port from the ephemeral range).
-type PortRequest struct {
-	HostIP        netip.Addr
-	HostLo        int
-	HostHi        int
-	ContainerPort int
-	Proto         string
-}
+// PortRequest is one container port to publish (see engine.PortRequest).
+type PortRequest = engine.PortRequest
 
 // ExposedPort is one --expose port.
 type ExposedPort struct {

@@ -28,17 +28,10 @@ type Net struct {
 	Bridge  string       `json:"bridge"`
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway"`
-	// Legacy is where allocations were kept before they had files: read
-	// once and moved into files.
-	Legacy map[netip.Addr]string `json:"allocated,omitempty"`
 	// Low is a hint: every address of the allocation range below it is
 	// taken, so the lowest free address is found from here, in O(1) when
 	// addresses are handed out and returned in order.
 	Low netip.Addr `json:"low,omitzero"`
-	// BridgeIndex is the bridge's ifindex once setup ensured it (address,
-	// MTU, up): later setups use it without asking the kernel, whose reply
-	// for a bridge grows with its ports.
-	BridgeIndex int `json:"bridge_index,omitempty"`
 	// Firewall is the backend that installed the network rules.
 	Firewall string `json:"firewall,omitempty"`
 	// DNS is what the network's DNS responder serves (user networks).
@@ -80,9 +73,6 @@ func (s *Store) GetNet(name string) (*Net, error) {
 		return nil, err
 	}
 	n.Name, n.dir = name, s.addrDir(name)
-	for a, id := range n.Legacy {
-		n.Hold(a, id)
-	}
 	return n, nil
 }
 
@@ -110,7 +100,6 @@ func (s *Store) PutNet(n *Net) error {
 		}
 		delete(n.changed, a)
 	}
-	n.Legacy = nil
 	return writeJSON(s.netPath(n.Name), n)
 }
 
@@ -371,6 +360,9 @@ type NetDNS struct {
 	PID   int    `json:"pid,omitempty"`
 	Start uint64 `json:"start,omitempty"`
 }
+
+// Process is the responder's process.
+func (d *NetDNS) Process() Process { return Process{PID: d.PID, Start: d.Start} }
 
 // DNSEntry is one container's names.
 type DNSEntry struct {

@@ -78,12 +78,15 @@ func TestRecordsRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Record{ID: "abc", Name: "web", Mode: "bridge", IP: netip.MustParseAddr("172.17.0.2"), Created: time.Now()}
+	r := &Record{ID: "abc", Name: "web", Mode: "bridge", Created: time.Now(), Attachments: []Attachment{{
+		Network: "bridge", Driver: "bridge", Addrs: []netip.Prefix{netip.MustParsePrefix("172.17.0.2/16")},
+		Ports: []Port{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}},
+	}}}
 	if err := s.Put(r); err != nil {
 		t.Fatal(err)
 	}
 	got, ok, err := s.Get("abc")
-	if err != nil || !ok || got.IP != r.IP || got.Name != "web" {
+	if err != nil || !ok || got.Bridged().Addr() != netip.MustParseAddr("172.17.0.2") || got.Name != "web" || got.Attachments[0].Ports[0].HostPort != 8080 {
 		t.Fatalf("%v %v %+v", err, ok, got)
 	}
 	if f, err := s.Find("web"); err != nil || f.ID != "abc" {
@@ -219,13 +222,6 @@ func TestAllocationFiles(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(s.Dir, "networks", "bridge.addrs", torn.String())); err == nil {
 		t.Fatal("torn allocation left after its release")
 	}
-	// State written before allocations had files is moved into files.
-	os.WriteFile(filepath.Join(s.Dir, "networks", "old.json"), []byte(`{"name":"old","subnet":"10.8.0.0/24","gateway":"10.8.0.1","allocated":{"10.8.0.2":"x"}}`), 0o600)
-	o, _ := s.GetNet("old")
-	s.PutNet(o)
-	if data, _ := os.ReadFile(filepath.Join(s.Dir, "networks", "old.addrs", "10.8.0.2")); string(data) != "x" {
-		t.Fatalf("legacy allocation not moved: %q", data)
-	}
 }
 
 // A hook killed in the middle of a write leaves a temporary file: those of
@@ -263,5 +259,45 @@ func TestRemoveTemps(t *testing.T) {
 		if gone := err != nil; gone != removed {
 			t.Errorf("%s: removed %v, want %v", p, gone, removed)
 		}
+	}
+}
+
+// Ids: what runc accepts fits, within a file name; the rest is refused
+// with a reason.
+func TestCheckID(t *testing.T) {
+	for _, id := range []string{"x", "x,y", "_under", "a+b.c-d", strings.Repeat("a", MaxIDLen)} {
+		if err := CheckID(id); err != nil {
+			t.Errorf("%q refused: %v", id, err)
+		}
+	}
+	for _, id := range []string{"", ".", "..", ".hidden", "a/b", "a b", strings.Repeat("a", MaxIDLen+1)} {
+		if err := CheckID(id); err == nil {
+			t.Errorf("%q accepted", id)
+		}
+	}
+}
+
+// A state dir is refused when someone else could change it, or when an
+// older netshim wrote it.
+func TestStateDirChecks(t *testing.T) {
+	open := t.TempDir()
+	os.Chmod(open, 0o777)
+	var ue *UnsafeDirError
+	if _, err := New(open); !errors.As(err, &ue) {
+		t.Errorf("a world-writable state dir: %v", err)
+	}
+	old := t.TempDir()
+	os.WriteFile(filepath.Join(old, "ports.json"), []byte("{}"), 0o600)
+	var oe *OldStateError
+	if _, err := New(old); !errors.As(err, &oe) || !strings.Contains(err.Error(), "remove "+old) {
+		t.Errorf("an older state dir: %v", err)
+	}
+	fresh := t.TempDir()
+	os.WriteFile(filepath.Join(fresh, "notes.txt"), []byte("mine"), 0o600)
+	if _, err := New(fresh); err != nil {
+		t.Errorf("a new state dir with a file of someone's: %v", err)
+	}
+	if _, err := New(fresh); err != nil {
+		t.Errorf("the same dir again: %v", err)
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/internal/fastio"
-	"github.com/netshim/netshim/internal/names"
 )
 
 // Store is the state directory.
@@ -28,14 +27,84 @@ type Store struct {
 	Dir string
 }
 
-// New returns the store rooted at dir, creating its layout.
+// Format is the state directory's layout version, in its file "format".
+// State from a netshim without it is not read: a state dir lives on tmpfs
+// (/run/netshim), so a reboot or the removal of the dir after its
+// containers are stopped is all a change of format needs.
+const Format = "netshim-state 2"
+
+// OldStateError refuses a state dir written by another format.
+type OldStateError struct {
+	Dir, Found string
+}
+
+func (e *OldStateError) Error() string {
+	return fmt.Sprintf("state dir %s was written by an older netshim (%s): stop the containers it lists, then remove %s (or reboot: it is on tmpfs by default)", e.Dir, e.Found, e.Dir)
+}
+
+// UnsafeDirError refuses a state dir that someone but its root could
+// change: its records drive what a hook deletes.
+type UnsafeDirError struct {
+	Dir, Reason string
+}
+
+func (e *UnsafeDirError) Error() string {
+	return fmt.Sprintf("state dir %s %s: refusing to use it", e.Dir, e.Reason)
+}
+
+// New returns the store rooted at dir, creating its layout. dir must be
+// owned by this process's user and writable by no one else; a dir that
+// has content but not this format's is refused.
 func New(dir string) (*Store, error) {
-	for _, d := range []string{dir, filepath.Join(dir, "containers"), filepath.Join(dir, "networks")} {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir %s: %w", dir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return nil, fmt.Errorf("stat state dir %s: %w", dir, err)
+	}
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return nil, &UnsafeDirError{Dir: dir, Reason: "is not a directory (a symlink?)"}
+	case int(st.Uid) != os.Geteuid():
+		return nil, &UnsafeDirError{Dir: dir, Reason: fmt.Sprintf("is owned by uid %d", st.Uid)}
+	case st.Mode&0o022 != 0:
+		return nil, &UnsafeDirError{Dir: dir, Reason: fmt.Sprintf("is writable by others (mode %o)", st.Mode&0o777)}
+	}
+	s := &Store{Dir: dir}
+	if err := s.checkFormat(); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{filepath.Join(dir, "containers"), filepath.Join(dir, "networks")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create state dir %s: %w", d, err)
 		}
 	}
-	return &Store{Dir: dir}, nil
+	return s, nil
+}
+
+// checkFormat reads the dir's format file, writing it into a dir that has
+// nothing else.
+func (s *Store) checkFormat() error {
+	path := filepath.Join(s.Dir, "format")
+	data, err := fastio.ReadFile(path)
+	if err == nil {
+		if got := strings.TrimSpace(string(data)); got != Format {
+			return &OldStateError{Dir: s.Dir, Found: "format " + strconv.Quote(got)}
+		}
+		return nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	// What netshim writes besides the lock and its log: any of it without
+	// a format file is an older netshim's state.
+	for _, name := range []string{"containers", "networks", "ports", "ports.json", "names", "creating"} {
+		if _, err := os.Lstat(filepath.Join(s.Dir, name)); err == nil {
+			return &OldStateError{Dir: s.Dir, Found: "it has " + name + " and no format file"}
+		}
+	}
+	return writeFile(path, []byte(Format+"\n"))
 }
 
 // ErrLockTimeout is returned when the host lock could not be taken in time.
@@ -153,10 +222,27 @@ func writeFile(path string, data []byte) error {
 	}
 }
 
-// CheckID validates an OCI container id for use as a file name.
+// MaxIDLen is the longest container id a record's temporary file name
+// holds (".<id>.json.<10 digits>" in 255 bytes).
+const MaxIDLen = 238
+
+// CheckID validates an OCI container id as runc does (letters, digits and
+// "_+,-."; not "." or ".."), for use as a file name: at most MaxIDLen
+// bytes, and not starting with "." (the state's temporary files do).
 func CheckID(id string) error {
-	if !names.Valid(id, "_.+-", 128) {
-		return fmt.Errorf("invalid container id %q: use letters, digits, '_', '.', '+', '-', at most 128", id)
+	switch {
+	case id == "":
+		return errors.New("empty")
+	case len(id) > MaxIDLen:
+		return fmt.Errorf("longer than %d characters (a file name of the state holds it)", MaxIDLen)
+	case id[0] == '.':
+		return errors.New("starts with '.' (the state's temporary files do)")
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("_+,-.", c) >= 0) {
+			return fmt.Errorf("has %q: use letters, digits and _+,-. as runc does", c)
+		}
 	}
 	return nil
 }
@@ -256,29 +342,4 @@ func removeIfExists(path string) error {
 		return err
 	}
 	return nil
-}
-
-// CodecWarmers build encoding/json's codecs for the state files, one type
-// each, in the order a hook needs them: a caller may stop between two. The
-// package builds a type's encoder or decoder by reflection the first time
-// the type is used, ~0.1 ms for a record; a hook has them built by another
-// goroutine as it starts. A setup reads the network's state first, then
-// writes its record and port reservations; it reads no record or
-// reservations but its own, which are new: only their encoders are built
-// then.
-func CodecWarmers(setup bool) []func() {
-	types := []any{&Record{}, &Net{}, &[]Reservation{}}
-	if setup {
-		types = []any{&Net{}, &Record{}, &[]Reservation{}}
-	}
-	steps := make([]func(), len(types))
-	for i, v := range types {
-		steps[i] = func() {
-			data, err := json.Marshal(v)
-			if _, isNet := v.(*Net); err == nil && (!setup || isNet) {
-				json.Unmarshal(data, v)
-			}
-		}
-	}
-	return steps
 }

@@ -1,4 +1,4 @@
-package ocihook
+package engine
 
 import (
 	"fmt"
@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netshim/netshim/firewall"
 	"github.com/netshim/netshim/netsetup"
 )
 
@@ -31,7 +32,7 @@ func sysctlValue(name string) string {
 }
 
 // Doctor inspects the host for what netshim needs and what gets in its way.
-func (env *Env) Doctor() []Check {
+func (e *Engine) Doctor() []Check {
 	var out []Check
 	fwd := sysctlValue("net.ipv4.ip_forward")
 	out = append(out, Check{"ip_forward", true, map[bool]string{true: "net.ipv4.ip_forward = 1",
@@ -69,23 +70,23 @@ func (env *Env) Doctor() []Check {
 		policy := strings.SplitN(string(b), "\n", 2)[0]
 		out = append(out, Check{"FORWARD policy", true, strings.TrimPrefix(policy, "-P FORWARD ")})
 	}
-	out = append(out, Check{"firewall in use", true, env.Config.Firewall})
-	out = append(out, env.firewallCheck())
+	out = append(out, Check{"firewall in use", true, e.Config.Firewall})
+	out = append(out, e.firewallCheck())
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return append(out, Check{"host routes", false, err.Error()})
 	}
 	defer h.Close()
-	nets, err := env.UserNetworks()
+	nets, err := e.UserNetworks()
 	if err != nil {
 		return append(out, Check{"networks", false, err.Error()})
 	}
-	bridges := []string{env.Config.Bridge.Bridge}
+	bridges := []string{e.Config.Bridge.Bridge}
 	subnets := map[string]netip.Prefix{}
-	if s, err := env.Store.GetNet(env.Config.Bridge.Name); err == nil && s != nil && s.Subnet.IsValid() {
+	if s, err := e.Store.GetNet(e.Config.Bridge.Name); err == nil && s != nil && s.Subnet.IsValid() {
 		subnets["bridge"] = s.Subnet
-	} else if env.Config.Bridge.Subnet.IsValid() {
-		subnets["bridge"] = env.Config.Bridge.Subnet
+	} else if e.Config.Bridge.Subnet.IsValid() {
+		subnets["bridge"] = e.Config.Bridge.Subnet
 	}
 	for _, n := range nets {
 		bridges = append(bridges, n.Bridge)
@@ -112,16 +113,16 @@ func (env *Env) Doctor() []Check {
 
 // firewallCheck compares the firewall with what the state says is
 // installed.
-func (env *Env) firewallCheck() Check {
+func (e *Engine) firewallCheck() Check {
 	const name = "firewall rules"
-	sets, _, err := env.recordedRules()
+	sets, _, err := e.recordedRules()
 	if err != nil {
 		return Check{name, false, err.Error()}
 	}
 	var missing []string
 	networks := 0
 	for backend, rs := range sets {
-		fw, err := netsetup.NewFirewall(backend)
+		fw, err := firewall.New(backend)
 		if err != nil {
 			return Check{name, false, err.Error()}
 		}

@@ -1,8 +1,9 @@
-package ocihook
+package engine
 
 import (
 	"fmt"
 
+	"github.com/netshim/netshim/firewall"
 	"github.com/netshim/netshim/netsetup"
 	"github.com/netshim/netshim/state"
 )
@@ -23,17 +24,12 @@ func (e *PortAllocatedError) Error() string {
 // not listened on by a host process); a random one is the lowest free port
 // of the ephemeral range (or the requested host range). The reservations
 // are made in idx. The caller holds the lock.
-func (env *Env) allocatePorts(id, name string, reqs []PortRequest, idx *state.Ports) ([]state.Port, error) {
-	if len(reqs) == 0 {
-		return nil, nil
-	}
-	lo, hi := env.Config.PortRange[0], env.Config.PortRange[1]
-	inUse := netsetup.PortInUse
+func (e *Engine) allocatePorts(id, name string, reqs []PortRequest, idx *state.Ports) ([]state.Port, error) {
+	lo, hi := e.Config.PortRange[0], e.Config.PortRange[1]
 	var out []state.Port
 	for _, r := range reqs {
 		first, last := r.HostLo, r.HostHi
-		random := first == 0
-		if random {
+		if first == 0 {
 			if lo == 0 { // the kernel's range, read only when needed
 				var err error
 				if lo, hi, err = netsetup.EphemeralRange(); err != nil {
@@ -54,7 +50,7 @@ func (env *Env) allocatePorts(id, name string, reqs []PortRequest, idx *state.Po
 				}
 				continue
 			}
-			busy, err := inUse(r.Proto, port)
+			busy, err := netsetup.PortInUse(r.Proto, port)
 			if err != nil {
 				return nil, err
 			}
@@ -105,51 +101,36 @@ func needsRouteLocalnet(ports []state.Port) bool {
 	return false
 }
 
-// releasePorts withdraws a record's published ports: firewall, conntrack of
-// UDP flows, and reservations. The caller holds the lock.
-func (env *Env) releasePorts(rec *state.Record) error {
-	if len(rec.Ports) == 0 {
+// releasePorts withdraws an attachment's published ports: firewall, the
+// conntrack entries of UDP flows (left to r), and the reservations. The
+// caller holds the lock.
+func (e *Engine) releasePorts(rec *state.Record, a state.Attachment, r *Reclaim) error {
+	if len(a.Ports) == 0 {
 		return nil
 	}
-	fw, err := netsetup.NewFirewall(rec.Firewall)
+	fw, err := firewall.New(a.Firewall)
 	if err != nil {
 		return err
 	}
-	if err := fw.RemovePorts(netsetup.PortRules{Bridge: rec.Bridge, IP: rec.IP.As4(), Ports: rec.Ports}); err != nil {
+	if err := fw.RemovePorts(firewall.PortRules{Bridge: a.Bridge, IP: a.Addr().As4(), Ports: a.Ports}); err != nil {
 		return err
 	}
-	for _, p := range rec.Ports {
-		if p.Proto != "udp" || p.HostPort == 0 {
-			continue
+	var held []state.Port
+	for _, p := range a.Ports {
+		if p.HostPort == 0 {
+			continue // routed: no host port
 		}
-		// After the map element is gone: no new flow is DNATed to this
-		// container, and the ones that were are forgotten.
-		if env.reclaim != nil {
-			env.reclaim.UDPPorts = append(env.reclaim.UDPPorts, p.HostPort)
-		} else if err := netsetup.FlushUDPConntrack(p.HostPort); err != nil {
-			return err
+		held = append(held, p)
+		if p.Proto == "udp" {
+			r.UDPPorts = append(r.UDPPorts, p.HostPort)
 		}
 	}
-	if env.reclaim != nil {
-		env.reclaim.deleted = true
-	}
-	idx, err := env.Store.GetPorts()
+	idx, err := e.Store.GetPorts()
 	if err != nil {
 		return err
 	}
-	if err := idx.Release(rec.ID, hostPorts(rec.Ports)); err != nil {
+	if err := idx.Release(rec.ID, held); err != nil {
 		return err
 	}
-	return env.Store.PutPorts(idx)
-}
-
-// hostPorts are those of ports that hold a host port.
-func hostPorts(ports []state.Port) []state.Port {
-	var out []state.Port
-	for _, p := range ports {
-		if p.HostPort > 0 {
-			out = append(out, p)
-		}
-	}
-	return out
+	return e.Store.PutPorts(idx)
 }

@@ -1,4 +1,4 @@
-package ocihook
+package engine
 
 import (
 	"crypto/rand"
@@ -20,23 +20,23 @@ import (
 
 // network returns the definition of a bridge network by name: the default
 // network, one of the config file, or one made with `network create`.
-func (env *Env) network(name string) (*config.Network, error) {
+func (e *Engine) network(name string) (*config.Network, error) {
 	if name == config.DefaultNetwork {
-		n := env.Config.Bridge
+		n := e.Config.Bridge
 		return &n, nil
 	}
-	if n, ok := env.Config.Networks[name]; ok {
+	if n, ok := e.Config.Networks[name]; ok {
 		return &n, nil
 	}
-	if env.Defs != nil {
-		def, err := env.Defs.Get(name)
+	if e.Defs != nil {
+		def, err := e.Defs.Get(name)
 		if err != nil {
 			return nil, err
 		}
 		if def != nil {
 			n, err := def.Network()
 			if err != nil {
-				return nil, fmt.Errorf("network %s (%s): %w", name, env.Defs.Dir, err)
+				return nil, fmt.Errorf("network %s (%s): %w", name, e.Defs.Dir, err)
 			}
 			return &n, nil
 		}
@@ -45,23 +45,23 @@ func (env *Env) network(name string) (*config.Network, error) {
 }
 
 // UserNetworks returns the user-defined networks, sorted by name.
-func (env *Env) UserNetworks() ([]config.Network, error) {
+func (e *Engine) UserNetworks() ([]config.Network, error) {
 	var out []config.Network
-	for _, n := range env.Config.Networks {
+	for _, n := range e.Config.Networks {
 		out = append(out, n)
 	}
-	if env.Defs != nil {
-		defs, err := env.Defs.List()
+	if e.Defs != nil {
+		defs, err := e.Defs.List()
 		if err != nil {
 			return nil, err
 		}
 		for _, d := range defs {
-			if _, dup := env.Config.Networks[d.Name]; dup {
+			if _, dup := e.Config.Networks[d.Name]; dup {
 				continue
 			}
 			n, err := d.Network()
 			if err != nil {
-				return nil, fmt.Errorf("network %s (%s): %w", d.Name, env.Defs.Dir, err)
+				return nil, fmt.Errorf("network %s (%s): %w", d.Name, e.Defs.Dir, err)
 			}
 			out = append(out, n)
 		}
@@ -111,7 +111,7 @@ func flagOfKey(err error) error {
 
 // CreateNetwork defines a bridge network, persists it and creates its
 // bridge. Without a subnet it takes the next free pool.
-func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
+func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 	if err := config.CheckNetworkName(req.Name); err != nil {
 		return nil, err
 	}
@@ -129,15 +129,15 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 		}
 		gatewayMode = v
 	}
-	lock, err := env.Store.Lock(env.lockTimeout())
+	lock, err := e.lock()
 	if err != nil {
 		return nil, err
 	}
 	defer lock.Unlock()
-	if _, err := env.network(req.Name); err == nil {
+	if _, err := e.network(req.Name); err == nil {
 		return nil, fmt.Errorf("network with name %s already exists", req.Name)
 	}
-	nets, err := env.UserNetworks()
+	nets, err := e.UserNetworks()
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +146,7 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer host.Close()
-	ours := []string{env.Config.Bridge.Bridge}
+	ours := []string{e.Config.Bridge.Bridge}
 	taken := map[string]netip.Prefix{}
 	for _, n := range nets {
 		ours = append(ours, n.Bridge)
@@ -154,7 +154,7 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 	}
 	// As in Docker, where docker0 exists before any user network, the
 	// default network takes its pool first: settle (and keep) its subnet now.
-	defNet, err := env.settleDefaultSubnet(host)
+	defNet, err := e.settleDefaultSubnet(host)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +170,7 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 		for _, p := range taken {
 			used = append(used, p)
 		}
-		p, err := netsetup.ChoosePool(env.Config.Pools, used)
+		p, err := netsetup.ChoosePool(e.Config.Pools, used)
 		if err != nil {
 			return nil, err
 		}
@@ -203,13 +203,13 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 			return nil, fmt.Errorf("--bridge %q: already used by network %s", n.Bridge, o.Name)
 		}
 	}
-	if n.Bridge == env.Config.Bridge.Bridge {
+	if n.Bridge == e.Config.Bridge.Bridge {
 		return nil, fmt.Errorf("--bridge %q: already used by network %s", n.Bridge, config.DefaultNetwork)
 	}
-	if _, _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, MTU: n.MTU}); err != nil {
+	if _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, MTU: n.MTU}); err != nil {
 		return nil, err
 	}
-	if err := env.Defs.Put(def); err != nil {
+	if err := e.Defs.Put(def); err != nil {
 		netsetup.DeleteLink(host, n.Bridge)
 		return nil, err
 	}
@@ -218,11 +218,11 @@ func (env *Env) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 
 // settleDefaultSubnet returns the default network's subnet, choosing and
 // storing it if it was not chosen yet. The caller holds the lock.
-func (env *Env) settleDefaultSubnet(host *netlink.Handle) (netip.Prefix, error) {
-	if env.Config.Bridge.Subnet.IsValid() {
-		return env.Config.Bridge.Subnet, nil
+func (e *Engine) settleDefaultSubnet(host *netlink.Handle) (netip.Prefix, error) {
+	if e.Config.Bridge.Subnet.IsValid() {
+		return e.Config.Bridge.Subnet, nil
 	}
-	ns, err := env.Store.GetNet(config.DefaultNetwork)
+	ns, err := e.Store.GetNet(config.DefaultNetwork)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -230,20 +230,20 @@ func (env *Env) settleDefaultSubnet(host *netlink.Handle) (netip.Prefix, error) 
 		return ns.Subnet, nil
 	}
 	if ns == nil {
-		ns = env.Store.NewNet(config.DefaultNetwork)
-		ns.Bridge = env.Config.Bridge.Bridge
+		ns = e.Store.NewNet(config.DefaultNetwork)
+		ns.Bridge = e.Config.Bridge.Bridge
 	}
-	def := env.Config.Bridge
-	if err := env.chooseSubnet(func() (*netlink.Handle, error) { return host, nil }, &def, ns); err != nil {
+	def := e.Config.Bridge
+	if err := e.chooseSubnet(&def, ns); err != nil {
 		return netip.Prefix{}, err
 	}
-	return ns.Subnet, env.Store.PutNet(ns)
+	return ns.Subnet, e.Store.PutNet(ns)
 }
 
 // RemoveNetwork deletes a created network and its bridge; it refuses while
 // containers are attached.
-func (env *Env) RemoveNetwork(name string) error {
-	lock, err := env.Store.Lock(env.lockTimeout())
+func (e *Engine) RemoveNetwork(name string) error {
+	lock, err := e.lock()
 	if err != nil {
 		return err
 	}
@@ -252,10 +252,10 @@ func (env *Env) RemoveNetwork(name string) error {
 	case config.DefaultNetwork, ModeHost, ModeNone:
 		return fmt.Errorf("network %s is predefined and cannot be removed", name)
 	}
-	if _, ok := env.Config.Networks[name]; ok {
-		return fmt.Errorf("network %s is defined in %s: remove it there", name, env.Config.Path)
+	if _, ok := e.Config.Networks[name]; ok {
+		return fmt.Errorf("network %s is defined in %s: remove it there", name, e.Config.Path)
 	}
-	def, err := env.Defs.Get(name)
+	def, err := e.Defs.Get(name)
 	if err != nil {
 		return err
 	}
@@ -266,14 +266,16 @@ func (env *Env) RemoveNetwork(name string) error {
 	if err != nil {
 		return err
 	}
-	recs, errs := env.Store.List()
+	recs, errs := e.Store.List()
 	if len(errs) > 0 {
 		return errs[0]
 	}
 	var attached []string
 	for _, r := range recs {
-		if r.Network == name {
-			attached = append(attached, r.Name)
+		for _, a := range r.Attachments {
+			if a.Network == name {
+				attached = append(attached, r.Name)
+			}
 		}
 	}
 	if len(attached) > 0 {
@@ -289,10 +291,10 @@ func (env *Env) RemoveNetwork(name string) error {
 			return fmt.Errorf("delete bridge %s: %w", n.Bridge, err)
 		}
 	}
-	if err := env.Store.DeleteNet(name); err != nil {
+	if err := e.Store.DeleteNet(name); err != nil {
 		return err
 	}
-	return env.Defs.Delete(name)
+	return e.Defs.Delete(name)
 }
 
 // NetworkEndpoint is one container of a network, for `network inspect`.
@@ -319,12 +321,12 @@ type NetworkInfo struct {
 }
 
 // InspectNetwork describes a bridge network and its containers.
-func (env *Env) InspectNetwork(name string) (*NetworkInfo, error) {
-	n, err := env.network(name)
+func (e *Engine) InspectNetwork(name string) (*NetworkInfo, error) {
+	n, err := e.network(name)
 	if err != nil {
 		return nil, err
 	}
-	ns, err := env.Store.GetNet(name)
+	ns, err := e.Store.GetNet(name)
 	if err != nil {
 		return nil, err
 	}
@@ -346,13 +348,69 @@ func (env *Env) InspectNetwork(name string) (*NetworkInfo, error) {
 			return nil, err
 		}
 		for addr, id := range all {
-			rec, ok, err := env.Store.Get(id)
+			rec, ok, err := e.Store.Get(id)
 			if err != nil || !ok {
 				continue
 			}
-			info.Containers[id] = NetworkEndpoint{Name: rec.Name, ID: rec.HostVeth, MacAddress: rec.MAC,
-				IPv4Address: netip.PrefixFrom(addr, subnet.Bits()).String()}
+			for _, a := range rec.Attachments {
+				if a.Network == name {
+					info.Containers[id] = NetworkEndpoint{Name: rec.Name, ID: a.HostVeth, MacAddress: a.MAC,
+						IPv4Address: netip.PrefixFrom(addr, subnet.Bits()).String()}
+				}
+			}
 		}
 	}
 	return info, nil
+}
+
+// chooseSubnet settles the network's subnet: the configured one, else the
+// one chosen before (kept stable), else the address already on the bridge,
+// else the first free pool.
+func (e *Engine) chooseSubnet(def *config.Network, ns *state.Net) error {
+	if def.Subnet.IsValid() {
+		if ns.Subnet.IsValid() && (ns.Subnet != def.Subnet || ns.Gateway != def.Gateway) {
+			if inUse, err := ns.InUse(); err != nil {
+				return err
+			} else if inUse {
+				return fmt.Errorf("network %s: subnet changed from %s to %s while containers are attached; stop them first",
+					def.Name, ns.Subnet, def.Subnet)
+			}
+		}
+		ns.Subnet, ns.Gateway = def.Subnet, def.Gateway
+		return nil
+	}
+	if ns.Subnet.IsValid() {
+		return nil
+	}
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer host.Close()
+	if l, err := host.LinkByName(def.Bridge); err == nil {
+		addrs, err := host.AddrList(l, unix.AF_INET)
+		if err == nil && len(addrs) > 0 {
+			a, _ := netip.AddrFromSlice(addrs[0].IP.To4())
+			ones, _ := addrs[0].Mask.Size()
+			ns.Subnet, ns.Gateway = netip.PrefixFrom(a, ones).Masked(), a
+			return nil
+		}
+	}
+	used, err := netsetup.HostPrefixes(host, def.Bridge)
+	if err != nil {
+		return err
+	}
+	nets, err := e.UserNetworks()
+	if err != nil {
+		return err
+	}
+	for _, n := range nets {
+		used = append(used, n.Subnet)
+	}
+	p, err := netsetup.ChoosePool(e.Config.Pools, used)
+	if err != nil {
+		return fmt.Errorf("network %s: %w", def.Name, err)
+	}
+	ns.Subnet, ns.Gateway = p, p.Addr().Next()
+	return nil
 }

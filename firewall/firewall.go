@@ -1,4 +1,9 @@
-package netsetup
+// Package firewall installs netshim's rules, as data behind one interface
+// with two backends: nftables (nftables.go, nftrules.go, publish_nft.go:
+// netshim's own table, through netlink) and iptables (iptables.go: chains
+// of its own, through go-iptables). A new backend implements Firewall in a
+// file of its own here.
+package firewall
 
 import (
 	"fmt"
@@ -80,11 +85,11 @@ type Firewall interface {
 	Missing(s Ruleset) ([]string, error)
 }
 
-// DefaultFirewall is the backend of a state that names none.
-const DefaultFirewall = config.FirewallNftables
+// DefaultBackend is the backend of a state that names none.
+const DefaultBackend = config.FirewallNftables
 
-// NewFirewall returns the backend named in the config.
-func NewFirewall(name string) (Firewall, error) {
+// New returns the backend named in the config.
+func New(name string) (Firewall, error) {
 	switch name {
 	case config.FirewallNftables, "":
 		return &Nftables{}, nil

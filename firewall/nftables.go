@@ -1,4 +1,4 @@
-package netsetup
+package firewall
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 )
 
@@ -93,8 +94,10 @@ const bridgeElemPrefix = "ip/@" + setBridges + "/"
 
 var keyPublished = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
 
+// bridgesSet is the set of bridge names. Interface names are strings in
+// host byte order: so marked, `nft list` prints them as names.
 func bridgesSet(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: setBridges, KeyType: nftables.TypeIFName}
+	return &nftables.Set{Table: t, Name: setBridges, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
 }
 
 func publishedSet(t *nftables.Table) *nftables.Set {

@@ -1,11 +1,11 @@
-package ocihook
+package engine
 
 import (
 	"fmt"
 	"sort"
 	"time"
 
-	"github.com/netshim/netshim/netsetup"
+	"github.com/netshim/netshim/firewall"
 	"github.com/netshim/netshim/state"
 )
 
@@ -14,24 +14,24 @@ import (
 // they were installed, and the published ports of every record. It also
 // returns the networks' states, by name, to record what a reload
 // installs.
-func (env *Env) recordedRules() (map[string]*netsetup.Ruleset, map[string]*state.Net, error) {
-	names, err := env.Store.NetNames()
+func (e *Engine) recordedRules() (map[string]*firewall.Ruleset, map[string]*state.Net, error) {
+	names, err := e.Store.NetNames()
 	if err != nil {
 		return nil, nil, err
 	}
-	sets := map[string]*netsetup.Ruleset{}
-	set := func(backend string) *netsetup.Ruleset {
+	sets := map[string]*firewall.Ruleset{}
+	set := func(backend string) *firewall.Ruleset {
 		if backend == "" {
-			backend = netsetup.DefaultFirewall
+			backend = firewall.DefaultBackend
 		}
 		if sets[backend] == nil {
-			sets[backend] = &netsetup.Ruleset{}
+			sets[backend] = &firewall.Ruleset{}
 		}
 		return sets[backend]
 	}
 	nets := map[string]*state.Net{}
 	for _, name := range names {
-		ns, err := env.Store.GetNet(name)
+		ns, err := e.Store.GetNet(name)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -40,18 +40,20 @@ func (env *Env) recordedRules() (map[string]*netsetup.Ruleset, map[string]*state
 		}
 		nets[name] = ns
 		rs := set(ns.Firewall)
-		rs.Networks = append(rs.Networks, netsetup.NetworkState{Rules: *ns.Rules, Installed: ns.Installed})
+		rs.Networks = append(rs.Networks, firewall.NetworkState{Rules: *ns.Rules, Installed: ns.Installed})
 	}
-	recs, errs := env.Store.List()
+	recs, errs := e.Store.List()
 	if len(errs) > 0 {
 		// A record that cannot be read may name published ports: a
 		// reload without them would look complete and not be.
 		return nil, nil, errs[0]
 	}
 	for _, r := range recs {
-		if len(r.Ports) > 0 && r.IP.IsValid() {
-			rs := set(r.Firewall)
-			rs.Ports = append(rs.Ports, netsetup.PortRules{Bridge: r.Bridge, IP: r.IP.As4(), Ports: r.Ports})
+		for _, a := range r.Attachments {
+			if len(a.Ports) > 0 && a.Addr().IsValid() {
+				rs := set(a.Firewall)
+				rs.Ports = append(rs.Ports, firewall.PortRules{Bridge: a.Bridge, IP: a.Addr().As4(), Ports: a.Ports})
+			}
 		}
 	}
 	return sets, nets, nil
@@ -60,18 +62,18 @@ func (env *Env) recordedRules() (map[string]*netsetup.Ruleset, map[string]*state
 // Reload re-creates every network's and every container's firewall rules
 // from the state, one batch per backend, after something flushed them (a
 // firewall reload): `netshim reload`. It returns what it did, in a line.
-func (env *Env) Reload() (string, error) {
-	lock, err := env.Store.Lock(env.lockTimeout())
+func (e *Engine) Reload() (string, error) {
+	lock, err := e.lock()
 	if err != nil {
 		return "", err
 	}
 	defer lock.Unlock()
-	return env.reloadLocked()
+	return e.reloadLocked()
 }
 
 // reloadLocked is Reload under the lock.
-func (env *Env) reloadLocked() (string, error) {
-	sets, nets, err := env.recordedRules()
+func (e *Engine) reloadLocked() (string, error) {
+	sets, nets, err := e.recordedRules()
 	if err != nil {
 		return "", err
 	}
@@ -82,7 +84,7 @@ func (env *Env) reloadLocked() (string, error) {
 	sort.Strings(backends)
 	networks, ports := 0, 0
 	for _, b := range backends {
-		fw, err := netsetup.NewFirewall(b)
+		fw, err := firewall.New(b)
 		if err != nil {
 			return "", err
 		}
@@ -93,7 +95,7 @@ func (env *Env) reloadLocked() (string, error) {
 		for name, objs := range installed {
 			ns := nets[name]
 			ns.Installed = objs
-			if err := env.Store.PutNet(ns); err != nil {
+			if err := e.Store.PutNet(ns); err != nil {
 				return "", err
 			}
 		}
@@ -109,11 +111,11 @@ func (env *Env) reloadLocked() (string, error) {
 // network's rules are gone (the host's firewall was flushed or reloaded
 // since they were installed), so a hook never goes on without them. The
 // caller holds the lock. A reload is logged.
-func (env *Env) ensureRules(rules *state.NetRules, backend string) error {
+func (e *Engine) ensureRules(rules *state.NetRules, backend string) error {
 	if rules == nil {
 		return nil
 	}
-	fw, err := netsetup.NewFirewall(backend)
+	fw, err := firewall.New(backend)
 	if err != nil {
 		return err
 	}
@@ -122,8 +124,8 @@ func (env *Env) ensureRules(rules *state.NetRules, backend string) error {
 		return err
 	}
 	start := time.Now()
-	_, err = env.reloadLocked()
-	env.logLine("-", "-", "reload", time.Since(start), err)
+	_, err = e.reloadLocked()
+	e.Log("", "", "reload", time.Since(start), err)
 	if err != nil {
 		return fmt.Errorf("the rules of network %s are gone from the firewall, and re-creating them failed: %w", rules.Name, err)
 	}

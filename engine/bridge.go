@@ -1,0 +1,340 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/firewall"
+	"github.com/netshim/netshim/netsetup"
+	"github.com/netshim/netshim/state"
+)
+
+// bridgeDriver puts containers on a Linux bridge: the default network and
+// user networks. A container gets a veth pair (eth0 in its netns, the host
+// end on the bridge), an address of the network's subnet, a default route
+// via its gateway, published ports, and on user networks names in the
+// network's DNS.
+type bridgeDriver struct{ e *Engine }
+
+// vethAlias marks a host veth as ours: teardown and gc delete a link only
+// when it carries the alias of the container they work for.
+func vethAlias(id string) string { return "netshim:" + id }
+
+// Reserve implements Driver.
+func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, save func() error) error {
+	e := b.e
+	def, err := e.network(network)
+	if err != nil {
+		return err
+	}
+	ns, err := e.Store.GetNet(def.Name)
+	if err != nil {
+		return err
+	}
+	if ns == nil {
+		ns = e.Store.NewNet(def.Name)
+	}
+	if err := e.chooseSubnet(def, ns); err != nil {
+		return err
+	}
+	ns.Bridge = def.Bridge
+	// The reservations are made in memory first (the network's state and
+	// the port index write them later): nothing is written before the
+	// record that names them.
+	var reserved []netip.Addr
+	if def.DefaultGateway.IsValid() {
+		reserved = append(reserved, def.DefaultGateway)
+	}
+	ip, err := ns.Allocate(rec.ID, req.IP, def.IPRange, reserved...)
+	if err != nil {
+		var ae *state.AddressError
+		if errors.As(err, &ae) && req.IP.IsValid() {
+			return &FieldError{Field: FieldIP, Reason: err.Error()}
+		}
+		return err
+	}
+	fw, err := firewall.New(e.Config.Firewall)
+	if err != nil {
+		return err
+	}
+	a := state.Attachment{
+		Network: def.Name, Driver: ModeBridge, Interface: netsetup.ContainerIfName,
+		Bridge: def.Bridge, HostVeth: netsetup.RandomVethName(), MAC: netsetup.MACFor(ip).String(),
+		Addrs: []netip.Prefix{netip.PrefixFrom(ip, ns.Subnet.Bits())}, Gateway: ns.Gateway, Route: ns.Gateway,
+		MTU: def.MTU, Isolated: !def.ICC, Firewall: fw.Name(),
+	}
+	if def.DefaultGateway.IsValid() {
+		a.Route = def.DefaultGateway
+	}
+	if def.Internal {
+		a.Route = netip.Addr{} // no way out
+	}
+	var ports *state.Ports
+	if len(req.Ports) > 0 {
+		switch {
+		case def.Internal:
+			kind := "internal"
+			if def.GatewayMode == config.GatewayIsolated {
+				kind = "isolated"
+			}
+			return &FieldError{Field: FieldPorts, Reason: "network " + def.Name + " is " + kind + ": ports cannot be published"}
+		case def.GatewayMode == config.GatewayRouted:
+			// Opened on the container's own address: no host port.
+			a.Ports = routedPorts(req.Ports)
+		default:
+			if ports, err = e.Store.GetPorts(); err != nil {
+				return err
+			}
+			if a.Ports, err = e.allocatePorts(rec.ID, rec.Name, req.Ports, ports); err != nil {
+				return err
+			}
+		}
+	}
+	if !def.Default {
+		a.Names = dnsNames(rec, req)
+	}
+	installRules := !ns.RulesInstalled()
+	if installRules {
+		// The intent first: a crash after the rules are in leaves a state
+		// that names them.
+		rules := firewall.RulesFor(def, ns.Subnet, ns.Gateway, e.Config.TrustedHostInterfaces)
+		ns.Firewall, ns.Installed, ns.Rules = fw.Name(), fw.NetworkObjects(rules), &rules
+	}
+	rec.Attachments = append(rec.Attachments, a)
+	if err := save(); err != nil {
+		return err
+	}
+	fault("setup:record")
+	if err := e.Store.PutNet(ns); err != nil {
+		return err
+	}
+	if ports != nil {
+		if err := e.Store.PutPorts(ports); err != nil {
+			return err
+		}
+	}
+	fault("setup:ports-reserved")
+
+	if err := e.ensureBridge(netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}); err != nil {
+		return err
+	}
+	fault("setup:bridge")
+	if installRules {
+		installed, err := fw.EnsureNetwork(*ns.Rules, ns.Installed)
+		if err != nil {
+			return err
+		}
+		ns.Installed = installed
+		if err := e.Store.PutNet(ns); err != nil {
+			return err
+		}
+	} else if err := e.ensureRules(ns.Rules, ns.Firewall); err != nil {
+		return err
+	}
+	if needsRouteLocalnet(a.Ports) {
+		// The host's own 127.0.0.1:PORT, DNATed, must be routable out of
+		// the bridge (Docker's userland-proxy=false): only on a bridge
+		// that publishes on loopback, and the firewall's loopback guard
+		// keeps what comes in on it from reaching 127.0.0.0/8.
+		if err := netsetup.EnsureSysctl("net.ipv4.conf."+def.Bridge+".route_localnet", "1"); err != nil {
+			return err
+		}
+	}
+	fault("setup:rules")
+	if len(a.Names) > 0 {
+		// From the moment this write is done, the responder answers.
+		if err := e.addNames(ns, def, rec, &a, req.DNS); err != nil {
+			return err
+		}
+		if err := e.Store.PutNet(ns); err != nil {
+			return err
+		}
+		fault("setup:responder")
+	}
+	return nil
+}
+
+// dnsNames are a container's names in its network's DNS: its name, its
+// aliases and its short id, the ones DNS can carry (a name from a long
+// container id may not be).
+func dnsNames(rec *state.Record, req *Request) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range append(append([]string{rec.Name}, req.Aliases...), ShortID(rec.ID)) {
+		if !seen[n] && DNSName(n) == nil {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// ensureBridge ensures a network's bridge, with forwarding on (as Docker
+// sets it when it starts: `netshim doctor` tells if it was turned off
+// since). The caller holds the lock.
+func (e *Engine) ensureBridge(spec netsetup.BridgeSpec) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
+	_, err = netsetup.EnsureBridge(h, spec)
+	return err
+}
+
+// Attach implements Driver: the veth pair, made with its container end
+// straight in the container's netns, the container end's address and
+// route, and the published ports.
+func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *ContainerNS) error {
+	if err := c.Prepare(); err != nil {
+		return err
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	br, err := h.LinkByName(a.Bridge)
+	if err != nil {
+		return fmt.Errorf("find bridge %s: %w", a.Bridge, err)
+	}
+	mac, err := parseMAC(a.MAC)
+	if err != nil {
+		return err
+	}
+	spec := netsetup.PairSpec{HostName: a.HostVeth, Alias: vethAlias(rec.ID), Bridge: br.Attrs().Index, MTU: a.MTU, MAC: mac, Isolated: a.Isolated}
+	for attempt := 0; ; attempt++ {
+		err := netsetup.CreatePair(h, c.NS, spec)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EEXIST) || attempt == 5 {
+			return err
+		}
+		// The host name is taken: another, recorded before it is made.
+		a.HostVeth = netsetup.RandomVethName()
+		spec.HostName = a.HostVeth
+		if err := b.e.saveLocked(rec); err != nil {
+			return err
+		}
+	}
+	fault("setup:veth")
+	ctr, err := c.Handle()
+	if err != nil {
+		return err
+	}
+	if err := netsetup.ConfigureInterface(ctr, netsetup.IfaceSpec{Name: a.Interface, Addr: a.Addrs[0], Route: a.Route}); err != nil {
+		return err
+	}
+	if len(a.Ports) > 0 {
+		fw, err := firewall.New(a.Firewall)
+		if err != nil {
+			return err
+		}
+		if err := fw.AddPorts(firewall.PortRules{Bridge: a.Bridge, IP: a.Addr().As4(), Ports: a.Ports}); err != nil {
+			return err
+		}
+	}
+	fault("setup:published")
+	return nil
+}
+
+// saveLocked writes a setup's record again, under the lock, keeping a
+// cancellation a teardown wrote meanwhile.
+func (e *Engine) saveLocked(rec *state.Record) error {
+	lock, err := e.lock()
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if cur, ok, err := e.Store.Get(rec.ID); err != nil {
+		return err
+	} else if ok && cur.Cancelled {
+		rec.Cancelled = true
+	}
+	return e.Store.Put(rec)
+}
+
+// Detach implements Driver: the published ports withdrawn, the host veth
+// set aside, the address and names given back, and with the network's last
+// container its firewall rules removed.
+func (b *bridgeDriver) Detach(rec *state.Record, a state.Attachment, r *Reclaim) error {
+	e := b.e
+	if err := e.releasePorts(rec, a, r); err != nil {
+		return err
+	}
+	fault("teardown:ports")
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	// A setup killed between making the veth and marking it leaves it
+	// without its alias: for a record still being created, the recorded
+	// (random) name is enough.
+	aside, err := netsetup.SetAside(h, a.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady)
+	if err != nil {
+		return err
+	}
+	r.Links = r.Links || aside
+	fault("teardown:link")
+	ns, err := e.Store.GetNet(a.Network)
+	if err != nil || ns == nil {
+		return err
+	}
+	for _, p := range a.Addrs {
+		if err := ns.Release(rec.ID, p.Addr()); err != nil {
+			return err
+		}
+	}
+	e.removeNames(ns, rec, a)
+	inUse, err := ns.InUse()
+	if err != nil {
+		return err
+	}
+	if !inUse && ns.RulesInstalled() {
+		fw, err := firewall.New(ns.Firewall)
+		if err != nil {
+			return err
+		}
+		last, err := e.noOtherRules(ns.Name)
+		if err != nil {
+			return err
+		}
+		if err := fw.RemoveNetwork(ns.Installed, last); err != nil {
+			return err
+		}
+		ns.Installed, ns.Firewall, ns.Rules = nil, "", nil
+	}
+	fault("teardown:address")
+	return e.Store.PutNet(ns)
+}
+
+// noOtherRules reports whether no network but name has rules installed.
+func (e *Engine) noOtherRules(name string) (bool, error) {
+	names, err := e.Store.NetNames()
+	if err != nil {
+		return false, err
+	}
+	for _, n := range names {
+		if n == name {
+			continue
+		}
+		other, err := e.Store.GetNet(n)
+		if err != nil {
+			return false, err
+		}
+		if other != nil && other.RulesInstalled() {
+			return false, nil
+		}
+	}
+	return true, nil
+}
