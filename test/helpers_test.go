@@ -300,3 +300,16 @@ func acceptRemote(l net.Listener, timeout time.Duration) (string, error) {
 		return "", fmt.Errorf("no connection within %s", timeout)
 	}
 }
+
+// eventually waits until cond holds, at most d, and fails the test saying
+// what did not happen: every wait for asynchronous work goes through it.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

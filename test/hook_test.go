@@ -1,8 +1,6 @@
 package test
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -10,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +15,6 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/netshim/netshim/internal/sandbox"
-	"github.com/netshim/netshim/netsetup"
 )
 
 // proc is a process in a fresh netns standing in for a container: the hook
@@ -508,14 +504,17 @@ func TestHookTeardownLiveContainer(t *testing.T) {
 	h := newHost(t, "")
 	a := h.newProc("live", map[string]string{"netshim/publish": "8080:80"})
 	a.mustSetup()
-	var rec struct {
-		HostVeth string `json:"host_veth"`
-		IP       string `json:"ip"`
+	var r struct {
+		Attachments []struct {
+			HostVeth string   `json:"host_veth"`
+			Addrs    []string `json:"addrs"`
+		} `json:"attachments"`
 	}
 	data, err := os.ReadFile(filepath.Join(h.stateDir, "containers", a.id+".json"))
-	if err != nil || json.Unmarshal(data, &rec) != nil || rec.HostVeth == "" {
+	if err != nil || json.Unmarshal(data, &r) != nil || len(r.Attachments) != 1 || r.Attachments[0].HostVeth == "" {
 		t.Fatalf("record: %v %s", err, data)
 	}
+	rec := struct{ HostVeth, IP string }{r.Attachments[0].HostVeth, strings.Split(r.Attachments[0].Addrs[0], "/")[0]}
 	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.1")
 	a.mustTeardown()
 	if out, err := exec.Command("ip", "-o", "link", "show", rec.HostVeth).CombinedOutput(); err == nil && !strings.Contains(string(out), "state DOWN") {
@@ -576,12 +575,10 @@ func TestHookNoIPv6LinkLocal(t *testing.T) {
 	assertClean(t, h)
 }
 
-// Every host end carries the bridge's MAC, so the bridge's forwarding
-// table holds no local entry per port (each would make every later attach
-// walk it), and containers still reach each other and the gateway. The
-// first pair is made after the lock (there is no bridge to look up yet),
-// the second early, from the bridge lookup: both ways are covered.
-func TestHookHostEndsShareBridgeMAC(t *testing.T) {
+// Host ends get their MAC from the kernel, each its own (udev, networkd
+// and NetworkManager rules that match a MAC then match one link), and
+// containers reach each other and the gateway.
+func TestHookHostEndsOwnMACs(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
@@ -597,19 +594,16 @@ func TestHookHostEndsShareBridgeMAC(t *testing.T) {
 		}
 		return strings.Fields(l[i:])[1]
 	}
-	brMAC := mac(sandbox.Run(t, "ip", "-o", "link", "show", "netshim0"))
+	seen := map[string]bool{mac(sandbox.Run(t, "ip", "-o", "link", "show", "netshim0")): true}
 	ports := strings.Split(strings.TrimSpace(sandbox.Run(t, "ip", "-o", "link", "show", "master", "netshim0")), "\n")
 	if len(ports) != 2 {
 		t.Fatalf("want 2 ports on the bridge, got:\n%s", strings.Join(ports, "\n"))
 	}
 	for _, p := range ports {
-		if got := mac(p); got != brMAC {
-			t.Errorf("host end has MAC %s, not the bridge's %s: %s", got, brMAC, p)
-		}
-	}
-	for _, l := range strings.Split(sandbox.Run(t, "bridge", "fdb", "show", "br", "netshim0"), "\n") {
-		if strings.Contains(l, "dev veth") && strings.Contains(l, "permanent") && !strings.Contains(l, " self ") {
-			t.Errorf("a local forwarding entry for a port: %s", l)
+		if m := mac(p); seen[m] {
+			t.Errorf("host end shares MAC %s with the bridge or another host end: %s", m, p)
+		} else {
+			seen[m] = true
 		}
 	}
 	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.3")
@@ -665,98 +659,31 @@ func TestHookBridgeDeletedByHand(t *testing.T) {
 	assertClean(t, h)
 }
 
-// Teardowns hand their slow tail to one reclaimer: it deletes the links
-// set aside in batches, and exits once it has had nothing to do for a
-// while.
-func TestHookOneReclaimer(t *testing.T) {
+// Teardowns hand their slow tail to a reclaimer each: the links they set
+// aside are deleted, the UDP conntrack entries dropped, and no reclaimer
+// outlives its work.
+func TestHookReclaimers(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
 	h := newHost(t, "")
 	var ps []*proc
 	for i := 0; i < 5; i++ {
-		p := h.newProc(fmt.Sprintf("r%d", i), map[string]string{"netshim/publish": fmt.Sprintf("%d:80", 9000+i)})
+		p := h.newProc(fmt.Sprintf("r%d", i), map[string]string{"netshim/publish": fmt.Sprintf("%d:80,%d:53/udp", 9000+i, 9100+i)})
 		p.mustSetup()
 		ps = append(ps, p)
 	}
 	for _, p := range ps {
 		p.mustTeardown() // alive: each host veth is set aside for the reclaimer
 	}
-	mine := func() (out []string) {
-		for _, p := range netshimProcs("reclaim") {
-			if strings.Contains(p, h.stateDir) {
-				out = append(out, p)
-			}
-		}
-		return out
-	}
-	if n := len(mine()); n != 1 {
-		t.Errorf("%d reclaimers for 5 teardowns, want 1: %v", n, mine())
-	}
 	waitReclaimers(t)
 	assertClean(t, h)
-	for i := 0; i < 100 && len(mine()) > 0; i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if left := mine(); len(left) > 0 {
-		t.Errorf("reclaimer still running 5s after its last work: %v", left)
-	}
-}
-
-// The reclaimer's abstract socket has no permissions: an unprivileged
-// process that binds its name first gets no netfilter socket (they carry
-// root's privileges) and no work; the hook does the work itself.
-func TestHookReclaimerSquatted(t *testing.T) {
-	if !sandbox.Enter(t) {
-		return
-	}
-	h := newHost(t, "")
-	sum := sha256.Sum256([]byte(h.stateDir))
-	name := "netshim-reclaim-" + hex.EncodeToString(sum[:8])
-	dir, err := os.MkdirTemp("", "squatter") // reachable by nobody, unlike t.TempDir
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	os.Chmod(dir, 0o777)
-	report := filepath.Join(dir, "report")
-	squatter := exec.Command("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c", `
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-s.bind("\0" + sys.argv[1])
-s.listen(8)
-open(sys.argv[2], "w").write("listening\n")
-got = 0
-while True:
-    c, _ = s.accept()
-    try:
-        msg, anc, _, _ = c.recvmsg(65536, socket.CMSG_SPACE(4 * 253))
-        got += sum(len(d) // 4 for lvl, typ, d in anc if typ == socket.SCM_RIGHTS)
-    except OSError:
-        pass
-    c.close()
-    open(sys.argv[2], "a").write("fds %d\n" % got)
-`, name, report)
-	if err := squatter.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { squatter.Process.Kill(); squatter.Wait() }()
-	listening := func() bool { data, _ := os.ReadFile(report); return strings.Contains(string(data), "listening") }
-	for i := 0; i < 300 && !listening(); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !listening() {
-		t.Fatal("the squatter did not start")
-	}
-	a := h.newProc("sq", map[string]string{"netshim/publish": "8080:80"})
-	a.mustSetup()
-	a.mustTeardown() // alive: a veth to delete and a map element withdrawn
-	if out := sandbox.Run(t, "ip", "-o", "link", "show", "group", strconv.Itoa(netsetup.DoomedGroup)); strings.TrimSpace(out) != "" {
-		t.Errorf("without a reclaimer the hook left links set aside:\n%s", out)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if data, _ := os.ReadFile(report); regexp.MustCompile(`fds [1-9]`).Match(data) {
-		t.Errorf("an unprivileged squatter got the hook's sockets:\n%s", data)
-	}
-	assertClean(t, h)
+	eventually(t, 5*time.Second, "every reclaimer exited", func() bool {
+		for _, p := range netshimProcs("reclaim") {
+			if strings.Contains(p, h.stateDir) {
+				return false
+			}
+		}
+		return true
+	})
 }

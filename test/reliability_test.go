@@ -242,10 +242,10 @@ func TestGCReusedPID(t *testing.T) {
 	rec := filepath.Join(h.stateDir, "containers", "a.json")
 	var fields map[string]any
 	data, _ := os.ReadFile(rec)
-	if err := json.Unmarshal(data, &fields); err != nil || fields["pid"] != float64(a.pid) {
+	if err := json.Unmarshal(data, &fields); err != nil || fields["container"].(map[string]any)["pid"] != float64(a.pid) {
 		t.Fatalf("record of a: %v %s", err, data)
 	}
-	fields["pid"] = other.Process.Pid
+	fields["container"].(map[string]any)["pid"] = other.Process.Pid
 	data, _ = json.Marshal(fields)
 	os.WriteFile(rec, data, 0o600)
 	out := h.mustNetshim("gc")

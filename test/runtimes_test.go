@@ -72,7 +72,7 @@ func TestCrunFailureLogged(t *testing.T) {
 	}
 	c.stop()
 	log, _ := os.ReadFile(filepath.Join(h.stateDir, "hook.log"))
-	if !strings.Contains(string(log), "id="+c.id+" name=bad stage=createRuntime") || !strings.Contains(string(log), "error: address 10.9.9.9 on network bridge: outside subnet") {
+	if !strings.Contains(string(log), "id="+c.id+" name=bad stage=createRuntime") || !strings.Contains(string(log), "error: annotation netshim/ip = \"10.9.9.9\": address 10.9.9.9 on network bridge: outside subnet") {
 		t.Errorf("hook.log lacks the failure:\n%s", log)
 	}
 	assertClean(t, h)

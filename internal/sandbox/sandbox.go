@@ -46,18 +46,22 @@ func Enter(t *testing.T) bool {
 	cmd.Stdout, cmd.Stderr = pw, pw
 	var wg sync.WaitGroup
 	wg.Add(1)
-	var sawPass bool
+	var sawPass, sawSkip bool
+	var skipWhy string
 	go func() {
 		defer wg.Done()
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
-			if strings.HasPrefix(line, "--- PASS: "+t.Name()) {
+			if strings.HasPrefix(line, "--- PASS: "+t.Name()+" ") {
 				sawPass = true
 			}
-			if strings.HasPrefix(line, "--- SKIP: "+t.Name()) {
-				sawPass = true
+			if sawSkip && skipWhy == "" {
+				skipWhy = strings.TrimSpace(line) // the line after says why
+			}
+			if strings.HasPrefix(line, "--- SKIP: "+t.Name()+" ") {
+				sawSkip = true
 			}
 			// Indent the child's lines so its PASS/FAIL lines are not
 			// taken for the outer run's.
@@ -67,7 +71,10 @@ func Enter(t *testing.T) bool {
 	err := cmd.Run()
 	pw.Close()
 	wg.Wait()
-	if err != nil || !sawPass {
+	switch {
+	case err == nil && sawSkip:
+		t.Skipf("skipped in its sandbox: %s", skipWhy)
+	case err != nil || !sawPass:
 		t.Fatalf("sandboxed run failed: %v", err)
 	}
 	return false
