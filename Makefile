@@ -15,26 +15,8 @@ all: build
 
 build: $(BIN)
 
-# A hook lives ~5 ms and never collects. Go 1.26's default collector (Green
-# Tea) keeps mark bits at the end of every small-object span, so each span a
-# hook allocates from touches its last page too; the classic one leaves that
-# page alone for pointer-free objects: ~35 fewer page faults per setup (476
-# against 441) and per teardown (436 against 404). What that saves in time is
-# within this VM's noise (A/B pairs of fresh builds: -0.12 to +0.11 ms per
-# setup). Toolchains that dropped the opt-out build with their default.
-# (Expanded where a build uses it, not on every make.)
-GOEXP = $(shell GOEXPERIMENT=nogreenteagc $(GO) env GOEXPERIMENT >/dev/null 2>&1 && echo nogreenteagc)
-
-# The page cache holds this binary, as the linker writes it, in 4 KiB pages,
-# the same as a binary read back from disk by its first exec after a reboot
-# (readahead through a mapping, here), or after this VM's proactive reclaim
-# (DAMON pageout) took it: it evicts page cache unused for a minute or more,
-# bit by bit, with gigabytes free (a 20 MB file read once: 38% gone after
-# 3.5 minutes, 89% after 43). The bench measures it so. A copy just written
-# by install or cp is held in 64 KiB folios until evicted, and a hook started
-# from one ran 0.13-0.26 ms faster (6 of 6 A/B pairs).
 $(BIN): $(GOFILES)
-	CGO_ENABLED=0 GOEXPERIMENT=$(GOEXP) $(GO) build -trimpath -o $(BIN) ./hook
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./hook
 
 deps:
 	@scripts/deps.sh
@@ -50,9 +32,10 @@ vet:
 test: deps build vet
 	NETSHIM_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
 
-# Tests that need neither root nor namespaces.
+# Tests that need neither root nor namespaces (those that do skip, and say
+# so, without root).
 unit:
-	$(GO) test -count=1 -short ./config ./state ./netsetup ./ocihook ./cli
+	$(GO) test -count=1 ./config ./state ./firewall ./resolver ./ocihook ./engine ./cli ./internal/...
 
 # Each fuzz target for FUZZTIME (their seed corpora also run in make test).
 FUZZTIME ?= 60s
@@ -77,7 +60,7 @@ BENCH_BASELINE ?=
 bench: deps build
 	@scripts/bench-peers.sh
 	$(GO) build -o bench/out/bench ./bench
-	CGO_ENABLED=0 GOEXPERIMENT=$(GOEXP) $(GO) build -trimpath -o bench/out/noop ./bench/noop
+	CGO_ENABLED=0 $(GO) build -trimpath -o bench/out/noop ./bench/noop
 	unshare --net --mount --propagation private -- bench/out/bench -n $(BENCH_N) -netshim $(BIN) -cni bench/out/bin -out bench $(if $(BENCH_BASELINE),-baseline $(BENCH_BASELINE))
 
 demo: deps build
