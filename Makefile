@@ -7,7 +7,7 @@ BIN     := bin/netshim
 PREFIX  ?= /usr/local
 HOOKSD  ?= /usr/share/containers/oci/hooks.d
 UNITDIR ?= /etc/systemd/system
-GOFILES := $(shell find . -name '*.go' -not -path './bench/out/*') go.mod go.sum
+GOFILES := $(shell find . -name '*.go' -not -path './bench/*') go.mod go.sum
 
 .PHONY: all build deps test unit demo install uninstall vet clean fuzz soak bench
 
@@ -25,12 +25,14 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 vet:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	cd bench && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 # Every test, privileged ones included: each of those runs in a network and
 # mount namespace of its own (internal/sandbox).
 test: deps build vet
 	NETSHIM_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./...
+	cd bench && $(GO) test -count=1 ./...
 
 # Tests that need neither root nor namespaces (those that do skip, and say
 # so, without root).
@@ -59,8 +61,7 @@ BENCH_N ?= 20,1000
 BENCH_BASELINE ?=
 bench: deps build
 	@scripts/bench-peers.sh
-	$(GO) build -o bench/out/bench ./bench
-	CGO_ENABLED=0 $(GO) build -trimpath -o bench/out/noop ./bench/noop
+	cd bench && $(GO) build -o out/bench . && CGO_ENABLED=0 $(GO) build -trimpath -o out/noop ./noop
 	unshare --net --mount --propagation private -- bench/out/bench -n $(BENCH_N) -netshim $(BIN) -cni bench/out/bin -out bench $(if $(BENCH_BASELINE),-baseline $(BENCH_BASELINE))
 
 demo: deps build

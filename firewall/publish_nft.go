@@ -75,7 +75,7 @@ func concat2(parts ...[]byte) []byte {
 // they exist (or with fresh, in a table new in this batch), the constant
 // chains that look them up. Existing chains are left alone: flushing them
 // would delete rules, and in nftables every deletion waits for an RCU grace
-// period (10-20 ms here), which the per-container path must not pay.
+// period, which the per-container path must not pay.
 func publishInfra(c *nftables.Conn, fresh bool) map[string]*nftables.Set {
 	t := c.AddTable(table(nftables.TableFamilyIPv4))
 	sets := publishSets(t)

@@ -609,6 +609,11 @@ func TestHookHostEndsOwnMACs(t *testing.T) {
 	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.3")
 	b.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.2")
 	a.mustIn("ping", "-c", "1", "-W", "1", "172.17.0.1")
+	// What an operator reads is what is there: the set of bridges lists
+	// their names.
+	if out := sandbox.Run(t, "nft", "list", "set", "ip", "netshim", "bridges"); !strings.Contains(out, `elements = { "netshim0" }`) {
+		t.Errorf("the bridges set as nft prints it:\n%s", out)
+	}
 	a.mustTeardown()
 	b.mustTeardown()
 	waitReclaimers(t)
