@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -319,9 +318,7 @@ dns = ["203.0.113.99"]
 		kill := func() {
 			pid := h.responderPID("app")
 			syscall.Kill(pid, syscall.SIGKILL)
-			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
-				exec.Command("sleep", "0.01").Run()
-			}
+			waitFor(time.Second, func() bool { return syscall.Kill(pid, 0) != nil })
 		}
 		kill()
 		start("appb", "app") // the network's next hook starts it again

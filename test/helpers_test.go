@@ -240,13 +240,10 @@ func (c *container) mustExec(args ...string) string {
 // stop kills and deletes the container; runc runs the poststop hook.
 func (c *container) stop() {
 	c.h.runc("kill", c.id, "KILL")
-	for i := 0; i < 100; i++ {
+	waitFor(2*time.Second, func() bool {
 		out, _ := c.h.runc("state", c.id)
-		if !strings.Contains(out, `"running"`) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return !strings.Contains(out, `"running"`)
+	})
 	if out, err := c.h.runc("delete", "-f", c.id); err != nil && !strings.Contains(out, "does not exist") {
 		c.h.t.Errorf("runc delete %s: %v: %s", c.id, err, out)
 	}
@@ -301,15 +298,23 @@ func acceptRemote(l net.Listener, timeout time.Duration) (string, error) {
 	}
 }
 
-// eventually waits until cond holds, at most d, and fails the test saying
-// what did not happen: every wait for asynchronous work goes through it.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
+// waitFor waits until cond holds, at most d, and reports whether it did:
+// every wait for asynchronous work goes through it (or eventually).
+func waitFor(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", d, what)
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// eventually is waitFor that fails the test, saying what did not happen.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !waitFor(d, cond) {
+		t.Fatalf("not within %s: %s", d, what)
 	}
 }

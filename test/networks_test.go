@@ -82,14 +82,9 @@ func netshimProcs(what string) []string {
 func waitReclaimers(t *testing.T) {
 	t.Helper()
 	group := strconv.Itoa(netsetup.DoomedGroup)
-	left := ""
-	for i := 0; i < 500; i++ {
-		if left = sandbox.Run(t, "ip", "-o", "link", "show", "group", group); strings.TrimSpace(left) == "" {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("links set aside still there after 5s:\n%s", left)
+	eventually(t, 5*time.Second, "the links set aside are deleted", func() bool {
+		return strings.TrimSpace(sandbox.Run(t, "ip", "-o", "link", "show", "group", group)) == ""
+	})
 }
 
 // The seed's second half: a user network where containers find each other

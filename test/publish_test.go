@@ -39,13 +39,10 @@ func (h *host) webBundle(name string, flags ...string) *container {
 // waitHTTP waits until the container's httpd answers inside it.
 func (c *container) waitHTTP() *container {
 	c.h.t.Helper()
-	for i := 0; i < 100; i++ {
-		if _, err := c.exec("wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"); err == nil {
-			return c
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	c.h.t.Fatalf("httpd in %s does not answer", c.id)
+	eventually(c.h.t, 2*time.Second, "httpd in "+c.id+" answers", func() bool {
+		_, err := c.exec("wget", "-q", "-O", "/dev/null", "http://127.0.0.1/")
+		return err == nil
+	})
 	return c
 }
 

@@ -158,21 +158,20 @@ func (p *proc) hookCmd(stage, status, fault string) (*exec.Cmd, *strings.Builder
 	return cmd, &errOut
 }
 
-// stoppedOrGone waits until pid is stopped (SIGSTOP) or has exited.
+// stoppedOrGone waits until pid is stopped (SIGSTOP) or has exited, and
+// reports whether it stopped.
 func stoppedOrGone(pid int) bool {
-	for i := 0; i < 500; i++ {
+	state := func() string {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return false
-		}
-		if i := strings.LastIndexByte(string(data), ')'); i > 0 {
-			if s := strings.Fields(string(data[i+1:])); len(s) > 0 && (s[0] == "T" || s[0] == "Z") {
-				return s[0] == "T"
+		if i := strings.LastIndexByte(string(data), ')'); err == nil && i > 0 {
+			if s := strings.Fields(string(data[i+1:])); len(s) > 0 {
+				return s[0]
 			}
 		}
-		time.Sleep(5 * time.Millisecond)
+		return "X" // gone
 	}
-	return false
+	waitFor(5*time.Second, func() bool { s := state(); return s == "T" || s == "Z" || s == "X" })
+	return state() == "T"
 }
 
 // waitBounded waits at most d for cmd; a command still running is killed
@@ -239,10 +238,7 @@ time.sleep(3600)
 	}
 	defer func() { squatter.Process.Kill(); squatter.Wait() }()
 	ready := func() bool { data, _ := os.ReadFile(report); return strings.Contains(string(data), "squatting\n") }
-	for i := 0; i < 500 && !ready(); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !ready() {
+	if !waitFor(5*time.Second, ready) {
 		t.Fatal("the squatter did not start")
 	}
 	data, _ := os.ReadFile(report)
@@ -290,9 +286,9 @@ func TestRestartAfterCrash(t *testing.T) {
 		// started again, which frees the netns's inode number for reuse.
 		p.cmd.Process.Kill()
 		p.cmd.Wait()
-		for j := 0; j < 200 && strings.Contains(sandbox.Run(t, "ip", "-o", "link"), "veth"); j++ {
-			time.Sleep(10 * time.Millisecond)
-		}
+		eventually(t, 2*time.Second, "the crashed container's veth goes with its netns", func() bool {
+			return !strings.Contains(sandbox.Run(t, "ip", "-o", "link"), "veth")
+		})
 		time.Sleep(300 * time.Millisecond) // the netns is freed after its links
 
 		last = p
@@ -429,6 +425,9 @@ func TestPoststopDuringSetup(t *testing.T) {
 			hangs++
 			t.Errorf("%s: createRuntime hung: %v %s", p.id, err, setupErr)
 		}
+		// A teardown leaves deleting the pair to the reclaimer: until
+		// then the container's eth0 keeps its address, its host end down.
+		waitReclaimers(t)
 		for _, b := range consistency(t, h, procs) {
 			if !seen[b] {
 				seen[b] = true

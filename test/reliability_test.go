@@ -196,10 +196,7 @@ func TestSetupInFlightNotReaped(t *testing.T) {
 		f := strings.Fields(string(data))
 		return len(f) > 2 && f[2] == "T"
 	}
-	for i := 0; i < 500 && !stopped(); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !stopped() {
+	if !waitFor(5*time.Second, stopped) {
 		t.Fatalf("hook did not stop at setup:veth: %s", errOut.String())
 	}
 	other := h.newProc("other", nil)

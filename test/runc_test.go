@@ -137,13 +137,10 @@ func assertCleanLinks(t *testing.T, h *host) {
 	// A veth whose container netns is being destroyed is removed by the
 	// kernel's cleanup, which teardown does not wait for: allow it a moment.
 	out := ""
-	for i := 0; i < 100; i++ {
-		if out = sandbox.Run(t, "ip", "-o", "link"); !strings.Contains(out, "veth") {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if strings.Contains(out, "veth") {
+	if !waitFor(2*time.Second, func() bool {
+		out = sandbox.Run(t, "ip", "-o", "link")
+		return !strings.Contains(out, "veth")
+	}) {
 		t.Errorf("veth left:\n%s", out)
 	}
 	recs, _ := filepath.Glob(filepath.Join(h.stateDir, "containers", "*.json"))

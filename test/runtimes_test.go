@@ -128,12 +128,10 @@ func TestPodman(t *testing.T) {
 		t.Errorf("ping gateway: %v\n%s", err, out)
 	}
 	var body string
-	for i := 0; i < 50; i++ {
-		if body, err = httpGet(up, "198.51.100.1:8080"); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(time.Second, func() bool {
+		body, err = httpGet(up, "198.51.100.1:8080")
+		return err == nil
+	})
 	if body != "hello from podman\n" {
 		t.Errorf("published port: %q %v", body, err)
 	}
