@@ -43,7 +43,7 @@ func (g *globals) configFile() (string, bool) {
 	return config.DefaultPath, false
 }
 
-func (g *globals) env() (*engine.Engine, error) {
+func (g *globals) engine() (*engine.Engine, error) {
 	path, explicit := g.configFile()
 	cfg, err := config.Load(path, explicit)
 	if err != nil {
@@ -135,7 +135,7 @@ Success prints nothing; failure prints one line and exits non-zero.`,
 			if len(args) == 1 {
 				stage = args[0]
 			}
-			eng, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
@@ -160,41 +160,36 @@ func dnsServeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			engine.LeaveCgroup()
+			engine.LeaveCgroup("netshim-dns")
 			return resolver.Serve(cmd.Context(), g.stateDir, args[0], udp, tcp)
 		},
 	}
 }
 
-// reclaimCmd is a teardown's reclaimer (see engine.Reclaim); it is not for
-// people to run.
+// reclaimCmd is the host's reclaimer (see engine.Reclaim), started by a
+// teardown hook with its listener on fd 3; it is not for people to run.
 func reclaimCmd(g *globals) *cobra.Command {
-	var r engine.Reclaim
-	cmd := &cobra.Command{
+	return &cobra.Command{
 		Use:    "reclaim",
-		Short:  "Finish what a teardown left (started by the hook)",
+		Short:  "Finish what teardowns left (started by the hook)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if g.stateDir == "" {
 				return fmt.Errorf("reclaim needs --state-dir")
 			}
-			// The netfilter sockets the teardown handed over, as fds 3
-			// onwards, close as this process exits: it waits for their
-			// release, the teardown does not.
-			err := r.Do()
+			l, err := engine.ReclaimerListener()
 			if err != nil {
-				store, serr := state.New(g.stateDir)
-				if serr == nil {
-					(&engine.Engine{Store: store}).Log("", "", "reclaim", 0, err)
-				}
+				return err
 			}
-			return err
+			store, err := state.New(g.stateDir)
+			if err != nil {
+				return err
+			}
+			engine.LeaveCgroup("netshim-reclaim")
+			return (&engine.Engine{Store: store}).RunReclaimer(l)
 		},
 	}
-	cmd.Flags().BoolVar(&r.Links, "links", false, "delete the links teardowns set aside")
-	cmd.Flags().IntSliceVar(&r.UDPPorts, "udp-port", nil, "drop the UDP conntrack entries of this host port")
-	return cmd
 }
 
 func gcCmd(g *globals) *cobra.Command {
@@ -208,11 +203,11 @@ Safe to run at any time, and after a crash or reboot.`,
 		Example: "  netshim gc",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
-			lines, err := env.GC()
+			lines, err := eng.GC()
 			for _, l := range lines {
 				fmt.Fprintln(g.stdout, l)
 			}
@@ -234,11 +229,11 @@ reloads.`,
 		Example: "  nft flush ruleset; netshim reload",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
-			line, err := env.Reload()
+			line, err := eng.Reload()
 			if err != nil {
 				return err
 			}
@@ -256,12 +251,12 @@ func doctorCmd(g *globals) *cobra.Command {
   netshim --config /etc/netshim/netshim.toml doctor`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
 			failed := 0
-			for _, c := range env.Doctor() {
+			for _, c := range eng.Doctor() {
 				mark := "ok  "
 				if !c.OK {
 					mark = "FAIL"

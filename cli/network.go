@@ -42,12 +42,12 @@ func networkCreateCmd(g *globals) *cobra.Command {
   netshim network create -o gateway_mode=routed --subnet 198.18.0.0/24 direct`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
 			req.Name = args[0]
-			def, err := env.CreateNetwork(req)
+			def, err := eng.CreateNetwork(req)
 			if err != nil {
 				return err
 			}
@@ -75,17 +75,17 @@ func networkLsCmd(g *globals) *cobra.Command {
 		Example: "  netshim network ls",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
-			nets, err := env.UserNetworks()
+			nets, err := eng.UserNetworks()
 			if err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "ID\tNAME\tDRIVER\tSUBNET")
-			if info, err := env.InspectNetwork(config.DefaultNetwork); err == nil {
+			if info, err := eng.InspectNetwork(config.DefaultNetwork); err == nil {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(info.ID), info.Name, "bridge", orDash(info.Subnet))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(config.NetworkID("host")), "host", "host", "-")
@@ -112,11 +112,11 @@ func networkInspectCmd(g *globals) *cobra.Command {
 		Example: "  netshim network inspect wp-net",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
-			info, err := env.InspectNetwork(args[0])
+			info, err := eng.InspectNetwork(args[0])
 			if err != nil {
 				return err
 			}
@@ -135,12 +135,12 @@ func networkRmCmd(g *globals) *cobra.Command {
 		Example: "  netshim network rm wp-net",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
 			for _, name := range args {
-				if err := env.RemoveNetwork(name); err != nil {
+				if err := eng.RemoveNetwork(name); err != nil {
 					return err
 				}
 				fmt.Fprintln(g.stdout, name)

@@ -19,11 +19,11 @@ func psCmd(g *globals) *cobra.Command {
 		Example: "  netshim ps",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := g.env()
+			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
-			recs, errs := env.Store.List()
+			recs, errs := eng.Store.List()
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, "CONTAINER\tNAME\tNETWORK\tIP\tMAC\tPORTS")
 			for _, r := range recs {
@@ -92,11 +92,11 @@ func endpointOf(r *state.Record) Endpoint {
 
 // container finds a container's record by id, id prefix or name.
 func (g *globals) container(ref string) (*state.Record, error) {
-	env, err := g.env()
+	eng, err := g.engine()
 	if err != nil {
 		return nil, err
 	}
-	return env.Store.Find(ref)
+	return eng.Store.Find(ref)
 }
 
 // PortJSON is one published port in `netshim inspect`.

@@ -197,17 +197,17 @@ func ResponderSockets() (net.PacketConn, net.Listener, error) {
 	return udp, tcp, nil
 }
 
-// LeaveCgroup moves the calling process (a responder) out of the cgroup of
-// the runtime that ran the hook, into a cgroup of its own, so it does not
-// die with that runtime's cgroup. Best effort, cgroup v2 only: the unified
-// hierarchy is at /sys/fs/cgroup, or at /sys/fs/cgroup/unified on hybrid
-// hosts.
-func LeaveCgroup() {
+// LeaveCgroup moves the calling process (a responder, a reclaimer) out of
+// the cgroup of the runtime that ran the hook, into cgroup name of its
+// own, so it neither dies with that runtime's cgroup nor keeps it
+// populated. Best effort, cgroup v2 only: the unified hierarchy is at
+// /sys/fs/cgroup, or at /sys/fs/cgroup/unified on hybrid hosts.
+func LeaveCgroup(name string) {
 	for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
 		if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err != nil {
 			continue
 		}
-		dir := filepath.Join(root, "netshim-dns")
+		dir := filepath.Join(root, name)
 		if err := os.MkdirAll(dir, 0o755); err == nil {
 			// "0" moves the writing process.
 			os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0"), 0o644)

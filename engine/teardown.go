@@ -35,18 +35,10 @@ func (e *Engine) Teardown(id string) (string, error) {
 			return rec.Name, err
 		}
 	}
-	// The network's other containers keep their rules if the host's
-	// firewall was flushed since (logged by ensureRules; a failure to
-	// re-create them does not stop this teardown).
-	for _, a := range rec.Attachments {
-		if ns, err := e.Store.GetNet(a.Network); err == nil && ns != nil && ns.RulesInstalled() {
-			e.ensureRules(ns.Rules, ns.Firewall)
-		}
-	}
 	r := &Reclaim{}
 	err = e.teardownLocked(rec, r)
-	lock.Unlock()
 	e.handOff(r)
+	lock.Unlock()
 	return rec.Name, err
 }
 

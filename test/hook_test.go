@@ -2,7 +2,9 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -40,16 +42,12 @@ func (h *host) newProc(id string, ann map[string]string) *proc {
 	os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o755)
 	p := &proc{h: h, id: id, pid: cmd.Process.Pid, bundle: bundle, cmd: cmd}
 	p.writeSpec(ann)
-	// Wait until unshare has exec'd sleep in its own netns.
-	for i := 0; i < 200; i++ {
+	eventually(h.t, 2*time.Second, "unshare runs sleep in a netns of its own", func() bool {
 		a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", p.pid))
 		b, _ := os.Readlink("/proc/self/ns/net")
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid))
-		if a != b && strings.HasSuffix(exe, "/sleep") {
-			break
-		}
-		exec.Command("sleep", "0.01").Run()
-	}
+		return a != b && strings.HasSuffix(exe, "/sleep")
+	})
 	return p
 }
 
@@ -639,11 +637,9 @@ func TestHookExistingBridge(t *testing.T) {
 	sandbox.Run(t, "ip", "link", "del", "netshim0")
 }
 
-// A bridge deleted by hand while the state remembers its index: the next
-// container gets no early pair (the kernel has no bridge of that name), and
-// its pair, made after the lock, cannot be attached to the remembered index;
-// setup makes the bridge again, under the lock, and attaches the pair there.
-// Without that re-ensuring, setup fails ("attach veth ... invalid argument").
+// A bridge deleted by hand after the network's first container made it:
+// the next setup finds no bridge of that name, makes it again under the
+// lock, and attaches its pair there.
 func TestHookBridgeDeletedByHand(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
@@ -664,31 +660,42 @@ func TestHookBridgeDeletedByHand(t *testing.T) {
 	assertClean(t, h)
 }
 
-// Teardowns hand their slow tail to a reclaimer each: the links they set
-// aside are deleted, the UDP conntrack entries dropped, and no reclaimer
-// outlives its work.
+// Teardowns hand their slow tail to the host's one reclaimer: the links
+// they set aside are deleted, the reclaimer retires once idle, taking its
+// socket with it, and the next teardown starts another.
 func TestHookReclaimers(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
 	h := newHost(t, "")
-	var ps []*proc
-	for i := 0; i < 5; i++ {
-		p := h.newProc(fmt.Sprintf("r%d", i), map[string]string{"netshim/publish": fmt.Sprintf("%d:80,%d:53/udp", 9000+i, 9100+i)})
-		p.mustSetup()
-		ps = append(ps, p)
-	}
-	for _, p := range ps {
-		p.mustTeardown() // alive: each host veth is set aside for the reclaimer
-	}
-	waitReclaimers(t)
-	assertClean(t, h)
-	eventually(t, 5*time.Second, "every reclaimer exited", func() bool {
+	ours := func() int {
+		n := 0
 		for _, p := range netshimProcs("reclaim") {
 			if strings.Contains(p, h.stateDir) {
-				return false
+				n++
 			}
 		}
-		return true
-	})
+		return n
+	}
+	sock := filepath.Join(h.stateDir, "reclaim.sock")
+	for round := 0; round < 2; round++ {
+		var ps []*proc
+		for i := 0; i < 5; i++ {
+			p := h.newProc(fmt.Sprintf("r%d-%d", round, i), map[string]string{"netshim/publish": fmt.Sprintf("%d:80,%d:53/udp", 9000+i, 9100+i)})
+			p.mustSetup()
+			ps = append(ps, p)
+		}
+		for _, p := range ps {
+			p.mustTeardown() // alive: each host veth is set aside for the reclaimer
+			if n := ours(); n != 1 {
+				t.Errorf("round %d: %d reclaimers after a teardown, want 1", round, n)
+			}
+		}
+		waitReclaimers(t)
+		assertClean(t, h)
+		eventually(t, 5*time.Second, "the reclaimer retired", func() bool {
+			_, err := os.Lstat(sock)
+			return ours() == 0 && errors.Is(err, fs.ErrNotExist)
+		})
+	}
 }
