@@ -120,8 +120,12 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 	}
 	fault("setup:ports-reserved")
 
-	if err := e.ensureBridge(netsetup.BridgeSpec{Name: def.Bridge, Subnet: ns.Subnet, Gateway: ns.Gateway, MTU: def.MTU}); err != nil {
-		return err
+	if installRules {
+		// The network's first container makes its bridge; later ones find
+		// it in Attach, which makes it again if it was deleted since.
+		if err := e.ensureBridge(bridgeSpec(&a)); err != nil {
+			return err
+		}
 	}
 	fault("setup:bridge")
 	if installRules {
@@ -135,15 +139,6 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 		}
 	} else if err := e.ensureRules(ns.Rules, ns.Firewall); err != nil {
 		return err
-	}
-	if needsRouteLocalnet(a.Ports) {
-		// The host's own 127.0.0.1:PORT, DNATed, must be routable out of
-		// the bridge (Docker's userland-proxy=false): only on a bridge
-		// that publishes on loopback, and the firewall's loopback guard
-		// keeps what comes in on it from reaching 127.0.0.0/8.
-		if err := netsetup.EnsureSysctl("net.ipv4.conf."+def.Bridge+".route_localnet", "1"); err != nil {
-			return err
-		}
 	}
 	fault("setup:rules")
 	if len(a.Names) > 0 {
@@ -174,6 +169,11 @@ func dnsNames(rec *state.Record, req *Request) []string {
 	return out
 }
 
+// bridgeSpec is the bridge of an attachment's network.
+func bridgeSpec(a *state.Attachment) netsetup.BridgeSpec {
+	return netsetup.BridgeSpec{Name: a.Bridge, Subnet: a.Addrs[0].Masked(), Gateway: a.Gateway, MTU: a.MTU}
+}
+
 // ensureBridge ensures a network's bridge, with forwarding on (as Docker
 // sets it when it starts: `netshim doctor` tells if it was turned off
 // since). The caller holds the lock.
@@ -197,22 +197,29 @@ func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *Contain
 	if err := c.Prepare(); err != nil {
 		return err
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+	bridge, err := netsetup.LinkIndex(a.Bridge)
+	if errors.Is(err, unix.ENODEV) {
+		bridge, err = b.reensureBridge(a)
 	}
-	defer h.Close()
-	br, err := h.LinkByName(a.Bridge)
 	if err != nil {
-		return fmt.Errorf("find bridge %s: %w", a.Bridge, err)
+		return err
+	}
+	if needsRouteLocalnet(a.Ports) {
+		// The host's own 127.0.0.1:PORT, DNATed, must be routable out of
+		// the bridge (Docker's userland-proxy=false): only on a bridge
+		// that publishes on loopback, and the firewall's loopback guard
+		// keeps what comes in on it from reaching 127.0.0.0/8.
+		if err := netsetup.EnsureSysctl("net.ipv4.conf."+a.Bridge+".route_localnet", "1"); err != nil {
+			return err
+		}
 	}
 	mac, err := parseMAC(a.MAC)
 	if err != nil {
 		return err
 	}
-	spec := netsetup.PairSpec{HostName: a.HostVeth, Alias: vethAlias(rec.ID), Bridge: br.Attrs().Index, MTU: a.MTU, MAC: mac, Isolated: a.Isolated}
+	spec := netsetup.PairSpec{HostName: a.HostVeth, Alias: vethAlias(rec.ID), Bridge: bridge, MTU: a.MTU, MAC: mac, Isolated: a.Isolated}
 	for attempt := 0; ; attempt++ {
-		err := netsetup.CreatePair(h, c.NS, spec)
+		err := netsetup.CreatePair(c.NS, spec)
 		if err == nil {
 			break
 		}
@@ -247,6 +254,20 @@ func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *Contain
 	return nil
 }
 
+// reensureBridge makes the bridge of a's network again, under the lock:
+// someone deleted it after the network's first container made it.
+func (b *bridgeDriver) reensureBridge(a *state.Attachment) (int, error) {
+	lock, err := b.e.lock()
+	if err != nil {
+		return 0, err
+	}
+	defer lock.Unlock()
+	if err := b.e.ensureBridge(bridgeSpec(a)); err != nil {
+		return 0, err
+	}
+	return netsetup.LinkIndex(a.Bridge)
+}
+
 // saveLocked writes a setup's record again, under the lock, keeping a
 // cancellation a teardown wrote meanwhile.
 func (e *Engine) saveLocked(rec *state.Record) error {
@@ -255,9 +276,9 @@ func (e *Engine) saveLocked(rec *state.Record) error {
 		return err
 	}
 	defer lock.Unlock()
-	if cur, ok, err := e.Store.Get(rec.ID); err != nil {
+	if _, cancelled, _, err := e.Store.Progress(rec.ID); err != nil {
 		return err
-	} else if ok && cur.Cancelled {
+	} else if cancelled {
 		rec.Cancelled = true
 	}
 	return e.Store.Put(rec)

@@ -8,11 +8,11 @@ import (
 	"github.com/netshim/netshim/state"
 )
 
-// A Driver connects containers to one kind of network: bridge.go, host.go
-// and none.go. Setup calls Reserve under the host lock, then Attach
-// without it; teardown, gc and a failed setup call Detach under the lock.
-// Each works from the record, never from recomputed names, and each step
-// can be run again.
+// A Driver connects containers to one kind of network: bridge.go, and
+// host and none below. Setup calls Reserve under the host lock, then
+// Attach without it; teardown, gc and a failed setup call Detach under
+// the lock. Each works from the record, never from recomputed names, and
+// each step can be run again.
 type Driver interface {
 	// Reserve settles the network (its subnet, bridge, firewall rules and
 	// DNS) and takes the container's share of it (address, host ports,
@@ -52,41 +52,31 @@ func driverKind(network string) string {
 	return ModeBridge
 }
 
-// ContainerNS is the container's network namespace as drivers work in it:
-// its handle, a netlink handle bound to it (opened on first use), and
-// whether it was prepared (IPv6 off, lo up).
+// ContainerNS is the container's network namespace as drivers work in it,
+// prepared (IPv6 off, lo up) on first use, with a netlink handle bound to
+// it.
 type ContainerNS struct {
-	NS       netns.NsHandle
-	h        *netlink.Handle
-	prepared bool
+	NS netns.NsHandle
+	h  *netlink.Handle
 }
 
-// Handle returns a netlink handle bound to the container's netns.
+// Prepare turns IPv6 off and brings lo up in the container's netns, once.
+func (c *ContainerNS) Prepare() error {
+	_, err := c.Handle()
+	return err
+}
+
+// Handle returns a netlink handle bound to the container's netns, which
+// it prepares first.
 func (c *ContainerNS) Handle() (*netlink.Handle, error) {
 	if c.h == nil {
-		h, err := netlink.NewHandleAt(c.NS)
+		h, err := netsetup.PrepareNetns(c.NS)
 		if err != nil {
 			return nil, err
 		}
 		c.h = h
 	}
 	return c.h, nil
-}
-
-// Prepare turns IPv6 off and brings lo up in the container's netns, once.
-func (c *ContainerNS) Prepare() error {
-	if c.prepared {
-		return nil
-	}
-	h, err := c.Handle()
-	if err != nil {
-		return err
-	}
-	if err := netsetup.PrepareNetns(c.NS, h); err != nil {
-		return err
-	}
-	c.prepared = true
-	return nil
 }
 
 // Close releases the netlink handle.

@@ -127,8 +127,8 @@ func (e *Engine) reserve(req *Request, c state.Container, me state.Process) (*st
 	if err == nil {
 		err = e.Store.SetName(rec.Name, rec.ID)
 	}
-	if err == nil {
-		err = save()
+	if err == nil && (!saved || len(rec.Links) > 0) {
+		err = save() // drivers that write the record write it before this
 	}
 	if err != nil {
 		if saved {
@@ -229,13 +229,13 @@ func (e *Engine) finish(rec *state.Record) error {
 		return err
 	}
 	defer lock.Unlock()
-	cur, ok, err := e.Store.Get(rec.ID)
+	owner, cancelled, ok, err := e.Store.Progress(rec.ID)
 	switch {
 	case err != nil:
 		return err
-	case !ok || cur.Owner == nil || *cur.Owner != *rec.Owner:
+	case !ok || owner == nil || *owner != *rec.Owner:
 		return fmt.Errorf("container %s: the record of its setup was taken over before the setup finished", rec.ID)
-	case cur.Cancelled:
+	case cancelled:
 		if err := e.teardownNow(rec); err != nil {
 			return fmt.Errorf("container %s: %w, and undoing its setup failed: %v", rec.ID, errCancelled, err)
 		}

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/netshim/netshim/internal/sandbox"
@@ -29,14 +28,11 @@ func TestPrepareNetns(t *testing.T) {
 	}
 	defer ns.Close()
 	netns.Set(orig)
-	ctr, err := netlink.NewHandleAt(ns)
+	ctr, err := PrepareNetns(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ctr.Close()
-	if err := PrepareNetns(ns, ctr); err != nil {
-		t.Fatal(err)
-	}
 	read := func() string {
 		data, _ := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
 		return strings.TrimSpace(string(data))
@@ -49,5 +45,9 @@ func TestPrepareNetns(t *testing.T) {
 	lo, err := ctr.LinkByName("lo")
 	if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("lo not up: %v %+v", err, lo)
+	}
+	// The handle is bound to the container's netns, not the caller's.
+	if links, err := ctr.LinkList(); err != nil || len(links) != 1 {
+		t.Errorf("links through the handle: %v %v, want lo alone", err, links)
 	}
 }

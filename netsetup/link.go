@@ -147,56 +147,110 @@ type PairSpec struct {
 }
 
 // CreatePair makes the pair: the container end as eth0 straight in the
-// container's netns ns, down; the host end named and marked as ours, on
-// its bridge with hairpin on (so a container reaches its own published
-// port through a host address when bridged traffic goes through the
-// firewall), and up. It returns an error wrapping EEXIST when the host
-// name is taken. On failure nothing of the pair is left.
-func CreatePair(h *netlink.Handle, ns netns.NsHandle, s PairSpec) error {
-	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: s.HostName, MTU: s.MTU, NumTxQueues: 1, NumRxQueues: 1},
-		PeerName:  ContainerIfName, PeerHardwareAddr: s.MAC, PeerMTU: uint32(s.MTU),
-		PeerNamespace: netlink.NsFd(int(ns)),
+// container's netns ns, down; the host end on its bridge and up, then
+// marked as ours and made a hairpin port (so a container reaches its own
+// published port through a host address when bridged traffic goes through
+// the firewall), isolated with s.Isolated, with IPv6 address generation
+// off (a bridge port needs no address of its own; without one its
+// duplicate address detection and MLD reports are not flooded to every
+// other container). Nothing passes the port before that: the container
+// end is down. It returns an error wrapping EEXIST when the host name is
+// taken. On failure nothing of the pair is left.
+//
+// Two requests: the kernel takes an alias and a port's flags only for a
+// link that exists, on its bridge.
+func CreatePair(ns netns.NsHandle, s PairSpec) error {
+	create := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	up := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	up.Flags, up.Change = unix.IFF_UP, unix.IFF_UP
+	create.AddData(up)
+	for _, a := range vethAttrs(s.HostName, s.MTU) {
+		create.AddData(a)
 	}
-	if err := h.LinkAdd(veth); err != nil {
+	create.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(s.Bridge))))
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
+	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
+	for _, a := range vethAttrs(ContainerIfName, s.MTU) {
+		peer.AddChild(a)
+	}
+	peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC))
+	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(ns)))
+	create.AddData(info)
+	if _, err := create.Execute(unix.NETLINK_ROUTE, 0); err != nil {
 		return fmt.Errorf("create veth %s: %w", s.HostName, err)
 	}
-	err := func() error {
-		link, err := h.LinkByName(s.HostName)
-		if err != nil {
-			return fmt.Errorf("find veth %s: %w", s.HostName, err)
-		}
-		if err := h.LinkSetAlias(link, s.Alias); err != nil {
-			return fmt.Errorf("mark veth %s: %w", s.HostName, err)
-		}
-		if err := h.LinkSetMasterByIndex(link, s.Bridge); err != nil {
-			return fmt.Errorf("attach veth %s to its bridge: %w", s.HostName, err)
-		}
-		if err := h.LinkSetHairpin(link, true); err != nil {
-			return fmt.Errorf("set hairpin on veth %s: %w", s.HostName, err)
-		}
-		if s.Isolated {
-			if err := h.LinkSetIsolated(link, true); err != nil {
-				return fmt.Errorf("isolate veth %s: %w", s.HostName, err)
-			}
-		}
-		// A bridge port needs no IPv6 address of its own: without one,
-		// its duplicate address detection and MLD reports are not
-		// flooded to every other container. A kernel without IPv6 has
-		// nothing to turn off.
-		const addrGenModeNone = 1 // IN6_ADDR_GEN_MODE_NONE
-		if err := h.LinkSetIP6AddrGenMode(link, addrGenModeNone); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) && !errors.Is(err, unix.EOPNOTSUPP) {
-			return fmt.Errorf("set IPv6 address generation of veth %s: %w", s.HostName, err)
-		}
-		if err := h.LinkSetUp(link); err != nil {
-			return fmt.Errorf("set veth %s up: %w", s.HostName, err)
-		}
-		return nil
-	}()
-	if err != nil {
-		h.LinkDel(veth)
+	err := setHostEnd(s, true)
+	if errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) {
+		err = setHostEnd(s, false) // a kernel without IPv6
 	}
+	if err != nil {
+		deleteLink(s.HostName)
+		return fmt.Errorf("set up veth %s: %w", s.HostName, err)
+	}
+	return nil
+}
+
+// setHostEnd is CreatePair's second request, with or without the IPv6
+// setting: by name, as the link is named now.
+func setHostEnd(s PairSpec, ipv6 bool) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(s.HostName)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(s.Alias)))
+	if ipv6 {
+		const addrGenModeNone = 1 // IN6_ADDR_GEN_MODE_NONE
+		spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+		spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{addrGenModeNone})
+		req.AddData(spec)
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_SLAVE_KIND, nl.NonZeroTerminated("bridge"))
+	port := info.AddRtAttr(nl.IFLA_INFO_SLAVE_DATA, nil)
+	port.AddRtAttr(nl.IFLA_BRPORT_MODE, []byte{1}) // hairpin
+	if s.Isolated {
+		port.AddRtAttr(nl.IFLA_BRPORT_ISOLATED, []byte{1})
+	}
+	req.AddData(info)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
+}
+
+// vethAttrs are the attributes of a veth end made with no queue (as
+// Docker's: a veth's queue only adds latency).
+func vethAttrs(name string, mtu int) []*nl.RtAttr {
+	return []*nl.RtAttr{
+		nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)),
+		nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))),
+		nl.NewRtAttr(unix.IFLA_TXQLEN, nl.Uint32Attr(0)),
+		nl.NewRtAttr(unix.IFLA_NUM_TX_QUEUES, nl.Uint32Attr(1)),
+		nl.NewRtAttr(unix.IFLA_NUM_RX_QUEUES, nl.Uint32Attr(1)),
+	}
+}
+
+// LinkIndex is the ifindex of the host's link name (an error wrapping
+// ENODEV if there is none).
+func LinkIndex(name string) (int, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err == nil && len(msgs) == 0 {
+		err = unix.ENODEV
+	}
+	if err != nil {
+		return 0, fmt.Errorf("find link %s: %w", name, err)
+	}
+	return int(nl.DeserializeIfInfomsg(msgs[0]).Index), nil
+}
+
+// deleteLink deletes the host's link name, if it is there.
+func deleteLink(name string) {
+	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	req.Execute(unix.NETLINK_ROUTE, 0)
 }
 
 // IfaceSpec is the configuration of a container's interface.
@@ -208,7 +262,8 @@ type IfaceSpec struct {
 }
 
 // ConfigureInterface gives the container's interface its address, brings it
-// up and adds the default route, through a handle in the container's netns.
+// up and adds the default route, through a handle in the container's
+// netns.
 func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 	link, err := ctr.LinkByName(s.Name)
 	if err != nil {
@@ -235,25 +290,34 @@ func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 
 // PrepareNetns turns IPv6 off in the container's netns ns (as Docker does on
 // a network without IPv6: `ip a` there shows no inet6 address, not even
-// lo's ::1) and brings lo up, through ctr, a handle in ns. IPv6 goes first:
-// links made after take its setting too. A kernel without IPv6 has nothing
-// to turn off.
-func PrepareNetns(ns netns.NsHandle, ctr *netlink.Handle) error {
+// lo's ::1), brings lo up, and returns a netlink handle bound to ns: all in
+// one visit to ns. IPv6 goes first: links made after take its setting too.
+// A kernel without IPv6 has nothing to turn off.
+func PrepareNetns(ns netns.NsHandle) (*netlink.Handle, error) {
+	var ctr *netlink.Handle
 	err := Do(ns, func() error {
 		// /proc/sys/net shows the netns of the thread that opens it.
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
+		err := os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("turn IPv6 off in the container: %w", err)
+		}
+		// A netlink socket belongs to the netns it was opened in.
+		if ctr, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+			return fmt.Errorf("netlink in the container: %w", err)
+		}
+		return nil
 	})
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("turn IPv6 off in the container: %w", err)
-	}
-	lo, err := ctr.LinkByName("lo")
-	if err == nil {
-		err = ctr.LinkSetUp(lo)
-	}
 	if err != nil {
-		return fmt.Errorf("set lo up in the container: %w", err)
+		return nil, err
 	}
-	return nil
+	// Outside Do: a netlink read needs a large stack, which the calling
+	// goroutine has grown already, and Do's would grow again.
+	// lo is ifindex 1 in every netns (LOOPBACK_IFINDEX).
+	if err := ctr.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}); err != nil {
+		ctr.Close()
+		return nil, fmt.Errorf("set lo up in the container: %w", err)
+	}
+	return ctr, nil
 }
 
 // DoomedGroup is the link group (IFLA_GROUP) of host veths whose traffic is
@@ -279,11 +343,14 @@ func SetAside(h *netlink.Handle, name, alias string, unmarked bool) (bool, error
 	if a := link.Attrs().Alias; a != alias && !(unmarked && a == "" && link.Type() == "veth") {
 		return false, nil // someone else's link, under a name reused
 	}
-	if err := h.LinkSetDown(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return false, fmt.Errorf("set veth %s down: %w", name, err)
-	}
-	if err := h.LinkSetGroup(link, DoomedGroup); err != nil && !errors.Is(err, unix.ENODEV) {
-		return false, fmt.Errorf("set veth %s aside: %w", name, err)
+	// Down and into the group in one request.
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index, msg.Change = int32(link.Attrs().Index), unix.IFF_UP
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(DoomedGroup)))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENODEV) {
+		return false, fmt.Errorf("set veth %s down and aside: %w", name, err)
 	}
 	return true, nil
 }

@@ -109,6 +109,35 @@ func TestRecordsRoundTrip(t *testing.T) {
 	}
 }
 
+// Progress reads a setup's owner and cancellation as Get would, and
+// nothing for a record that is not there.
+func TestProgress(t *testing.T) {
+	s, _ := New(t.TempDir())
+	if _, _, ok, err := s.Progress("abc"); ok || err != nil {
+		t.Fatalf("no record: ok %v, %v", ok, err)
+	}
+	r := &Record{ID: "abc", Phase: PhaseCreating, Owner: &Process{PID: 42, Start: 7}}
+	if err := s.Put(r); err != nil {
+		t.Fatal(err)
+	}
+	if owner, cancelled, ok, err := s.Progress("abc"); err != nil || !ok || cancelled || owner == nil || *owner != *r.Owner {
+		t.Fatalf("in flight: %+v %v %v %v", owner, cancelled, ok, err)
+	}
+	r.Cancelled = true
+	s.Put(r)
+	if _, cancelled, _, _ := s.Progress("abc"); !cancelled {
+		t.Fatal("cancellation not read")
+	}
+	r.Phase, r.Owner, r.Cancelled = PhaseReady, nil, false
+	s.Put(r)
+	if owner, _, ok, _ := s.Progress("abc"); !ok || owner != nil {
+		t.Fatalf("ready: owner %+v", owner)
+	}
+	if _, _, _, err := s.Progress("../x"); err == nil {
+		t.Fatal("path traversal id accepted")
+	}
+}
+
 func TestCorruptFiles(t *testing.T) {
 	s, _ := New(t.TempDir())
 	good := &Record{ID: "good", Created: time.Now()}

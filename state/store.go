@@ -266,6 +266,25 @@ func (s *Store) Get(id string) (rec *Record, ok bool, err error) {
 	return rec, true, nil
 }
 
+// Progress reads only how the setup of id is going: the hook doing it and
+// whether a teardown cancelled it. ok is false without a record.
+func (s *Store) Progress(id string) (owner *Process, cancelled, ok bool, err error) {
+	if err := CheckID(id); err != nil {
+		return nil, false, false, err
+	}
+	var p struct {
+		Owner     *Process `json:"owner"`
+		Cancelled bool     `json:"cancelled"`
+	}
+	if err := readJSON(s.recordPath(id), &p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, false, false, nil
+		}
+		return nil, false, false, err
+	}
+	return p.Owner, p.Cancelled, true, nil
+}
+
 // Put writes the record atomically.
 func (s *Store) Put(rec *Record) error {
 	if err := CheckID(rec.ID); err != nil {
