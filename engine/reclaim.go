@@ -178,57 +178,63 @@ func (e *Engine) RunReclaimer(l *net.UnixListener) error {
 	msgs := make(chan handoff)
 	go acceptHandoffs(l, msgs)
 	var (
-		held             []*os.File
-		pending          Reclaim
-		lastMsg          = time.Now()
-		heldSince, since time.Time
+		links       bool       // links were set aside since the last deletion
+		held        []*os.File // netfilter sockets to close
+		first, last time.Time  // the first handoff not released yet, the latest
 	)
-	tick := time.NewTicker(reclaimQuiet / 4)
-	defer tick.Stop()
 	take := func(h handoff) {
-		if len(h.files) > 0 && len(held) == 0 {
-			heldSince = time.Now()
+		if !links && len(held) == 0 {
+			first = time.Now()
 		}
-		if h.work.Links && !pending.Links {
-			since = time.Now()
-		}
+		last = time.Now()
+		links = links || h.work.Links
 		held = append(held, h.files...)
-		pending.Links = pending.Links || h.work.Links
-		lastMsg = time.Now()
 		// A flow must not stick to the old container: at once.
 		if len(h.work.UDPPorts) > 0 {
 			e.logErr((&Reclaim{UDPPorts: h.work.UDPPorts}).Do())
 		}
 	}
-	release := func(force bool) {
-		quiet := time.Since(lastMsg) >= reclaimQuiet
-		if pending.Links && (force || quiet || time.Since(since) >= reclaimMaxHold) {
+	release := func() {
+		if links {
 			e.logErr(netsetup.DeleteDoomed())
-			pending.Links = false
 		}
-		if len(held) > 0 && (force || quiet || time.Since(heldSince) >= reclaimMaxHold) {
-			for _, f := range held {
-				f.Close()
-			}
-			held = nil
+		for _, f := range held {
+			f.Close()
 		}
+		links, held = false, nil
 	}
+	last = time.Now()
+	timer := time.NewTimer(reclaimLinger)
+	defer timer.Stop()
 	for {
 		select {
 		case h := <-msgs:
 			take(h)
-		case <-tick.C:
+		case <-timer.C:
 		}
-		release(false)
-		if !pending.Links && len(held) == 0 && time.Since(lastMsg) >= reclaimLinger {
-			if last, done := e.retire(l, ours); done {
-				for _, h := range last {
+		pending := links || len(held) > 0
+		now := time.Now()
+		if pending && (now.Sub(last) >= reclaimQuiet || now.Sub(first) >= reclaimMaxHold) {
+			release()
+			pending = false
+		}
+		if !pending && now.Sub(last) >= reclaimLinger {
+			if queued, done := e.retire(l, ours); done {
+				for _, h := range queued {
 					take(h)
 				}
-				release(true)
+				release()
 				return nil
 			}
+			last = now // the lock is busy: try again later
 		}
+		// Wake for the next of: the end of a pause, the longest hold, or
+		// the end of idling.
+		wait := time.Until(last.Add(reclaimLinger))
+		if pending {
+			wait = min(time.Until(last.Add(reclaimQuiet)), time.Until(first.Add(reclaimMaxHold)))
+		}
+		timer.Reset(wait)
 	}
 }
 
