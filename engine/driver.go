@@ -53,14 +53,16 @@ func driverKind(network string) string {
 }
 
 // ContainerNS is the container's network namespace as drivers work in it,
-// prepared (IPv6 off, lo up) on first use, with a netlink handle bound to
-// it.
+// prepared (IPv6 off for its interfaces, lo up) on first use, with a
+// netlink handle bound to it.
 type ContainerNS struct {
 	NS netns.NsHandle
-	h  *netlink.Handle
+	// Loopback6 says lo has ::1, once prepared.
+	Loopback6 bool
+	h         *netlink.Handle
 }
 
-// Prepare turns IPv6 off and brings lo up in the container's netns, once.
+// Prepare readies the container's netns (netsetup.PrepareNetns), once.
 func (c *ContainerNS) Prepare() error {
 	_, err := c.Handle()
 	return err
@@ -70,11 +72,11 @@ func (c *ContainerNS) Prepare() error {
 // it prepares first.
 func (c *ContainerNS) Handle() (*netlink.Handle, error) {
 	if c.h == nil {
-		h, err := netsetup.PrepareNetns(c.NS)
+		h, loopback6, err := netsetup.PrepareNetns(c.NS)
 		if err != nil {
 			return nil, err
 		}
-		c.h = h
+		c.h, c.Loopback6 = h, loopback6
 	}
 	return c.h, nil
 }

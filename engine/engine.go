@@ -75,6 +75,9 @@ type Request struct {
 	DNSOptions []string
 	AddHosts   []AddHost
 	Ports      []PortRequest
+	// LoopbackIPv6Off says the container's own sysctls turn IPv6 off on
+	// lo, once the runtime applies them (after the hooks).
+	LoopbackIPv6Off bool
 }
 
 // LinkRequest is one --link: a container name and the alias it is known by.

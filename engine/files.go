@@ -17,8 +17,9 @@ var HostResolvConf = "/etc/resolv.conf"
 const resolvedResolvConf = "/run/systemd/resolve/resolv.conf"
 
 // writeFiles writes the container's /etc/hosts and /etc/resolv.conf, as
-// Docker would, and returns the host paths written.
-func (e *Engine) writeFiles(req *Request, rec *state.Record) ([]string, error) {
+// Docker would, and returns the host paths written. loopback6 says the
+// container's lo has ::1.
+func (e *Engine) writeFiles(req *Request, rec *state.Record, loopback6 bool) ([]string, error) {
 	var hosts netsetup.HostsSpec
 	var resolv netsetup.ResolvSpec
 	hostResolv, _ := fastio.ReadFile(HostResolvConf)
@@ -38,6 +39,8 @@ func (e *Engine) writeFiles(req *Request, rec *state.Record) ([]string, error) {
 		resolv.Host = containerResolvBase(hostResolv)
 	}
 	hosts.Hostname, hosts.Name = req.Hostname, rec.Name
+	// The runtime applies the container's sysctls after this hook.
+	hosts.Loopback6 = loopback6 && !req.LoopbackIPv6Off
 	for _, h := range req.AddHosts {
 		ip := h.IP
 		if h.HostGateway {

@@ -208,7 +208,7 @@ func (e *Engine) wire(req *Request, rec *state.Record, c *ContainerNS) error {
 		}
 	}
 	fault("setup:container")
-	paths, err := e.writeFiles(req, rec)
+	paths, err := e.writeFiles(req, rec, c.Loopback6)
 	if err != nil {
 		return err
 	}

@@ -27,21 +27,26 @@ type HostEntry struct {
 // HostsSpec is what goes into a container's /etc/hosts.
 type HostsSpec struct {
 	// Base replaces the localhost lines (host mode copies the host's file).
-	Base     []byte
-	IP       netip.Addr
-	Hostname string
-	Name     string
-	Links    []state.Link
-	Extra    []HostEntry
+	Base []byte
+	// Loopback6 lists ::1 and the other IPv6 lines: only where lo has
+	// ::1, or "localhost" would name an address nothing can bind.
+	Loopback6 bool
+	IP        netip.Addr
+	Hostname  string
+	Name      string
+	Links     []state.Link
+	Extra     []HostEntry
 }
 
-const localhostLines = `127.0.0.1	localhost
-::1	localhost ip6-localhost ip6-loopback
+const (
+	localhost4Lines = "127.0.0.1\tlocalhost\n"
+	localhost6Lines = `::1	localhost ip6-localhost ip6-loopback
 fe00::0	ip6-localnet
 ff00::0	ip6-mcastprefix
 ff02::1	ip6-allnodes
 ff02::2	ip6-allrouters
 `
+)
 
 // BuildHosts renders /etc/hosts the way Docker does: localhost lines, then
 // --add-host entries, links (`IP alias name`), and the container's own
@@ -54,7 +59,10 @@ func BuildHosts(s HostsSpec) []byte {
 			b.WriteByte('\n')
 		}
 	} else {
-		b.WriteString(localhostLines)
+		b.WriteString(localhost4Lines)
+		if s.Loopback6 {
+			b.WriteString(localhost6Lines)
+		}
 	}
 	for _, e := range s.Extra {
 		fmt.Fprintf(&b, "%s\t%s\n", e.IP, e.Name)

@@ -25,6 +25,13 @@ func TestBuildHosts(t *testing.T) {
 			t.Errorf("missing %q in\n%s", want, got)
 		}
 	}
+	if strings.Contains(got, "::1") || strings.Contains(got, "ip6-") {
+		t.Errorf("IPv6 lines without Loopback6:\n%s", got)
+	}
+	got = string(BuildHosts(HostsSpec{Loopback6: true}))
+	if !strings.HasPrefix(got, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n") {
+		t.Errorf("with Loopback6:\n%s", got)
+	}
 	base := string(BuildHosts(HostsSpec{Base: []byte("10.0.0.1 hostbox")}))
 	if base != "10.0.0.1 hostbox\n" {
 		t.Errorf("base: %q", base)

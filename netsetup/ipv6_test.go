@@ -7,13 +7,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/netshim/netshim/internal/sandbox"
 )
 
-// PrepareNetns turns IPv6 off in the container's netns and no other, and
-// brings its lo up.
+// PrepareNetns turns IPv6 off for the links made in the container's netns
+// after it and for nothing else: lo keeps ::1, the caller's netns is
+// untouched. It brings lo up.
 func TestPrepareNetns(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
@@ -28,26 +30,65 @@ func TestPrepareNetns(t *testing.T) {
 	}
 	defer ns.Close()
 	netns.Set(orig)
-	ctr, err := PrepareNetns(ns)
+	ctr, loopback6, err := PrepareNetns(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ctr.Close()
-	read := func() string {
-		data, _ := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+	if err := ctr.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}); err != nil {
+		t.Fatal(err)
+	}
+	read := func(dev string) string {
+		data, _ := os.ReadFile("/proc/sys/net/ipv6/conf/" + dev + "/disable_ipv6")
 		return strings.TrimSpace(string(data))
 	}
-	var inside string
-	Do(ns, func() error { inside = read(); return nil })
-	if inside != "1" || read() != "0" {
-		t.Errorf("disable_ipv6: %q in the container's netns, %q in the caller's", inside, read())
+	var eth0, lo string
+	Do(ns, func() error { eth0, lo = read("eth0"), read("lo"); return nil })
+	if eth0 != "1" || lo != "0" || read("default") != "0" {
+		t.Errorf("disable_ipv6: eth0 %q, lo %q in the container's netns, default %q in the caller's", eth0, lo, read("default"))
 	}
-	lo, err := ctr.LinkByName("lo")
-	if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
-		t.Errorf("lo not up: %v %+v", err, lo)
+	if !loopback6 {
+		t.Error("PrepareNetns says lo has no IPv6")
+	}
+	loLink, err := ctr.LinkByName("lo")
+	if err != nil || loLink.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("lo not up: %v %+v", err, loLink)
+	}
+	addrs, err := ctr.AddrList(loLink, netlink.FAMILY_V6)
+	if err != nil || len(addrs) != 1 || !addrs[0].IP.Equal(net.IPv6loopback) {
+		t.Errorf("lo's IPv6 addresses: %v %v, want ::1", err, addrs)
 	}
 	// The handle is bound to the container's netns, not the caller's.
-	if links, err := ctr.LinkList(); err != nil || len(links) != 1 {
-		t.Errorf("links through the handle: %v %v, want lo alone", err, links)
+	if links, err := ctr.LinkList(); err != nil || len(links) != 3 {
+		t.Errorf("links through the handle: %v %v, want lo, eth0 and eth1", err, links)
+	}
+}
+
+// Where the netns turned IPv6 off on lo, PrepareNetns says so.
+func TestPrepareNetnsLoopbackIPv6Off(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, _ := netns.Get()
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	err = os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
+	netns.Set(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr, loopback6, err := PrepareNetns(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctr.Close()
+	if loopback6 {
+		t.Error("PrepareNetns says lo has IPv6")
 	}
 }

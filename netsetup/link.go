@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -288,18 +289,23 @@ func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 	return nil
 }
 
-// PrepareNetns turns IPv6 off in the container's netns ns (as Docker does on
-// a network without IPv6: `ip a` there shows no inet6 address, not even
-// lo's ::1), brings lo up, and returns a netlink handle bound to ns: all in
-// one visit to ns. IPv6 goes first: links made after take its setting too.
-// A kernel without IPv6 has nothing to turn off.
-func PrepareNetns(ns netns.NsHandle) (*netlink.Handle, error) {
-	var ctr *netlink.Handle
-	err := Do(ns, func() error {
+// PrepareNetns readies the container's netns ns in one visit: links made
+// in it from now on (eth0) start with IPv6 off, as Docker 27 does on a
+// network without IPv6, while lo keeps ::1 (Docker 26 and later), so a
+// program that binds "localhost" finds every address /etc/hosts gives it.
+// It brings lo up, and returns a netlink handle bound to ns and whether lo
+// has IPv6 (false on a kernel without it, or where the netns turned it off).
+func PrepareNetns(ns netns.NsHandle) (ctr *netlink.Handle, loopback6 bool, err error) {
+	err = Do(ns, func() error {
 		// /proc/sys/net shows the netns of the thread that opens it.
-		err := os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("turn IPv6 off in the container: %w", err)
+		err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+		switch {
+		case errors.Is(err, os.ErrNotExist): // a kernel without IPv6
+		case err != nil:
+			return fmt.Errorf("turn IPv6 off for the container's interfaces: %w", err)
+		default:
+			off, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+			loopback6 = err == nil && strings.TrimSpace(string(off)) == "0"
 		}
 		// A netlink socket belongs to the netns it was opened in.
 		if ctr, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
@@ -308,16 +314,16 @@ func PrepareNetns(ns netns.NsHandle) (*netlink.Handle, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	// Outside Do: a netlink read needs a large stack, which the calling
 	// goroutine has grown already, and Do's would grow again.
 	// lo is ifindex 1 in every netns (LOOPBACK_IFINDEX).
 	if err := ctr.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}); err != nil {
 		ctr.Close()
-		return nil, fmt.Errorf("set lo up in the container: %w", err)
+		return nil, false, fmt.Errorf("set lo up in the container: %w", err)
 	}
-	return ctr, nil
+	return ctr, loopback6, nil
 }
 
 // DoomedGroup is the link group (IFLA_GROUP) of host veths whose traffic is

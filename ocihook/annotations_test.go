@@ -2,6 +2,8 @@ package ocihook
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -79,3 +81,28 @@ func TestReadState(t *testing.T) {
 }
 
 func specsState(s string) specs.ContainerState { return specs.ContainerState(s) }
+
+// The bundle's sysctls that turn IPv6 off on lo, in either spelling, reach
+// the request: /etc/hosts must not list ::1 then.
+func TestRequestLoopbackIPv6Off(t *testing.T) {
+	for sysctl, want := range map[string]bool{
+		``: false,
+		`"sysctl":{"net.ipv6.conf.all.disable_ipv6":"1"}`:  true,
+		`"sysctl":{"net/ipv6/conf/lo/disable_ipv6":"1"}`:   true,
+		`"sysctl":{"net.ipv6.conf.all.disable_ipv6":"0"}`:  false,
+		`"sysctl":{"net.ipv6.conf.eth0.disable_ipv6":"1"}`: false,
+	} {
+		bundle := t.TempDir()
+		config := `{"root":{"path":"rootfs"},"linux":{` + sysctl + `}}`
+		if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		req, _, err := Request(&specs.State{ID: "c", Pid: 1, Bundle: bundle})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if req.LoopbackIPv6Off != want {
+			t.Errorf("%s: LoopbackIPv6Off %v, want %v", config, req.LoopbackIPv6Off, want)
+		}
+	}
+}

@@ -95,6 +95,24 @@ type bundleConfig struct {
 	Root        *specs.Root       `json:"root,omitempty"`
 	Mounts      []specs.Mount     `json:"mounts,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
+	Linux       *struct {
+		Sysctl map[string]string `json:"sysctl,omitempty"`
+	} `json:"linux,omitempty"`
+}
+
+// loopbackIPv6Off says the spec's sysctls turn IPv6 off on lo, by name
+// with dots or slashes, as the runtime accepts either.
+func (c *bundleConfig) loopbackIPv6Off() bool {
+	if c.Linux == nil {
+		return false
+	}
+	for k, v := range c.Linux.Sysctl {
+		k = strings.ReplaceAll(k, "/", ".")
+		if (k == "net.ipv6.conf.all.disable_ipv6" || k == "net.ipv6.conf.lo.disable_ipv6") && strings.TrimSpace(v) == "1" {
+			return true
+		}
+	}
+	return false
 }
 
 // readSpec reads <bundle>/config.json.
@@ -140,6 +158,7 @@ func Request(st *specs.State) (*engine.Request, map[string]string, error) {
 		ID: st.ID, Name: opts.Name, Hostname: spec.Hostname, PID: st.Pid, Bundle: st.Bundle, Rootfs: rootfs,
 		Network: opts.Network, IP: opts.IP, Aliases: opts.Aliases, Links: opts.Links,
 		DNS: opts.DNS, DNSSearch: opts.DNSSearch, DNSOptions: opts.DNSOptions, AddHosts: opts.AddHosts, Ports: opts.Ports(),
+		LoopbackIPv6Off: spec.loopbackIPv6Off(),
 	}
 	if req.Name == "" {
 		req.Name = st.ID

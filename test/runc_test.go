@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -92,11 +93,24 @@ func TestRuncDefaultBridge(t *testing.T) {
 	if out := none.mustExec("ip", "-o", "link"); strings.Count(out, "\n") != 1 || !strings.Contains(out, "lo:") || !strings.Contains(out, "UP") {
 		t.Errorf("none mode links:\n%s", out)
 	}
-	// No IPv6 in either, as in Docker (not even lo's ::1).
+	// IPv6 on lo alone, as in Docker 26 and later, and /etc/hosts lists ::1.
 	for _, c := range []*container{web, none} {
-		if out := c.mustExec("ip", "-o", "addr"); strings.Contains(out, "inet6") {
-			t.Errorf("%s has IPv6 addresses:\n%s", c.id, out)
+		if out := c.mustExec("ip", "-o", "-6", "addr"); strings.Count(out, "inet6") != 1 || !strings.Contains(out, "inet6 ::1/128") {
+			t.Errorf("%s's IPv6 addresses, want lo's ::1 alone:\n%s", c.id, out)
 		}
+		if out := c.mustExec("cat", "/etc/hosts"); !strings.Contains(out, "::1\tlocalhost ip6-localhost ip6-loopback\n") {
+			t.Errorf("%s's /etc/hosts lacks ::1:\n%s", c.id, out)
+		}
+	}
+	// A container whose own sysctls turn IPv6 off: no ::1 anywhere.
+	nov6 := h.newBundle(uniqueID(t, "nov6"), sleeper)
+	setSysctl(t, nov6.bundle, "net.ipv6.conf.all.disable_ipv6", "1")
+	nov6.mustStart()
+	if out := nov6.mustExec("ip", "-o", "-6", "addr"); strings.TrimSpace(out) != "" {
+		t.Errorf("IPv6 addresses with IPv6 off:\n%s", out)
+	}
+	if out := nov6.mustExec("cat", "/etc/hosts"); strings.Contains(out, "::1") || !strings.Contains(out, "127.0.0.1\tlocalhost\n") {
+		t.Errorf("/etc/hosts with IPv6 off:\n%s", out)
 	}
 	// host: the sandbox's own interfaces.
 	hostc := h.newBundle(uniqueID(t, "host"), sleeper, "--network", "host").mustStart()
@@ -115,7 +129,7 @@ func TestRuncDefaultBridge(t *testing.T) {
 		t.Errorf("inspect web: %v %v", ep, err)
 	}
 
-	for _, c := range []*container{db, web, none, hostc} {
+	for _, c := range []*container{db, web, none, nov6, hostc} {
 		c.stop()
 	}
 	assertClean(t, h)
@@ -150,5 +164,32 @@ func assertCleanLinks(t *testing.T, h *host) {
 	addrs, _ := filepath.Glob(filepath.Join(h.stateDir, "networks", "*.addrs", "*"))
 	if len(addrs) != 0 {
 		t.Errorf("allocations left: %v", addrs)
+	}
+}
+
+// setSysctl sets one of the bundle's linux.sysctl, as a user's config.json may.
+func setSysctl(t *testing.T, bundle, key, value string) {
+	t.Helper()
+	path := filepath.Join(bundle, "config.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	linux, _ := spec["linux"].(map[string]any)
+	sysctl, _ := linux["sysctl"].(map[string]any)
+	if sysctl == nil {
+		sysctl = map[string]any{}
+	}
+	sysctl[key] = value
+	linux["sysctl"] = sysctl
+	if data, err = json.Marshal(spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
