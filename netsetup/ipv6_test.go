@@ -3,12 +3,10 @@ package netsetup
 import (
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/netshim/netshim/internal/sandbox"
 )
@@ -20,16 +18,7 @@ func TestPrepareNetns(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, _ := netns.Get()
-	defer orig.Close()
-	ns, err := netns.New() // switches this thread into it
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	netns.Set(orig)
+	ns := newNetns(t, nil)
 	ctr, loopback6, err := PrepareNetns(ns)
 	if err != nil {
 		t.Fatal(err)
@@ -69,20 +58,9 @@ func TestPrepareNetnsLoopbackIPv6Off(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, _ := netns.Get()
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	err = os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
-	netns.Set(orig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns := newNetns(t, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
+	})
 	ctr, loopback6, err := PrepareNetns(ns)
 	if err != nil {
 		t.Fatal(err)

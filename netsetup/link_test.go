@@ -3,11 +3,9 @@ package netsetup
 import (
 	"errors"
 	"net"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/internal/sandbox"
@@ -21,24 +19,12 @@ func TestCreatePair(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := hostHandle(t)
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-test"}}
 	if err := h.LinkAdd(br); err != nil {
 		t.Fatal(err)
 	}
-	runtime.LockOSThread()
-	orig, _ := netns.Get()
-	ns, err := netns.New()
-	netns.Set(orig)
-	runtime.UnlockOSThread()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	ns := newNetns(t, nil)
 	ctr, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		t.Fatal(err)
@@ -79,14 +65,7 @@ func TestCreatePair(t *testing.T) {
 	}
 
 	// The same host name again: EEXIST, and the existing pair untouched.
-	runtime.LockOSThread()
-	ns2, err := netns.New()
-	netns.Set(orig)
-	runtime.UnlockOSThread()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns2.Close()
+	ns2 := newNetns(t, nil)
 	err = CreatePair(ns2, PairSpec{HostName: "vethtest", Alias: "netshim:c2", Bridge: br.Index, MTU: 1400, MAC: mac})
 	if !errors.Is(err, unix.EEXIST) {
 		t.Errorf("second pair named vethtest: %v, want EEXIST", err)
@@ -109,11 +88,7 @@ func TestSetAside(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := hostHandle(t)
 	for _, name := range []string{"vethours", "vethother"} {
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, Flags: net.FlagUp}, PeerName: name + "p"}
 		if err := h.LinkAdd(v); err != nil {
