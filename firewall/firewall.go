@@ -94,7 +94,7 @@ func New(name string) (Firewall, error) {
 	case config.FirewallNftables, "":
 		return &Nftables{}, nil
 	case config.FirewallIptables:
-		return newIptables()
+		return &Iptables{}, nil
 	default:
 		return nil, fmt.Errorf("firewall backend %q is not available", name)
 	}

@@ -192,18 +192,36 @@ func iptPortRules(p PortRules) []iptRule {
 }
 
 // Iptables is the backend for hosts that manage their firewall with
-// iptables: rules through github.com/coreos/go-iptables. Each rule is an
-// iptables run, which is this backend's cost.
+// iptables. Each iptables run reads the whole ruleset, which is this
+// backend's cost: a container's rules go in and out in one
+// iptables-restore each, and the rarer work of networks, reloads and
+// doctor goes through github.com/coreos/go-iptables.
 type Iptables struct {
+	// ipt is made by lib, which each method that uses it calls first:
+	// making it runs iptables.
 	ipt *iptables.IPTables
 }
 
+// newIptables is the backend with go-iptables made, for the nftables
+// backend's coexistence rules.
 func newIptables() (*Iptables, error) {
-	ipt, err := iptables.New()
-	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+	b := &Iptables{}
+	if _, err := b.lib(); err != nil {
+		return nil, err
 	}
-	return &Iptables{ipt: ipt}, nil
+	return b, nil
+}
+
+// lib is go-iptables, made once.
+func (b *Iptables) lib() (*iptables.IPTables, error) {
+	if b.ipt == nil {
+		ipt, err := iptables.New()
+		if err != nil {
+			return nil, fmt.Errorf("iptables: %w", err)
+		}
+		b.ipt = ipt
+	}
+	return b.ipt, nil
 }
 
 // Name implements Firewall.
@@ -298,6 +316,9 @@ func (b *Iptables) deleteChain(table, chain string) error {
 
 // EnsureNetwork implements Firewall.
 func (b *Iptables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
+	if _, err := b.lib(); err != nil {
+		return nil, err
+	}
 	if err := b.ensureShared(); err != nil {
 		return nil, err
 	}
@@ -337,6 +358,9 @@ func (b *Iptables) deleteObjects(objs []string, keep map[string]bool) error {
 
 // RemoveNetwork implements Firewall.
 func (b *Iptables) RemoveNetwork(installed []string, last bool) error {
+	if _, err := b.lib(); err != nil {
+		return err
+	}
 	if err := b.deleteObjects(installed, nil); err != nil {
 		return err
 	}
@@ -361,30 +385,61 @@ func (b *Iptables) removeShared() error {
 	return nil
 }
 
-// AddPorts implements Firewall.
+// AddPorts implements Firewall: one iptables-restore appends every rule.
+// Our chains and the jumps to them came with the network's rules, which
+// setup ensures first. A setup that dies after this is undone by a
+// teardown from its record, so the rules are never appended twice.
 func (b *Iptables) AddPorts(p PortRules) error {
-	// Our chains and the jumps to them came with the network's rules,
-	// which setup installs first: every iptables run reads the whole
-	// ruleset, so checking them again would cost per container.
-	for _, r := range iptPortRules(p) {
-		if err := b.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
-			return fmt.Errorf("iptables: add %s: %w", r.object(), err)
+	if _, err := b.run("iptables-restore", iptRestoreInput("-A", iptPortRules(p))); err != nil {
+		return fmt.Errorf("add the published ports of %s: %w", netip.AddrFrom4(p.IP), err)
+	}
+	return nil
+}
+
+// RemovePorts implements Firewall: one iptables-restore deletes every
+// rule; when that fails because some are gone already (a flush, a setup
+// that died half way), each is deleted on its own if it is there.
+func (b *Iptables) RemovePorts(p PortRules) error {
+	rules := iptPortRules(p)
+	if _, err := b.run("iptables-restore", iptRestoreInput("-D", rules)); err == nil {
+		return nil
+	}
+	ipt, err := b.lib()
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if ok, _ := ipt.ChainExists(r.Table, r.Chain); !ok {
+			continue
+		}
+		if err := ipt.DeleteIfExists(r.Table, r.Chain, r.Args...); err != nil {
+			return fmt.Errorf("iptables: delete %s: %w", r.object(), err)
 		}
 	}
 	return nil
 }
 
-// RemovePorts implements Firewall.
-func (b *Iptables) RemovePorts(p PortRules) error {
-	for _, r := range iptPortRules(p) {
-		if ok, _ := b.ipt.ChainExists(r.Table, r.Chain); !ok {
-			continue
+// iptRestoreInput is iptables-restore's input that applies op (-A, -D) to
+// each rule, table by table.
+func iptRestoreInput(op string, rules []iptRule) []byte {
+	var in bytes.Buffer
+	for _, t := range []string{"raw", "nat", "filter"} {
+		n := 0
+		for _, r := range rules {
+			if r.Table != t {
+				continue
+			}
+			if n == 0 {
+				fmt.Fprintf(&in, "*%s\n", t)
+			}
+			n++
+			fmt.Fprintf(&in, "%s %s %s\n", op, r.Chain, strings.Join(r.Args, " "))
 		}
-		if err := b.ipt.DeleteIfExists(r.Table, r.Chain, r.Args...); err != nil {
-			return fmt.Errorf("iptables: delete %s: %w", r.object(), err)
+		if n > 0 {
+			in.WriteString("COMMIT\n")
 		}
 	}
-	return nil
+	return in.Bytes()
 }
 
 // Present implements Firewall: the built-in chains' jumps into ours are in
@@ -446,6 +501,9 @@ func iptRuleset(s Ruleset) []iptRule {
 // one iptables-restore --noflush declares each chain of ours, which
 // empties it, and fills it with exactly what s names.
 func (b *Iptables) Reload(s Ruleset) (map[string][]string, error) {
+	if _, err := b.lib(); err != nil {
+		return nil, err
+	}
 	for _, tc := range iptOwnChains {
 		if err := b.ensureChain(tc[0], tc[1]); err != nil {
 			return nil, err
@@ -487,6 +545,9 @@ func (b *Iptables) Reload(s Ruleset) (map[string][]string, error) {
 // Missing implements Firewall: each chain looked up, and each rule
 // checked with `iptables -C`.
 func (b *Iptables) Missing(s Ruleset) ([]string, error) {
+	if _, err := b.lib(); err != nil {
+		return nil, err
+	}
 	var missing []string
 	chains := map[string]bool{}
 	check := func(r iptRule) error {

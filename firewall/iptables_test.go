@@ -88,3 +88,19 @@ func TestIptablesRulesData(t *testing.T) {
 		t.Errorf("shared rules not first: %v", rs[:4])
 	}
 }
+
+// A container's rules go in and out in one iptables-restore, table by
+// table, never flushing a chain.
+func TestIptablesRestoreInput(t *testing.T) {
+	rules := iptPortRules(PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
+		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
+	}})
+	want := "*nat\n-D NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80\nCOMMIT\n" +
+		"*filter\n-D NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n"
+	if got := string(iptRestoreInput("-D", rules)); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	if got := string(iptRestoreInput("-A", rules[1:])); got != "*filter\n-A NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n" {
+		t.Errorf("filter only:\n%s", got)
+	}
+}

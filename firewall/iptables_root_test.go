@@ -1,0 +1,70 @@
+package firewall
+
+import (
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/internal/sandbox"
+	"github.com/netshim/netshim/state"
+)
+
+// A container's published ports go in and out of iptables as the rules
+// say; removing them again, or after a flush took them, is not an error.
+func TestIptablesPortsApplied(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		t.Skip("no iptables-restore")
+	}
+	fw, err := New(config.FirewallIptables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"),
+		Gateway: netip.MustParseAddr("172.17.0.1"), Mode: config.GatewayNAT, Masquerade: true}
+	if _, err := fw.EnsureNetwork(n, nil); err != nil {
+		t.Fatal(err)
+	}
+	p := PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
+	dnat := "-A NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+	accept := "-A NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT"
+	save := func() string {
+		out, err := exec.Command("iptables-save").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	if err := fw.AddPorts(p); err != nil {
+		t.Fatal(err)
+	}
+	if got := save(); !strings.Contains(got, dnat+"\n") || !strings.Contains(got, accept+"\n") {
+		t.Errorf("after AddPorts:\n%s", got)
+	}
+	if err := fw.RemovePorts(p); err != nil {
+		t.Fatal(err)
+	}
+	if got := save(); strings.Contains(got, "172.17.0.2") {
+		t.Errorf("after RemovePorts:\n%s", got)
+	}
+	if err := fw.RemovePorts(p); err != nil {
+		t.Errorf("RemovePorts of ports already gone: %v", err)
+	}
+	// Half gone: the filter table flushed, the DNAT still in.
+	if err := fw.AddPorts(p); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("iptables", "-F").CombinedOutput(); err != nil {
+		t.Fatalf("iptables -F: %v %s", err, out)
+	}
+	if err := fw.RemovePorts(p); err != nil {
+		t.Errorf("RemovePorts after a flush: %v", err)
+	}
+	if got := save(); strings.Contains(got, "172.17.0.2") {
+		t.Errorf("after a flush and RemovePorts:\n%s", got)
+	}
+}
