@@ -356,8 +356,33 @@ func (b *Iptables) deleteObjects(objs []string, keep map[string]bool) error {
 	return nil
 }
 
-// RemoveNetwork implements Firewall.
+// RemoveNetwork implements Firewall: the network's rules, and with the
+// last network the jumps to our chains and the chains themselves, go in
+// one iptables-restore; when that fails because some are gone already (a
+// flush), each is removed on its own if it is there.
 func (b *Iptables) RemoveNetwork(installed []string, last bool) error {
+	var rules []iptRule
+	for _, obj := range installed {
+		r, err := parseIptObject(obj)
+		if err != nil {
+			return err
+		}
+		rules = append(rules, r)
+	}
+	var chains []iptRule
+	if last {
+		for _, j := range iptJumps() {
+			rules = append(rules, j.iptRule)
+		}
+		for _, tc := range iptOwnChains {
+			chains = append(chains, iptRule{Table: tc[0], Chain: tc[1]})
+		}
+	}
+	in := append(iptRestoreInput("-D", rules), iptRestoreInput("-F", chains)...)
+	in = append(in, iptRestoreInput("-X", chains)...)
+	if _, err := b.run("iptables-restore", in); err == nil {
+		return nil
+	}
 	if _, err := b.lib(); err != nil {
 		return err
 	}
@@ -419,8 +444,8 @@ func (b *Iptables) RemovePorts(p PortRules) error {
 	return nil
 }
 
-// iptRestoreInput is iptables-restore's input that applies op (-A, -D) to
-// each rule, table by table.
+// iptRestoreInput is iptables-restore's input that applies op (-A, -D;
+// -F, -X for a rule that names only a chain) to each rule, table by table.
 func iptRestoreInput(op string, rules []iptRule) []byte {
 	var in bytes.Buffer
 	for _, t := range []string{"raw", "nat", "filter"} {
@@ -433,7 +458,11 @@ func iptRestoreInput(op string, rules []iptRule) []byte {
 				fmt.Fprintf(&in, "*%s\n", t)
 			}
 			n++
-			fmt.Fprintf(&in, "%s %s %s\n", op, r.Chain, strings.Join(r.Args, " "))
+			fmt.Fprintf(&in, "%s %s", op, r.Chain)
+			for _, a := range r.Args {
+				in.WriteString(" " + a)
+			}
+			in.WriteString("\n")
 		}
 		if n > 0 {
 			in.WriteString("COMMIT\n")

@@ -11,9 +11,10 @@ import (
 	"github.com/netshim/netshim/state"
 )
 
-// A container's published ports go in and out of iptables as the rules
-// say; removing them again, or after a flush took them, is not an error.
-func TestIptablesPortsApplied(t *testing.T) {
+// A container's published ports, and the last network's rules, go in and
+// out of iptables as the rules say; removing them again, or after a flush
+// took some, is not an error and leaves nothing.
+func TestIptablesApplied(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
 	}
@@ -26,7 +27,8 @@ func TestIptablesPortsApplied(t *testing.T) {
 	}
 	n := NetRules{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"),
 		Gateway: netip.MustParseAddr("172.17.0.1"), Mode: config.GatewayNAT, Masquerade: true}
-	if _, err := fw.EnsureNetwork(n, nil); err != nil {
+	installed, err := fw.EnsureNetwork(n, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
 	p := PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
@@ -66,5 +68,24 @@ func TestIptablesPortsApplied(t *testing.T) {
 	}
 	if got := save(); strings.Contains(got, "172.17.0.2") {
 		t.Errorf("after a flush and RemovePorts:\n%s", got)
+	}
+
+	// The last network goes, with every chain and jump of ours; and again
+	// after a flush took some of them.
+	for _, flush := range []bool{false, true} {
+		if flush {
+			if installed, err = fw.EnsureNetwork(n, nil); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command("iptables", "-t", "nat", "-F").CombinedOutput(); err != nil {
+				t.Fatalf("iptables -t nat -F: %v %s", err, out)
+			}
+		}
+		if err := fw.RemoveNetwork(installed, true); err != nil {
+			t.Fatalf("RemoveNetwork (flushed %v): %v", flush, err)
+		}
+		if got := save(); strings.Contains(got, "NETSHIM") {
+			t.Errorf("after RemoveNetwork (flushed %v):\n%s", flush, got)
+		}
 	}
 }
