@@ -42,7 +42,10 @@ const (
 	iptChainOutput = "NETSHIM-OUTPUT"
 )
 
-// iptRule is one rule as data: table, chain and the rule's arguments.
+// iptRule is one rule as data: table, chain and the rule's arguments, in
+// the order iptables-save lists them (source, destination, interfaces,
+// protocol, then matches), so that a rule of ours is found in its output
+// by its text (TestIptablesCanonical).
 type iptRule struct {
 	Table string
 	Chain string
@@ -98,7 +101,7 @@ func iptJumps() []iptJump {
 // isolation and published-port stages of forwarding.
 func iptShared() []iptRule {
 	return []iptRule{
-		{"raw", iptChainRaw, []string{"!", "-i", "lo", "-d", loopback.String(), "-j", "DROP"}},
+		{"raw", iptChainRaw, []string{"-d", loopback.String(), "!", "-i", "lo", "-j", "DROP"}},
 		// The host's own packets to its addresses on our bridges.
 		{"raw", iptChainRaw, []string{"-i", "lo", "-j", "RETURN"}},
 		{"filter", iptChainForward, []string{"-j", iptChainIso1}},
@@ -137,7 +140,7 @@ func iptNetworkRules(n NetRules) []iptRule {
 	if n.Internal {
 		out = append(out,
 			iptRule{"filter", iptChainForward, []string{"-i", br, "!", "-o", br, "-j", "DROP"}},
-			iptRule{"filter", iptChainForward, []string{"-o", br, "!", "-i", br, "-j", "DROP"}},
+			iptRule{"filter", iptChainForward, []string{"!", "-i", br, "-o", br, "-j", "DROP"}},
 		)
 	} else {
 		out = append(out,
@@ -159,7 +162,7 @@ func iptNetworkRules(n NetRules) []iptRule {
 	if n.Mode == config.GatewayIsolated {
 		if n.DNS {
 			for _, proto := range []string{"udp", "tcp"} {
-				out = append(out, iptRule{"filter", iptChainInput, []string{"-i", br, "-d", n.Gateway.String() + "/32", "-p", proto, "-m", proto, "--dport", "53", "-j", "ACCEPT"}})
+				out = append(out, iptRule{"filter", iptChainInput, []string{"-d", n.Gateway.String() + "/32", "-i", br, "-p", proto, "-m", proto, "--dport", "53", "-j", "ACCEPT"}})
 			}
 		}
 		out = append(out,
@@ -175,17 +178,26 @@ func iptNetworkRules(n NetRules) []iptRule {
 func iptPortRules(p PortRules) []iptRule {
 	ip := netip.AddrFrom4(p.IP).String()
 	var out []iptRule
+	seen := map[string]bool{}
+	add := func(r iptRule) {
+		// Two host ports to one container port need one accept: each
+		// rule once, so that each goes in and out once.
+		if !seen[r.object()] {
+			seen[r.object()] = true
+			out = append(out, r)
+		}
+	}
 	for _, port := range p.Ports {
 		if port.HostPort > 0 {
-			args := []string{"-p", port.Proto}
+			var args []string
 			if port.HostIP.IsValid() {
 				args = append(args, "-d", port.HostIP.String()+"/32")
 			}
-			args = append(args, "-m", port.Proto, "--dport", strconv.Itoa(port.HostPort), "-j", "DNAT",
+			args = append(args, "-p", port.Proto, "-m", port.Proto, "--dport", strconv.Itoa(port.HostPort), "-j", "DNAT",
 				"--to-destination", ip+":"+strconv.Itoa(port.ContainerPort))
-			out = append(out, iptRule{"nat", iptChainNAT, args})
+			add(iptRule{"nat", iptChainNAT, args})
 		}
-		out = append(out, iptRule{"filter", iptChainPorts, []string{"-d", ip + "/32", "-o", p.Bridge, "-p", port.Proto, "-m", port.Proto,
+		add(iptRule{"filter", iptChainPorts, []string{"-d", ip + "/32", "-o", p.Bridge, "-p", port.Proto, "-m", port.Proto,
 			"--dport", strconv.Itoa(port.ContainerPort), "-j", "ACCEPT"}})
 	}
 	return out
@@ -193,35 +205,24 @@ func iptPortRules(p PortRules) []iptRule {
 
 // Iptables is the backend for hosts that manage their firewall with
 // iptables. Each iptables run reads the whole ruleset, which is this
-// backend's cost: a container's rules go in and out in one
-// iptables-restore each, and the rarer work of networks, reloads and
-// doctor goes through github.com/coreos/go-iptables.
+// backend's cost, so every change is one iptables-restore, after one
+// iptables-save where it must know what is there. The rules the nftables
+// backend keeps in iptables (see coexistRules) go through
+// github.com/coreos/go-iptables, one iptables run each.
 type Iptables struct {
-	// ipt is made by lib, which each method that uses it calls first:
-	// making it runs iptables.
+	// ipt is go-iptables, made by newIptables only: making it runs
+	// iptables.
 	ipt *iptables.IPTables
 }
 
 // newIptables is the backend with go-iptables made, for the nftables
 // backend's coexistence rules.
 func newIptables() (*Iptables, error) {
-	b := &Iptables{}
-	if _, err := b.lib(); err != nil {
-		return nil, err
+	ipt, err := iptables.New()
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
 	}
-	return b, nil
-}
-
-// lib is go-iptables, made once.
-func (b *Iptables) lib() (*iptables.IPTables, error) {
-	if b.ipt == nil {
-		ipt, err := iptables.New()
-		if err != nil {
-			return nil, fmt.Errorf("iptables: %w", err)
-		}
-		b.ipt = ipt
-	}
-	return b.ipt, nil
+	return &Iptables{ipt: ipt}, nil
 }
 
 // Name implements Firewall.
@@ -262,32 +263,9 @@ func (b *Iptables) ensureJump(j iptJump) error {
 	return nil
 }
 
-// ensureShared creates our chains, the jumps to them and the rules every
-// network uses, first in their chains.
-func (b *Iptables) ensureShared() error {
-	for _, tc := range iptOwnChains {
-		if err := b.ensureChain(tc[0], tc[1]); err != nil {
-			return err
-		}
-	}
-	for _, j := range iptJumps() {
-		if err := b.ensureJump(j); err != nil {
-			return err
-		}
-	}
-	pos := map[string]int{}
-	for _, r := range iptShared() {
-		pos[r.Chain]++
-		if err := b.ipt.InsertUnique(r.Table, r.Chain, pos[r.Chain], r.Args...); err != nil {
-			return fmt.Errorf("iptables: add %s: %w", r.object(), err)
-		}
-	}
-	return nil
-}
-
-// ensureCoexistShared is the part of ensureShared the nftables backend
-// needs when iptables' FORWARD drops (see coexistRules): our forward chain,
-// jumped to first.
+// ensureCoexistShared is what the nftables backend needs of ours when
+// iptables' FORWARD drops (see coexistRules): our forward chain, jumped to
+// first.
 func (b *Iptables) ensureCoexistShared() error {
 	if err := b.ensureChain("filter", iptChainForward); err != nil {
 		return err
@@ -314,14 +292,16 @@ func (b *Iptables) deleteChain(table, chain string) error {
 	return nil
 }
 
-// EnsureNetwork implements Firewall.
+// EnsureNetwork implements Firewall: one iptables-save says what of ours
+// is there, and one iptables-restore adds what is missing (our chains, the
+// jumps to them, the rules every network shares, n's rules) and deletes
+// what of prev n no longer has.
 func (b *Iptables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
-	if _, err := b.lib(); err != nil {
+	have, err := b.save()
+	if err != nil {
 		return nil, err
 	}
-	if err := b.ensureShared(); err != nil {
-		return nil, err
-	}
+	declare, cmds := have.missingShared()
 	rules := iptNetworkRules(n)
 	keep := map[string]bool{}
 	installed := make([]string, 0, len(rules))
@@ -329,12 +309,23 @@ func (b *Iptables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		keep[r.object()] = true
 		installed = append(installed, r.object())
 	}
-	if err := b.deleteObjects(prev, keep); err != nil {
-		return nil, err
+	for _, obj := range prev {
+		r, err := parseIptObject(obj)
+		if err != nil {
+			return nil, err
+		}
+		if !keep[obj] && have.has(r) {
+			cmds = append(cmds, iptCmd{Op: "-D", Rule: r})
+		}
 	}
 	for _, r := range rules {
-		if err := b.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
-			return nil, fmt.Errorf("iptables: add %s: %w", r.object(), err)
+		if !have.has(r) {
+			cmds = append(cmds, iptCmd{Op: "-A", Rule: r})
+		}
+	}
+	if len(declare)+len(cmds) > 0 {
+		if _, err := b.run("iptables-restore", iptRestoreInput(declare, cmds)); err != nil {
+			return nil, fmt.Errorf("install the rules of network %s: %w", n.Name, err)
 		}
 	}
 	return installed, nil
@@ -356,56 +347,46 @@ func (b *Iptables) deleteObjects(objs []string, keep map[string]bool) error {
 	return nil
 }
 
-// RemoveNetwork implements Firewall: the network's rules, and with the
-// last network the jumps to our chains and the chains themselves, go in
-// one iptables-restore; when that fails because some are gone already (a
-// flush), each is removed on its own if it is there.
+// RemoveNetwork implements Firewall: one iptables-save says what of ours
+// is there, and one iptables-restore deletes the network's rules, and with
+// the last network the jumps to our chains and the chains themselves.
 func (b *Iptables) RemoveNetwork(installed []string, last bool) error {
-	var rules []iptRule
-	for _, obj := range installed {
-		r, err := parseIptObject(obj)
-		if err != nil {
-			return err
-		}
-		rules = append(rules, r)
-	}
-	var chains []iptRule
-	if last {
-		for _, j := range iptJumps() {
-			rules = append(rules, j.iptRule)
-		}
-		for _, tc := range iptOwnChains {
-			chains = append(chains, iptRule{Table: tc[0], Chain: tc[1]})
-		}
-	}
-	in := append(iptRestoreInput("-D", rules), iptRestoreInput("-F", chains)...)
-	in = append(in, iptRestoreInput("-X", chains)...)
-	if _, err := b.run("iptables-restore", in); err == nil {
-		return nil
-	}
-	if _, err := b.lib(); err != nil {
+	have, err := b.save()
+	if err != nil {
 		return err
 	}
-	if err := b.deleteObjects(installed, nil); err != nil {
-		return err
-	}
+	var cmds []iptCmd
 	if !last {
+		for _, obj := range installed {
+			r, err := parseIptObject(obj)
+			if err != nil {
+				return err
+			}
+			if have.has(r) {
+				cmds = append(cmds, iptCmd{Op: "-D", Rule: r})
+			}
+		}
+	} else {
+		// Our chains are emptied whole: their rules need no deleting.
+		for _, j := range iptJumps() {
+			if have.has(j.iptRule) {
+				cmds = append(cmds, iptCmd{Op: "-D", Rule: j.iptRule})
+			}
+		}
+		var chains []iptRule
+		for _, tc := range iptOwnChains {
+			if have.hasChain(tc[0], tc[1]) {
+				chains = append(chains, iptRule{Table: tc[0], Chain: tc[1]})
+			}
+		}
+		cmds = append(cmds, iptOps("-F", chains)...)
+		cmds = append(cmds, iptOps("-X", chains)...)
+	}
+	if len(cmds) == 0 {
 		return nil
 	}
-	return b.removeShared()
-}
-
-// removeShared removes the jumps to our chains, and our chains.
-func (b *Iptables) removeShared() error {
-	for _, j := range iptJumps() {
-		if err := b.ipt.DeleteIfExists(j.Table, j.Chain, j.Args...); err != nil {
-			return fmt.Errorf("iptables: delete %s: %w", j.object(), err)
-		}
-	}
-	for _, tc := range iptOwnChains {
-		if err := b.deleteChain(tc[0], tc[1]); err != nil {
-			return err
-		}
+	if _, err := b.run("iptables-restore", iptRestoreInput(nil, cmds)); err != nil {
+		return fmt.Errorf("remove a network's rules: %w", err)
 	}
 	return nil
 }
@@ -415,7 +396,7 @@ func (b *Iptables) removeShared() error {
 // setup ensures first. A setup that dies after this is undone by a
 // teardown from its record, so the rules are never appended twice.
 func (b *Iptables) AddPorts(p PortRules) error {
-	if _, err := b.run("iptables-restore", iptRestoreInput("-A", iptPortRules(p))); err != nil {
+	if _, err := b.run("iptables-restore", iptRestoreInput(nil, iptOps("-A", iptPortRules(p)))); err != nil {
 		return fmt.Errorf("add the published ports of %s: %w", netip.AddrFrom4(p.IP), err)
 	}
 	return nil
@@ -423,72 +404,159 @@ func (b *Iptables) AddPorts(p PortRules) error {
 
 // RemovePorts implements Firewall: one iptables-restore deletes every
 // rule; when that fails because some are gone already (a flush, a setup
-// that died half way), each is deleted on its own if it is there.
+// that died half way), an iptables-save says which are left to delete.
 func (b *Iptables) RemovePorts(p PortRules) error {
 	rules := iptPortRules(p)
-	if _, err := b.run("iptables-restore", iptRestoreInput("-D", rules)); err == nil {
+	if _, err := b.run("iptables-restore", iptRestoreInput(nil, iptOps("-D", rules))); err == nil {
 		return nil
 	}
-	ipt, err := b.lib()
+	have, err := b.save()
 	if err != nil {
 		return err
 	}
+	var left []iptRule
 	for _, r := range rules {
-		if ok, _ := ipt.ChainExists(r.Table, r.Chain); !ok {
-			continue
+		if have.has(r) {
+			left = append(left, r)
 		}
-		if err := ipt.DeleteIfExists(r.Table, r.Chain, r.Args...); err != nil {
-			return fmt.Errorf("iptables: delete %s: %w", r.object(), err)
-		}
+	}
+	if len(left) == 0 {
+		return nil
+	}
+	if _, err := b.run("iptables-restore", iptRestoreInput(nil, iptOps("-D", left))); err != nil {
+		return fmt.Errorf("remove the published ports of %s: %w", netip.AddrFrom4(p.IP), err)
 	}
 	return nil
 }
 
-// iptRestoreInput is iptables-restore's input that applies op (-A, -D;
-// -F, -X for a rule that names only a chain) to each rule, table by table.
-func iptRestoreInput(op string, rules []iptRule) []byte {
+// iptCmd is one line of iptables-restore's input: Op (-A, -D, -I with
+// Pos, or -F and -X of Rule's chain alone) applied to Rule.
+type iptCmd struct {
+	Op   string
+	Pos  int
+	Rule iptRule
+}
+
+// iptOps applies op to each rule.
+func iptOps(op string, rules []iptRule) []iptCmd {
+	out := make([]iptCmd, len(rules))
+	for i, r := range rules {
+		out[i] = iptCmd{Op: op, Rule: r}
+	}
+	return out
+}
+
+// iptRestoreInput is iptables-restore's input, table by table: the chains
+// of declare declared (which, with --noflush, empties those that exist),
+// then cmds in their order.
+func iptRestoreInput(declare []iptRule, cmds []iptCmd) []byte {
 	var in bytes.Buffer
 	for _, t := range []string{"raw", "nat", "filter"} {
-		n := 0
-		for _, r := range rules {
-			if r.Table != t {
+		var block bytes.Buffer
+		for _, d := range declare {
+			if d.Table == t {
+				fmt.Fprintf(&block, ":%s - [0:0]\n", d.Chain)
+			}
+		}
+		for _, c := range cmds {
+			if c.Rule.Table != t {
 				continue
 			}
-			if n == 0 {
-				fmt.Fprintf(&in, "*%s\n", t)
+			block.WriteString(c.Op + " " + c.Rule.Chain)
+			if c.Pos > 0 {
+				block.WriteString(" " + strconv.Itoa(c.Pos))
 			}
-			n++
-			fmt.Fprintf(&in, "%s %s", op, r.Chain)
-			for _, a := range r.Args {
-				in.WriteString(" " + a)
+			for _, a := range c.Rule.Args {
+				block.WriteString(" " + a)
 			}
-			in.WriteString("\n")
+			block.WriteString("\n")
 		}
-		if n > 0 {
-			in.WriteString("COMMIT\n")
+		if block.Len() > 0 {
+			fmt.Fprintf(&in, "*%s\n%sCOMMIT\n", t, block.Bytes())
 		}
 	}
 	return in.Bytes()
 }
 
-// Present implements Firewall: the built-in chains' jumps into ours are in
-// one `iptables-save` (a flush of a table takes them out; one run instead
-// of one `iptables -C` per jump).
-func (b *Iptables) Present(NetRules) (bool, error) {
+// missingJumps are the commands that put back the missing jumps to our
+// chains, those that go first inserted first.
+func (s iptSaved) missingJumps() []iptCmd {
+	var cmds []iptCmd
+	for _, j := range iptJumps() {
+		switch {
+		case s.has(j.iptRule):
+		case j.first:
+			cmds = append(cmds, iptCmd{Op: "-I", Pos: 1, Rule: j.iptRule})
+		default:
+			cmds = append(cmds, iptCmd{Op: "-A", Rule: j.iptRule})
+		}
+	}
+	return cmds
+}
+
+// iptSaved is what iptables-save lists: "table :chain" for each chain and
+// "table -A chain args" for each rule.
+type iptSaved map[string]bool
+
+// save runs iptables-save.
+func (b *Iptables) save() (iptSaved, error) {
 	out, err := b.run("iptables-save", nil)
+	if err != nil {
+		return nil, err
+	}
+	have := iptSaved{}
+	table := ""
+	for _, l := range strings.Split(string(out), "\n") {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			table = l[1:]
+		case strings.HasPrefix(l, ":"):
+			if f := strings.Fields(l[1:]); len(f) > 0 {
+				have[table+" :"+f[0]] = true
+			}
+		case strings.HasPrefix(l, "-A "):
+			have[table+" "+l] = true
+		}
+	}
+	return have, nil
+}
+
+func (s iptSaved) hasChain(table, chain string) bool { return s[table+" :"+chain] }
+
+// has says rule r is listed, as our rules are written in iptables-save's
+// own order.
+func (s iptSaved) has(r iptRule) bool {
+	return s[r.Table+" -A "+r.Chain+" "+strings.Join(r.Args, " ")]
+}
+
+// missingShared is what is missing of what every network needs: chains to
+// declare, and the commands that put back the jumps to them (those that go
+// first inserted first) and the shared rules (first in their chains).
+func (s iptSaved) missingShared() (declare []iptRule, cmds []iptCmd) {
+	for _, tc := range iptOwnChains {
+		if !s.hasChain(tc[0], tc[1]) {
+			declare = append(declare, iptRule{Table: tc[0], Chain: tc[1]})
+		}
+	}
+	cmds = s.missingJumps()
+	pos := map[string]int{}
+	for _, r := range iptShared() {
+		pos[r.Chain]++
+		if !s.has(r) {
+			cmds = append(cmds, iptCmd{Op: "-I", Pos: pos[r.Chain], Rule: r})
+		}
+	}
+	return declare, cmds
+}
+
+// Present implements Firewall: the built-in chains' jumps into ours are in
+// one iptables-save (a flush of a table takes them out).
+func (b *Iptables) Present(NetRules) (bool, error) {
+	have, err := b.save()
 	if err != nil {
 		return false, err
 	}
-	lines := map[string]bool{}
-	for _, l := range strings.Split(string(out), "\n") {
-		lines[l] = true
-	}
-	for _, j := range iptJumps() {
-		if !lines["-A "+j.Chain+" "+strings.Join(j.Args, " ")] {
-			return false, nil
-		}
-	}
-	return true, nil
+	return len(have.missingJumps()) == 0, nil
 }
 
 // run runs the iptables tool name (iptables-save, iptables-restore) of the
@@ -526,42 +594,27 @@ func iptRuleset(s Ruleset) []iptRule {
 	return rules
 }
 
-// Reload implements Firewall: the jumps into our chains are ensured, then
-// one iptables-restore --noflush declares each chain of ours, which
-// empties it, and fills it with exactly what s names.
+// Reload implements Firewall: one iptables-restore --noflush declares each
+// chain of ours, which empties it, puts back missing jumps to them, and
+// fills them with exactly what s names.
 func (b *Iptables) Reload(s Ruleset) (map[string][]string, error) {
-	if _, err := b.lib(); err != nil {
+	have, err := b.save()
+	if err != nil {
 		return nil, err
 	}
+	var declare []iptRule
 	for _, tc := range iptOwnChains {
-		if err := b.ensureChain(tc[0], tc[1]); err != nil {
-			return nil, err
+		declare = append(declare, iptRule{Table: tc[0], Chain: tc[1]})
+	}
+	cmds := have.missingJumps()
+	seen := map[string]bool{}
+	for _, r := range iptRuleset(s) {
+		if !seen[r.object()] {
+			seen[r.object()] = true
+			cmds = append(cmds, iptCmd{Op: "-A", Rule: r})
 		}
 	}
-	for _, j := range iptJumps() {
-		if err := b.ensureJump(j); err != nil {
-			return nil, err
-		}
-	}
-	var in bytes.Buffer
-	rules := iptRuleset(s)
-	for _, t := range []string{"raw", "nat", "filter"} {
-		fmt.Fprintf(&in, "*%s\n", t)
-		for _, tc := range iptOwnChains {
-			if tc[0] == t {
-				fmt.Fprintf(&in, ":%s - [0:0]\n", tc[1])
-			}
-		}
-		seen := map[string]bool{}
-		for _, r := range rules {
-			if r.Table == t && !seen[r.object()] {
-				seen[r.object()] = true
-				fmt.Fprintf(&in, "-A %s %s\n", r.Chain, strings.Join(r.Args, " "))
-			}
-		}
-		in.WriteString("COMMIT\n")
-	}
-	if _, err := b.run("iptables-restore", in.Bytes()); err != nil {
+	if _, err := b.run("iptables-restore", iptRestoreInput(declare, cmds)); err != nil {
 		return nil, err
 	}
 	installed := map[string][]string{}
@@ -571,47 +624,27 @@ func (b *Iptables) Reload(s Ruleset) (map[string][]string, error) {
 	return installed, nil
 }
 
-// Missing implements Firewall: each chain looked up, and each rule
-// checked with `iptables -C`.
+// Missing implements Firewall, from one iptables-save: our chains, the
+// jumps to them, and the rules of the chains that are there.
 func (b *Iptables) Missing(s Ruleset) ([]string, error) {
-	if _, err := b.lib(); err != nil {
+	have, err := b.save()
+	if err != nil {
 		return nil, err
 	}
 	var missing []string
-	chains := map[string]bool{}
-	check := func(r iptRule) error {
-		key := r.Table + "/" + r.Chain
-		there, seen := chains[key]
-		if !seen {
-			var err error
-			if there, err = b.ipt.ChainExists(r.Table, r.Chain); err != nil {
-				return fmt.Errorf("iptables: look up chain %s: %w", key, err)
-			}
-			chains[key] = there
-			if !there {
-				missing = append(missing, "chain "+key)
-			}
+	for _, tc := range iptOwnChains {
+		if !have.hasChain(tc[0], tc[1]) {
+			missing = append(missing, "chain "+tc[0]+"/"+tc[1])
 		}
-		if !there {
-			return nil
-		}
-		ok, err := b.ipt.Exists(r.Table, r.Chain, r.Args...)
-		if err != nil {
-			return fmt.Errorf("iptables: check %s: %w", r.object(), err)
-		}
-		if !ok {
-			missing = append(missing, "rule "+r.object())
-		}
-		return nil
 	}
 	for _, j := range iptJumps() {
-		if err := check(j.iptRule); err != nil {
-			return nil, err
+		if !have.has(j.iptRule) {
+			missing = append(missing, "rule "+j.object())
 		}
 	}
 	for _, r := range iptRuleset(s) {
-		if err := check(r); err != nil {
-			return nil, err
+		if have.hasChain(r.Table, r.Chain) && !have.has(r) {
+			missing = append(missing, "rule "+r.object())
 		}
 	}
 	return missing, nil

@@ -89,3 +89,80 @@ func TestIptablesApplied(t *testing.T) {
 		}
 	}
 }
+
+// Every rule of ours is written as iptables-save lists it, which
+// EnsureNetwork, Present and Missing rely on: installed, each is found by
+// its text, Missing finds nothing, and a second EnsureNetwork changes
+// nothing.
+func TestIptablesCanonical(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		t.Skip("no iptables-restore")
+	}
+	b := &Iptables{}
+	nets := []NetRules{
+		{Name: "bridge", Bridge: "netshim0", Subnet: netip.MustParsePrefix("172.17.0.0/16"), Gateway: netip.MustParseAddr("172.17.0.1"),
+			Mode: config.GatewayNAT, Masquerade: true, Trusted: []string{"eth3"}},
+		{Name: "r", Bridge: "br-r", Subnet: netip.MustParsePrefix("198.18.2.0/24"), Gateway: netip.MustParseAddr("198.18.2.1"), Mode: config.GatewayRouted, DNS: true},
+		{Name: "u", Bridge: "br-u", Subnet: netip.MustParsePrefix("198.18.4.0/24"), Gateway: netip.MustParseAddr("198.18.4.1"),
+			Mode: config.GatewayNATUnprotected, Masquerade: true, DNS: true},
+		{Name: "i", Bridge: "br-i", Subnet: netip.MustParsePrefix("198.18.3.0/24"), Gateway: netip.MustParseAddr("198.18.3.1"),
+			Mode: config.GatewayIsolated, Internal: true, DNS: true},
+		{Name: "in", Bridge: "br-in", Subnet: netip.MustParsePrefix("198.18.5.0/24"), Gateway: netip.MustParseAddr("198.18.5.1"),
+			Mode: config.GatewayNAT, Internal: true, DNS: true},
+	}
+	ports := []PortRules{{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
+		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
+		{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, ContainerPort: 53},
+	}}, {Bridge: "br-r", IP: [4]byte{198, 18, 2, 2}, Ports: []state.Port{{Proto: "tcp", ContainerPort: 80}}}}
+	var rs Ruleset
+	for _, n := range nets {
+		installed, err := b.EnsureNetwork(n, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs.Networks = append(rs.Networks, NetworkState{Rules: n, Installed: installed})
+	}
+	for _, p := range ports {
+		if err := b.AddPorts(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs.Ports = ports
+	have, err := b.save()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range append(iptRuleset(rs), iptJumps()[0].iptRule) {
+		if !have.has(r) {
+			t.Errorf("not listed as written: %s", r.object())
+		}
+	}
+	if missing, err := b.Missing(rs); err != nil || len(missing) != 0 {
+		t.Errorf("missing after install: %v %v", err, missing)
+	}
+	before, _ := exec.Command("iptables-save").Output()
+	for _, nw := range rs.Networks {
+		if _, err := b.EnsureNetwork(nw.Rules, nw.Installed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Reload(rs); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := exec.Command("iptables-save").Output()
+	strip := func(b []byte) string { // counters and the header's date differ
+		var out []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ":") {
+				out = append(out, l)
+			}
+		}
+		return strings.Join(out, "\n")
+	}
+	if strip(before) != strip(after) {
+		t.Errorf("EnsureNetwork again and Reload changed the ruleset:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+}

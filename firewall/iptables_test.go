@@ -50,7 +50,7 @@ func TestIptablesRulesData(t *testing.T) {
 	isolated := NetRules{Name: "iso", Bridge: "br-i", Subnet: netip.MustParsePrefix("192.0.2.0/24"), Gateway: netip.MustParseAddr("192.0.2.1"),
 		Mode: config.GatewayIsolated, Internal: true, DNS: true}
 	if got := iptObjects(isolated); !strings.Contains(got, "raw NETSHIM-PREROUTING -d 192.0.2.0/24 ! -i br-i -j DROP") ||
-		!strings.Contains(got, "filter NETSHIM-INPUT -i br-i -d 192.0.2.1/32 -p udp -m udp --dport 53 -j ACCEPT") ||
+		!strings.Contains(got, "filter NETSHIM-INPUT -d 192.0.2.1/32 -i br-i -p udp -m udp --dport 53 -j ACCEPT") ||
 		!strings.HasSuffix(got, "filter NETSHIM-INPUT -i br-i -j DROP\nfilter NETSHIM-OUTPUT -o br-i -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nfilter NETSHIM-OUTPUT -o br-i -j DROP") {
 		t.Errorf("isolated:\n%s", got)
 	}
@@ -58,14 +58,16 @@ func TestIptablesRulesData(t *testing.T) {
 	ports := iptPortRules(PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
 		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
 		{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, ContainerPort: 53},
-		{Proto: "tcp", ContainerPort: 443}, // routed: no host port
+		{Proto: "tcp", ContainerPort: 443},                                                          // routed: no host port
+		{Proto: "tcp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 9090, ContainerPort: 80}, // the same accept
 	}})
 	want := []string{
 		"nat NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
 		"filter NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT",
-		"nat NETSHIM -p udp -d 127.0.0.1/32 -m udp --dport 5353 -j DNAT --to-destination 172.17.0.2:53",
+		"nat NETSHIM -d 127.0.0.1/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 172.17.0.2:53",
 		"filter NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p udp -m udp --dport 53 -j ACCEPT",
 		"filter NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 443 -j ACCEPT",
+		"nat NETSHIM -d 127.0.0.1/32 -p tcp -m tcp --dport 9090 -j DNAT --to-destination 172.17.0.2:80",
 	}
 	if len(ports) != len(want) {
 		t.Fatalf("port rules %v", ports)
@@ -83,7 +85,7 @@ func TestIptablesRulesData(t *testing.T) {
 	}
 	// Reload's input: shared rules first in their chains.
 	rs := iptRuleset(Ruleset{Networks: []NetworkState{{Rules: n}}})
-	if rs[0].object() != "raw NETSHIM-PREROUTING ! -i lo -d 127.0.0.0/8 -j DROP" || rs[1].object() != "raw NETSHIM-PREROUTING -i lo -j RETURN" ||
+	if rs[0].object() != "raw NETSHIM-PREROUTING -d 127.0.0.0/8 ! -i lo -j DROP" || rs[1].object() != "raw NETSHIM-PREROUTING -i lo -j RETURN" ||
 		rs[2].Args[1] != iptChainIso1 || rs[3].Args[1] != iptChainPorts {
 		t.Errorf("shared rules not first: %v", rs[:4])
 	}
@@ -97,10 +99,21 @@ func TestIptablesRestoreInput(t *testing.T) {
 	}})
 	want := "*nat\n-D NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80\nCOMMIT\n" +
 		"*filter\n-D NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n"
-	if got := string(iptRestoreInput("-D", rules)); got != want {
+	if got := string(iptRestoreInput(nil, iptOps("-D", rules))); got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
-	if got := string(iptRestoreInput("-A", rules[1:])); got != "*filter\n-A NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n" {
+	if got := string(iptRestoreInput(nil, iptOps("-A", rules[1:]))); got != "*filter\n-A NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n" {
 		t.Errorf("filter only:\n%s", got)
+	}
+}
+
+// Declarations come first in their table, then the commands in order; an
+// insert carries its position.
+func TestIptablesRestoreDeclare(t *testing.T) {
+	fwd := iptRule{"filter", iptChainForward, nil}
+	jump := iptRule{"filter", "FORWARD", []string{"-j", iptChainForward}}
+	got := string(iptRestoreInput([]iptRule{fwd}, []iptCmd{{Op: "-I", Pos: 1, Rule: jump}, {Op: "-F", Rule: fwd}}))
+	if want := "*filter\n:NETSHIM-FORWARD - [0:0]\n-I FORWARD 1 -j NETSHIM-FORWARD\n-F NETSHIM-FORWARD\nCOMMIT\n"; got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }
