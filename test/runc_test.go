@@ -148,8 +148,10 @@ func assertClean(t *testing.T, h *host) {
 // assertCleanLinks is assertClean without the firewall.
 func assertCleanLinks(t *testing.T, h *host) {
 	t.Helper()
-	// A veth whose container netns is being destroyed is removed by the
-	// kernel's cleanup, which teardown does not wait for: allow it a moment.
+	// Teardown leaves deleting host veths to the reclaimer, and a veth
+	// whose container netns is being destroyed is removed by the kernel's
+	// cleanup: neither is waited for by the hook.
+	waitReclaimers(t)
 	out := ""
 	if !waitFor(2*time.Second, func() bool {
 		out = sandbox.Run(t, "ip", "-o", "link")
