@@ -179,10 +179,9 @@ func (*Nftables) AddPorts(p PortRules) error {
 	if err != nil {
 		return err
 	}
-	t := table(nftables.TableFamilyIPv4)
-	publish := func(set func(name string) *nftables.Set) error {
+	publish := func(sets map[string]*nftables.Set) error {
 		for name, elems := range portElements([]PortRules{p}) {
-			if err := c.SetAddElements(set(name), elems); err != nil {
+			if err := c.SetAddElements(sets[name], elems); err != nil {
 				return fmt.Errorf("nftables: map %s: %w", name, err)
 			}
 		}
@@ -191,24 +190,11 @@ func (*Nftables) AddPorts(p PortRules) error {
 		}
 		return nil
 	}
-	err = publish(func(name string) *nftables.Set { return setRef(t, name) })
+	err = publish(publishSets(table(nftables.TableFamilyIPv4)))
 	if !errors.Is(err, unix.ENOENT) {
 		return err
 	}
-	sets := publishInfra(c, false)
-	return publish(func(name string) *nftables.Set { return sets[name] })
-}
-
-// setRef names an existing published-port map or set, for element
-// operations.
-func setRef(t *nftables.Table, name string) *nftables.Set {
-	switch name {
-	case mapByIP:
-		return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: keyByIP, DataType: dataTo}
-	case mapAny:
-		return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: keyAny, DataType: dataTo}
-	}
-	return publishedSet(t)
+	return publish(publishInfra(c, false))
 }
 
 // RemovePorts implements Firewall: one batch deletes the container's
@@ -222,10 +208,10 @@ func (*Nftables) RemovePorts(p PortRules) error {
 	if err != nil {
 		return err
 	}
-	t := table(nftables.TableFamilyIPv4)
+	sets := publishSets(table(nftables.TableFamilyIPv4))
 	del := func(elems map[string][]nftables.SetElement) error {
 		for name, es := range elems {
-			if err := c.SetDeleteElements(setRef(t, name), es); err != nil {
+			if err := c.SetDeleteElements(sets[name], es); err != nil {
 				return err
 			}
 		}
