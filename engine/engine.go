@@ -1,8 +1,8 @@
 // Package engine sets up and tears down containers' networks from requests
 // that know nothing of OCI, and keeps the host's shared state: the
 // networks, their bridges, firewall rules and DNS responders, under one
-// host lock. It reaches each kind of network through a Driver (bridge.go,
-// host.go, none.go); firewall rules go through package firewall, kernel
+// host lock. It reaches each kind of network through a Driver (bridge.go;
+// host and none in driver.go); firewall rules go through package firewall, kernel
 // work through package netsetup, state through package state.
 package engine
 
