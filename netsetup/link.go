@@ -187,7 +187,9 @@ func CreatePair(ns netns.NsHandle, s PairSpec) error {
 		err = setHostEnd(s, false) // a kernel without IPv6
 	}
 	if err != nil {
-		deleteLink(s.HostName)
+		if link, lerr := netlink.LinkByName(s.HostName); lerr == nil {
+			netlink.LinkDel(link)
+		}
 		return fmt.Errorf("set up veth %s: %w", s.HostName, err)
 	}
 	return nil
@@ -233,25 +235,14 @@ func vethAttrs(name string, mtu int) []*nl.RtAttr {
 // LinkIndex is the ifindex of the host's link name (an error wrapping
 // ENODEV if there is none).
 func LinkIndex(name string) (int, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
-	if err == nil && len(msgs) == 0 {
+	link, err := netlink.LinkByName(name)
+	if nf := (netlink.LinkNotFoundError{}); errors.As(err, &nf) {
 		err = unix.ENODEV
 	}
 	if err != nil {
 		return 0, fmt.Errorf("find link %s: %w", name, err)
 	}
-	return int(nl.DeserializeIfInfomsg(msgs[0]).Index), nil
-}
-
-// deleteLink deletes the host's link name, if it is there.
-func deleteLink(name string) {
-	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
-	req.Execute(unix.NETLINK_ROUTE, 0)
+	return link.Attrs().Index, nil
 }
 
 // IfaceSpec is the configuration of a container's interface.
