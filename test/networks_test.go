@@ -180,14 +180,15 @@ func TestUserNetworks(t *testing.T) {
 	c0.mustExec("ping", "-c1", "-W2", "203.0.113.1") // still out to the world
 
 	var info struct {
-		Name, Subnet, Gateway, Bridge string
-		Containers                    map[string]struct{ Name, IPv4Address, MacAddress string }
+		Name, ID, Subnet, Gateway, Bridge string
+		Containers                        map[string]struct{ Name, IPv4Address, MacAddress string }
 	}
 	if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "wp-net")), &info); err != nil {
 		t.Fatal(err)
 	}
 	if info.Subnet != "172.18.0.0/16" || info.Gateway != "172.18.0.1" || info.Bridge != "br-"+wpID[:12] || len(info.Containers) != 2 ||
-		info.Containers[db.id].IPv4Address != "172.18.0.2/16" || info.Containers[db.id].MacAddress != "02:42:ac:12:00:02" {
+		info.Containers[db.id].IPv4Address != "172.18.0.2/16" || info.Containers[db.id].MacAddress != "02:42:ac:12:00:02" ||
+		info.Name != "wp-net" || info.ID != wpID || info.Containers[db.id].Name != "db_wordpress" || info.Containers[wp.id].Name != "wordpress" {
 		t.Errorf("network inspect: %+v", info)
 	}
 	if _, errOut, err := h.netshim("", "network", "rm", "wp-net"); err == nil || !strings.Contains(errOut, "network wp-net has active endpoints") {
