@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -207,6 +208,17 @@ func testPublish(t *testing.T, backend string) {
 	}
 	if out := h.mustNetshim("port", "web"); !strings.Contains(out, "80/tcp -> 0.0.0.0:8080\n") || !strings.Contains(out, "80/tcp -> 127.0.0.1:9090\n") || !strings.Contains(out, "5353/udp -> 0.0.0.0:5353\n") {
 		t.Errorf("netshim port web:\n%s", out)
+	}
+	var ep struct {
+		Ports []struct {
+			ContainerPort int
+			Proto, HostIP string
+			HostPort      int
+		}
+	}
+	if err := json.Unmarshal([]byte(h.mustNetshim("inspect", "web")), &ep); err != nil || len(ep.Ports) != 3 ||
+		ep.Ports[0].ContainerPort != 80 || ep.Ports[0].Proto != "tcp" || ep.Ports[0].HostIP != "0.0.0.0" || ep.Ports[0].HostPort != 8080 {
+		t.Errorf("inspect web's ports: %+v %v", ep.Ports, err)
 	}
 	if out := h.mustNetshim("port", "web", "80/tcp"); out != "0.0.0.0:8080\n127.0.0.1:9090\n" {
 		t.Errorf("netshim port web 80/tcp: %q", out)

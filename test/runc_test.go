@@ -125,8 +125,11 @@ func TestRuncDefaultBridge(t *testing.T) {
 		}
 	}
 	var ep map[string]any
-	if err := json.Unmarshal([]byte(h.mustNetshim("inspect", "web")), &ep); err != nil || ep["IPAddress"] != "172.17.0.3" || ep["Gateway"] != "172.17.0.1" {
+	if err := json.Unmarshal([]byte(h.mustNetshim("inspect", "web")), &ep); err != nil || ep["IPAddress"] != "172.17.0.3" || ep["Gateway"] != "172.17.0.1" ||
+		ep["Network"] != "bridge" || ep["MacAddress"] != "02:42:ac:11:00:03" || ep["Bridge"] != "netshim0" || ep["ContainerVeth"] != "eth0" {
 		t.Errorf("inspect web: %v %v", ep, err)
+	} else if veth, _ := ep["HostVeth"].(string); veth == "" || !strings.Contains(sandbox.Run(t, "ip", "-o", "link", "show", "master", "netshim0"), veth+"@") {
+		t.Errorf("inspect web: host veth %q is not on netshim0", veth)
 	}
 
 	for _, c := range []*container{db, web, none, nov6, hostc} {
