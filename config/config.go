@@ -14,8 +14,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/netshim/netshim/internal/cidr"
 	"github.com/netshim/netshim/internal/fastio"
-	"github.com/netshim/netshim/internal/ipv4"
 	"github.com/netshim/netshim/internal/names"
 )
 
@@ -392,7 +392,7 @@ func canonBridge(b *BridgeFile) (Network, error) {
 			return n, &Error{Key: "bridge.bip", Value: b.BIP, Reason: "prefix too long: a /30 is the smallest usable subnet"}
 		}
 		n.Subnet, n.Gateway = p.Masked(), p.Addr()
-		if n.Gateway == n.Subnet.Addr() || n.Gateway == ipv4.Last(n.Subnet) {
+		if n.Gateway == n.Subnet.Addr() || n.Gateway == cidr.Last(n.Subnet) {
 			return n, &Error{Key: "bridge.bip", Value: b.BIP, Reason: "the bridge address cannot be the network or broadcast address"}
 		}
 	}
@@ -405,7 +405,7 @@ func canonBridge(b *BridgeFile) (Network, error) {
 		if !n.Subnet.IsValid() {
 			return n, &Error{Key: "bridge.fixed_cidr", Value: b.FixedCIDR, Reason: "needs bridge.bip to be set"}
 		}
-		if !ipv4.Within(p, n.Subnet) {
+		if !cidr.Within(p, n.Subnet) {
 			return n, &Error{Key: "bridge.fixed_cidr", Value: b.FixedCIDR, Reason: "outside bip " + n.Subnet.String()}
 		}
 		n.IPRange = p
@@ -478,7 +478,7 @@ func canonNetworkID(name, id string, f *NetworkFile) (Network, error) {
 		if err != nil || !a.Is4() {
 			return n, &Error{Key: key + ".gateway", Value: f.Gateway, Reason: "not an IPv4 address"}
 		}
-		if !n.Subnet.Contains(a) || a == n.Subnet.Addr() || a == ipv4.Last(n.Subnet) {
+		if !n.Subnet.Contains(a) || a == n.Subnet.Addr() || a == cidr.Last(n.Subnet) {
 			return n, &Error{Key: key + ".gateway", Value: f.Gateway, Reason: "outside subnet " + n.Subnet.String()}
 		}
 		n.Gateway = a
@@ -489,7 +489,7 @@ func canonNetworkID(name, id string, f *NetworkFile) (Network, error) {
 			return n, &Error{Key: key + ".ip_range", Value: f.IPRange, Reason: "not an IPv4 CIDR"}
 		}
 		r = r.Masked()
-		if !ipv4.Within(r, n.Subnet) {
+		if !cidr.Within(r, n.Subnet) {
 			return n, &Error{Key: key + ".ip_range", Value: f.IPRange, Reason: "outside subnet " + n.Subnet.String()}
 		}
 		n.IPRange = r

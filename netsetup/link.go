@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/netshim/netshim/internal/ipv4"
+	"github.com/netshim/netshim/internal/cidr"
 )
 
 // ContainerIfName is the container end of the veth pair, as in Docker.
@@ -263,7 +263,7 @@ func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 	}
 	addr := &netlink.Addr{IPNet: ipnet(s.Addr)}
 	if s.Addr.Addr().Is4() {
-		addr.Broadcast = net.IP(ipv4.Last(s.Addr).AsSlice())
+		addr.Broadcast = net.IP(cidr.Last(s.Addr).AsSlice())
 	}
 	if err := ctr.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add address %s to %s in the container: %w", s.Addr, s.Name, err)

@@ -10,8 +10,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/netshim/netshim/internal/cidr"
 	"github.com/netshim/netshim/internal/fastio"
-	"github.com/netshim/netshim/internal/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -275,7 +275,7 @@ func (e *AddressError) Unwrap() error { return e.Err }
 // written by PutNet.
 func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved ...netip.Addr) (netip.Addr, error) {
 	isReserved := func(a netip.Addr) bool {
-		if a == n.Subnet.Addr() || a == ipv4.Last(n.Subnet) || a == n.Gateway {
+		if a == n.Subnet.Addr() || a == cidr.Last(n.Subnet) || a == n.Gateway {
 			return true
 		}
 		for _, r := range reserved {
@@ -305,7 +305,7 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 	if !rng.IsValid() {
 		rng = n.Subnet
 	}
-	first, last := rng.Addr(), ipv4.Last(rng)
+	first, last := rng.Addr(), cidr.Last(rng)
 	start := first
 	if n.Low.IsValid() && rng.Contains(n.Low) && first.Less(n.Low) {
 		start = n.Low
