@@ -5,6 +5,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -89,6 +90,11 @@ type BridgeFile struct {
 	IPMasquerade        *bool      `toml:"ip_masquerade"`
 	GatewayMode         string     `toml:"gateway_mode"`
 	DefaultAddressPools []PoolFile `toml:"default_address_pools"`
+	// IPv6 gives the default network an IPv6 subnet too: fixed_cidr_v6,
+	// else bip6's, else one from the IPv6 pools.
+	IPv6        bool   `toml:"ipv6"`
+	FixedCIDRv6 string `toml:"fixed_cidr_v6"`
+	BIP6        string `toml:"bip6"`
 }
 
 // PoolFile is one entry of default_address_pools: subnets of prefix length
@@ -109,6 +115,12 @@ type NetworkFile struct {
 	ICC         *bool    `toml:"icc"`
 	DNS         []string `toml:"dns"`
 	GatewayMode string   `toml:"gateway_mode"`
+	// IPv6 gives the network an IPv6 subnet too: subnet6, else one from
+	// the IPv6 pools.
+	IPv6     bool   `toml:"ipv6"`
+	Subnet6  string `toml:"subnet6"`
+	Gateway6 string `toml:"gateway6"`
+	IPRange6 string `toml:"ip_range6"`
 }
 
 // Pool is a canonical address pool.
@@ -147,6 +159,14 @@ type Network struct {
 	GatewayMode string
 	// Default marks the default network `bridge`.
 	Default bool
+	// IPv6 says the network is dual stack. Subnet6 and Gateway6 are its
+	// IPv6 subnet and the bridge's address in it, invalid when the
+	// subnet is to be chosen from the IPv6 pools at first use; IPRange6
+	// restricts allocation in it.
+	IPv6     bool
+	Subnet6  netip.Prefix
+	Gateway6 netip.Addr
+	IPRange6 netip.Prefix
 }
 
 // Config is the canonical configuration.
@@ -164,6 +184,9 @@ type Config struct {
 	Bridge Network
 	// Pools are the candidate subnets for networks created without one.
 	Pools []Pool
+	// Pools6 are the candidate IPv6 subnets; empty means the host's own
+	// ULA pool (ULAPool).
+	Pools6 []Pool
 	// Networks are the user-defined networks of the file, by name.
 	Networks map[string]Network
 	// TrustedHostInterfaces are host interfaces whose traffic may reach
@@ -295,11 +318,11 @@ func canonicalize(f *File) (*Config, error) {
 		c.TrustedHostInterfaces = append(c.TrustedHostInterfaces, name)
 	}
 
-	pools, err := canonPools(f.Bridge.DefaultAddressPools)
+	pools, pools6, err := canonPools(f.Bridge.DefaultAddressPools)
 	if err != nil {
 		return nil, err
 	}
-	c.Pools = pools
+	c.Pools, c.Pools6 = pools, pools6
 
 	br, err := canonBridge(&f.Bridge)
 	if err != nil {
@@ -330,28 +353,58 @@ func canonicalize(f *File) (*Config, error) {
 		if br.Subnet.IsValid() && br.Subnet.Overlaps(n.Subnet) {
 			return nil, &Error{Key: "networks." + name + ".subnet", Value: n.Subnet.String(), Reason: "overlaps the default network's bip"}
 		}
+		if n.Subnet6.IsValid() {
+			for _, o := range c.Networks {
+				if o.Subnet6.Overlaps(n.Subnet6) {
+					return nil, &Error{Key: "networks." + name + ".subnet6", Value: n.Subnet6.String(), Reason: "overlaps network " + o.Name}
+				}
+			}
+			if br.Subnet6.Overlaps(n.Subnet6) {
+				return nil, &Error{Key: "networks." + name + ".subnet6", Value: n.Subnet6.String(), Reason: "overlaps the default network's IPv6 subnet"}
+			}
+		}
 		c.Networks[name] = n
 	}
 	return c, nil
 }
 
-func canonPools(in []PoolFile) ([]Pool, error) {
-	if len(in) == 0 {
-		return DockerPools(), nil
-	}
-	out := make([]Pool, 0, len(in))
+// canonPools splits default_address_pools by family. Without IPv4 pools,
+// Docker's apply; without IPv6 ones, the host's ULA pool (see ULAPool).
+func canonPools(in []PoolFile) (v4, v6 []Pool, err error) {
 	for i, p := range in {
 		key := fmt.Sprintf("bridge.default_address_pools[%d]", i)
 		base, err := netip.ParsePrefix(p.Base)
-		if err != nil || !base.Addr().Is4() {
-			return nil, &Error{Key: key + ".base", Value: p.Base, Reason: "not an IPv4 CIDR"}
+		if err != nil {
+			return nil, nil, &Error{Key: key + ".base", Value: p.Base, Reason: "not a CIDR"}
 		}
-		if p.Size < base.Bits() || p.Size > 30 {
-			return nil, &Error{Key: key + ".size", Value: fmt.Sprint(p.Size), Reason: fmt.Sprintf("must be between %d and 30", base.Bits())}
+		longest := 30
+		if base.Addr().Is6() {
+			longest = 124
 		}
-		out = append(out, Pool{Base: base.Masked(), Size: p.Size})
+		if p.Size < base.Bits() || p.Size > longest {
+			return nil, nil, &Error{Key: key + ".size", Value: fmt.Sprint(p.Size), Reason: fmt.Sprintf("must be between %d and %d", base.Bits(), longest)}
+		}
+		if base.Addr().Is4() {
+			v4 = append(v4, Pool{Base: base.Masked(), Size: p.Size})
+		} else {
+			v6 = append(v6, Pool{Base: base.Masked(), Size: p.Size})
+		}
 	}
-	return out, nil
+	if len(v4) == 0 {
+		v4 = DockerPools()
+	}
+	return v4, v6, nil
+}
+
+// ULAPool is the IPv6 pool of a host without IPv6 pools configured, as
+// Docker derives it: a /48 of unique local addresses, fd00::/8 with the
+// next 40 bits from a hash of the host's id (machine-id), split in /64s.
+func ULAPool(hostID []byte) Pool {
+	sum := sha256.Sum256(hostID)
+	var a [16]byte
+	a[0] = 0xfd
+	copy(a[1:6], sum[:5])
+	return Pool{Base: netip.PrefixFrom(netip.AddrFrom16(a), 48), Size: 64}
 }
 
 func canonBridge(b *BridgeFile) (Network, error) {
@@ -423,7 +476,60 @@ func canonBridge(b *BridgeFile) (Network, error) {
 		}
 		n.DefaultGateway = a
 	}
-	return n, nil
+	return n, canonBridge6(b, &n)
+}
+
+// canonBridge6 settles the default network's IPv6 keys: bip6 is the
+// bridge's address and subnet, fixed_cidr_v6 where containers' addresses
+// come from (the subnet too, without bip6).
+func canonBridge6(b *BridgeFile, n *Network) error {
+	if !b.IPv6 {
+		for _, k := range [][2]string{{"bridge.fixed_cidr_v6", b.FixedCIDRv6}, {"bridge.bip6", b.BIP6}} {
+			if k[1] != "" {
+				return &Error{Key: k[0], Value: k[1], Reason: "needs bridge.ipv6 = true"}
+			}
+		}
+		return nil
+	}
+	n.IPv6 = true
+	if b.BIP6 != "" {
+		p, err := prefix6("bridge.bip6", b.BIP6, "an IPv6 address with prefix length (like fd00:1::1/64)")
+		if err != nil {
+			return err
+		}
+		n.Subnet6, n.Gateway6 = p.Masked(), p.Addr()
+		if n.Gateway6 == n.Subnet6.Addr() {
+			return &Error{Key: "bridge.bip6", Value: b.BIP6, Reason: "the bridge address cannot be the subnet's first address"}
+		}
+	}
+	if b.FixedCIDRv6 != "" {
+		p, err := prefix6("bridge.fixed_cidr_v6", b.FixedCIDRv6, "an IPv6 CIDR")
+		if err != nil {
+			return err
+		}
+		p = p.Masked()
+		switch {
+		case !n.Subnet6.IsValid():
+			n.Subnet6, n.Gateway6 = p, p.Addr().Next()
+		case !cidr.Within(p, n.Subnet6):
+			return &Error{Key: "bridge.fixed_cidr_v6", Value: b.FixedCIDRv6, Reason: "outside bip6 " + n.Subnet6.String()}
+		default:
+			n.IPRange6 = p
+		}
+	}
+	return nil
+}
+
+// prefix6 parses an IPv6 prefix with room for a gateway and a container.
+func prefix6(key, value, want string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(value)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() {
+		return p, &Error{Key: key, Value: value, Reason: "not " + want}
+	}
+	if p.Bits() > 124 {
+		return p, &Error{Key: key, Value: value, Reason: "prefix too long: a /124 is the smallest usable subnet"}
+	}
+	return p, nil
 }
 
 // CheckNetworkName validates a user-defined network's name as Docker does.
@@ -512,7 +618,55 @@ func canonNetworkID(name, id string, f *NetworkFile) (Network, error) {
 	if err := applyGatewayMode(key+".gateway_mode", f.GatewayMode, &n); err != nil {
 		return n, err
 	}
-	return n, nil
+	return n, canonNetwork6(key, f, &n)
+}
+
+// canonNetwork6 settles a user network's IPv6 keys.
+func canonNetwork6(key string, f *NetworkFile, n *Network) error {
+	if !f.IPv6 {
+		for _, k := range [][2]string{{".subnet6", f.Subnet6}, {".gateway6", f.Gateway6}, {".ip_range6", f.IPRange6}} {
+			if k[1] != "" {
+				return &Error{Key: key + k[0], Value: k[1], Reason: "needs " + key + ".ipv6 = true"}
+			}
+		}
+		return nil
+	}
+	n.IPv6 = true
+	if f.Subnet6 == "" {
+		for _, k := range [][2]string{{".gateway6", f.Gateway6}, {".ip_range6", f.IPRange6}} {
+			if k[1] != "" {
+				return &Error{Key: key + k[0], Value: k[1], Reason: "needs " + key + ".subnet6"}
+			}
+		}
+		return nil // chosen from the IPv6 pools
+	}
+	p, err := prefix6(key+".subnet6", f.Subnet6, "an IPv6 CIDR")
+	if err != nil {
+		return err
+	}
+	n.Subnet6 = p.Masked()
+	n.Gateway6 = n.Subnet6.Addr().Next()
+	if f.Gateway6 != "" {
+		a, err := netip.ParseAddr(f.Gateway6)
+		if err != nil || !a.Is6() || a.Is4In6() {
+			return &Error{Key: key + ".gateway6", Value: f.Gateway6, Reason: "not an IPv6 address"}
+		}
+		if !n.Subnet6.Contains(a) || a == n.Subnet6.Addr() {
+			return &Error{Key: key + ".gateway6", Value: f.Gateway6, Reason: "outside subnet6 " + n.Subnet6.String()}
+		}
+		n.Gateway6 = a
+	}
+	if f.IPRange6 != "" {
+		r, err := prefix6(key+".ip_range6", f.IPRange6, "an IPv6 CIDR")
+		if err != nil {
+			return err
+		}
+		if r = r.Masked(); !cidr.Within(r, n.Subnet6) {
+			return &Error{Key: key + ".ip_range6", Value: f.IPRange6, Reason: "outside subnet6 " + n.Subnet6.String()}
+		}
+		n.IPRange6 = r
+	}
+	return nil
 }
 
 // CheckGatewayMode reports whether mode is a gateway mode ("" is nat).

@@ -109,6 +109,17 @@ func TestErrors(t *testing.T) {
 		{`ip_local_port_range = "9-3"`, `ip_local_port_range = "9-3": must be`},
 		{"[[bridge.default_address_pools]]\nbase = \"10.0.0.0/8\"\nsize = 4", `bridge.default_address_pools[0].size = "4": must be between 8 and 30`},
 		{"[bridge\n", `config x.toml: `},
+		{"[bridge]\nfixed_cidr_v6 = \"fd00::/64\"", `bridge.fixed_cidr_v6 = "fd00::/64": needs bridge.ipv6 = true`},
+		{"[bridge]\nipv6 = true\nfixed_cidr_v6 = \"10.0.0.0/24\"", `bridge.fixed_cidr_v6 = "10.0.0.0/24": not an IPv6 CIDR`},
+		{"[bridge]\nipv6 = true\nbip6 = \"fd00:1::1/64\"\nfixed_cidr_v6 = \"fd00:2::/80\"", `bridge.fixed_cidr_v6 = "fd00:2::/80": outside bip6 fd00:1::/64`},
+		{"[bridge]\nipv6 = true\nbip6 = \"fd00:1::/64\"", `bridge.bip6 = "fd00:1::/64": the bridge address cannot be`},
+		{"[bridge]\nipv6 = true\nbip6 = \"fd00:1::1/126\"", `bridge.bip6 = "fd00:1::1/126": prefix too long`},
+		{"[networks.a]\nsubnet = \"10.9.0.0/16\"\nsubnet6 = \"fd00:9::/64\"", `networks.a.subnet6 = "fd00:9::/64": needs networks.a.ipv6 = true`},
+		{"[networks.a]\nsubnet = \"10.9.0.0/16\"\nipv6 = true\ngateway6 = \"fd00:9::1\"", `networks.a.gateway6 = "fd00:9::1": needs networks.a.subnet6`},
+		{"[networks.a]\nsubnet = \"10.9.0.0/16\"\nipv6 = true\nsubnet6 = \"fd00:9::/64\"\ngateway6 = \"fd00:8::1\"", `networks.a.gateway6 = "fd00:8::1": outside subnet6 fd00:9::/64`},
+		{"[networks.a]\nsubnet = \"10.9.0.0/16\"\nipv6 = true\nsubnet6 = \"fd00:9::/64\"\nip_range6 = \"fd00:8::/80\"", `networks.a.ip_range6 = "fd00:8::/80": outside subnet6`},
+		{"[networks.a]\nsubnet = \"10.9.0.0/16\"\nipv6 = true\nsubnet6 = \"fd00:9::/64\"\n[networks.b]\nsubnet = \"10.8.0.0/16\"\nipv6 = true\nsubnet6 = \"fd00:9::/48\"", `networks.b.subnet6 = "fd00:9::/48": overlaps network a`},
+		{"[[bridge.default_address_pools]]\nbase = \"fd00::/48\"\nsize = 128", `bridge.default_address_pools[0].size = "128": must be between 48 and 124`},
 	}
 	for _, tc := range cases {
 		_, err := Parse("x.toml", []byte(tc.doc))
@@ -126,6 +137,57 @@ func TestErrors(t *testing.T) {
 		if !strings.HasPrefix(err.Error(), "config x.toml: ") {
 			t.Errorf("%q: error does not name the file: %s", tc.doc, err)
 		}
+	}
+}
+
+func TestIPv6(t *testing.T) {
+	c, err := Parse("", []byte(`
+[bridge]
+ipv6 = true
+fixed_cidr_v6 = "fd00:dead:beef::/64"
+[[bridge.default_address_pools]]
+base = "fd01::/56"
+size = 64
+[networks.a]
+subnet = "10.9.0.0/16"
+ipv6 = true
+subnet6 = "fd00:9::/64"
+ip_range6 = "fd00:9::100/120"
+[networks.b]
+subnet = "10.8.0.0/16"
+ipv6 = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := c.Bridge
+	if !br.IPv6 || br.Subnet6.String() != "fd00:dead:beef::/64" || br.Gateway6.String() != "fd00:dead:beef::1" || br.IPRange6.IsValid() {
+		t.Errorf("bridge: %v %v %v %v", br.IPv6, br.Subnet6, br.Gateway6, br.IPRange6)
+	}
+	a := c.Networks["a"]
+	if !a.IPv6 || a.Subnet6.String() != "fd00:9::/64" || a.Gateway6.String() != "fd00:9::1" || a.IPRange6.String() != "fd00:9::100/120" {
+		t.Errorf("a: %v %v %v %v", a.IPv6, a.Subnet6, a.Gateway6, a.IPRange6)
+	}
+	if b := c.Networks["b"]; !b.IPv6 || b.Subnet6.IsValid() {
+		t.Errorf("b: IPv6 %v, subnet6 %v; want one chosen at first use", b.IPv6, b.Subnet6)
+	}
+	if len(c.Pools6) != 1 || c.Pools6[0].Base.String() != "fd01::/56" || c.Pools6[0].Size != 64 || len(c.Pools) != len(DockerPools()) {
+		t.Errorf("pools: %v / %v", c.Pools, c.Pools6)
+	}
+	c, err = Parse("", []byte("[bridge]\nipv6 = true\nbip6 = \"fd00:1::1/64\"\nfixed_cidr_v6 = \"fd00:1::8000/113\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if br := c.Bridge; br.Subnet6.String() != "fd00:1::/64" || br.Gateway6.String() != "fd00:1::1" || br.IPRange6.String() != "fd00:1::8000/113" {
+		t.Errorf("bip6: %v %v %v", br.Subnet6, br.Gateway6, br.IPRange6)
+	}
+}
+
+func TestULAPool(t *testing.T) {
+	p := ULAPool([]byte("0123456789abcdef0123456789abcdef\n"))
+	q := ULAPool([]byte("another host"))
+	if p.Base.Bits() != 48 || p.Size != 64 || p.Base.Addr().As16()[0] != 0xfd || p == q || p != ULAPool([]byte("0123456789abcdef0123456789abcdef\n")) {
+		t.Errorf("ULA pools %v, %v", p, q)
 	}
 }
 
