@@ -13,7 +13,7 @@ import (
 )
 
 type bundleFlags struct {
-	name, network, ip            string
+	name, network, ip, ip6       string
 	links, aliases, dns, addHost []string
 	dnsSearch, dnsOption, capAdd []string
 	publish, expose              []string
@@ -44,6 +44,7 @@ Other fields are kept as they are.`,
 	fl.StringVar(&f.name, "name", "", "container name for links and DNS (default: the container id)")
 	fl.StringVar(&f.network, "network", "bridge", "bridge, none, host, or a user-defined network")
 	fl.StringVar(&f.ip, "ip", "", "static IPv4 address in the network's subnet")
+	fl.StringVar(&f.ip6, "ip6", "", "static IPv6 address in the network's IPv6 subnet")
 	fl.StringArrayVar(&f.links, "link", nil, "link to a container: NAME[:ALIAS] (repeatable)")
 	fl.StringArrayVar(&f.aliases, "alias", nil, "extra name on a user-defined network (repeatable)")
 	fl.StringArrayVar(&f.dns, "dns", nil, "nameserver for resolv.conf (repeatable)")
@@ -77,6 +78,9 @@ func (f *bundleFlags) annotations() (map[string]string, error) {
 	if f.ip != "" {
 		ann[ocihook.AnnIP] = f.ip
 	}
+	if f.ip6 != "" {
+		ann[ocihook.AnnIP6] = f.ip6
+	}
 	set(ocihook.AnnLinks, f.links)
 	set(ocihook.AnnAliases, f.aliases)
 	set(ocihook.AnnDNS, f.dns)
@@ -97,7 +101,7 @@ func (f *bundleFlags) annotations() (map[string]string, error) {
 // flagError words an annotation error in terms of the flag that set it.
 func flagError(err error) error {
 	flags := map[string]string{
-		ocihook.AnnName: "--name", ocihook.AnnIP: "--ip", ocihook.AnnLinks: "--link", ocihook.AnnAliases: "--alias",
+		ocihook.AnnName: "--name", ocihook.AnnIP: "--ip", ocihook.AnnIP6: "--ip6", ocihook.AnnLinks: "--link", ocihook.AnnAliases: "--alias",
 		ocihook.AnnDNS: "--dns", ocihook.AnnDNSSearch: "--dns-search", ocihook.AnnDNSOption: "--dns-option",
 		ocihook.AnnAddHost: "--add-host", ocihook.AnnNetwork: "--network", ocihook.AnnPublish: "--publish",
 		ocihook.AnnExpose: "--expose", ocihook.AnnPublishAll: "--publish-all",

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,7 @@ networks can also be defined in the config file under [networks.NAME].`,
 
 func networkCreateCmd(g *globals) *cobra.Command {
 	var req engine.NetworkRequest
+	var subnets, gateways, ranges []string
 	cmd := &cobra.Command{
 		Use:   "create [OPTIONS] NAME",
 		Short: "Create a bridge network",
@@ -47,6 +49,15 @@ func networkCreateCmd(g *globals) *cobra.Command {
 				return err
 			}
 			req.Name = args[0]
+			for _, v := range []struct {
+				flag      string
+				in        []string
+				out, out6 *string
+			}{{"--subnet", subnets, &req.Subnet, &req.Subnet6}, {"--gateway", gateways, &req.Gateway, &req.Gateway6}, {"--ip-range", ranges, &req.IPRange, &req.IPRange6}} {
+				if err := byFamily(v.flag, v.in, v.out, v.out6); err != nil {
+					return err
+				}
+			}
 			def, err := eng.CreateNetwork(req)
 			if err != nil {
 				return err
@@ -57,9 +68,10 @@ func networkCreateCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVarP(&req.Driver, "driver", "d", "bridge", "network driver (only bridge)")
-	f.StringVar(&req.Subnet, "subnet", "", "subnet in CIDR form (default: the next free pool)")
-	f.StringVar(&req.Gateway, "gateway", "", "gateway address (default: the subnet's first address)")
-	f.StringVar(&req.IPRange, "ip-range", "", "hand out container addresses from this range only")
+	f.StringArrayVar(&subnets, "subnet", nil, "subnet in CIDR form, one per family (default: the next free pool)")
+	f.StringArrayVar(&gateways, "gateway", nil, "gateway address, one per family (default: the subnet's first address)")
+	f.StringArrayVar(&ranges, "ip-range", nil, "hand out container addresses from this range only, one per family")
+	f.BoolVar(&req.IPv6, "ipv6", false, "dual stack: an IPv6 subnet too (default: the next free IPv6 pool)")
 	f.BoolVar(&req.Internal, "internal", false, "no outbound access: no masquerade, no route out")
 	f.IntVar(&req.MTU, "mtu", 0, "MTU of the bridge and the containers' interfaces (default 1500)")
 	f.StringVar(&req.Bridge, "bridge", "", "bridge device name (default br-<first 12 hex of the id>)")
@@ -148,4 +160,21 @@ func networkRmCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// byFamily sorts a flag's values (Docker takes --subnet and its kin once
+// per family) into the IPv4 and the IPv6 one. A value that is neither is
+// left to the network's validation, as IPv4, which names it.
+func byFamily(flag string, in []string, v4, v6 *string) error {
+	for _, s := range in {
+		out := v4
+		if strings.Contains(s, ":") {
+			out = v6
+		}
+		if *out != "" {
+			return fmt.Errorf("%s %q: one per family, and %q is already given", flag, s, *out)
+		}
+		*out = s
+	}
+	return nil
 }

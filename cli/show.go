@@ -32,7 +32,11 @@ func psCmd(g *globals) *cobra.Command {
 					network = r.Attachments[0].Network
 				}
 				if a := r.Bridged(); a != nil {
-					network, ip, mac = a.Network, a.Addrs[0].String(), a.MAC
+					var addrs []string
+					for _, p := range a.Addrs {
+						addrs = append(addrs, p.String())
+					}
+					network, ip, mac = a.Network, strings.Join(addrs, ","), a.MAC
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", engine.ShortID(r.ID), r.Name, network, ip, mac, psPorts(r))
 			}
@@ -47,22 +51,26 @@ func psCmd(g *globals) *cobra.Command {
 
 // Endpoint is `netshim inspect`'s view of a container.
 type Endpoint struct {
-	ID            string     `json:"Id"`
-	Name          string     `json:"Name"`
-	Mode          string     `json:"Mode"`
-	Network       string     `json:"Network,omitempty"`
-	IPAddress     string     `json:"IPAddress,omitempty"`
-	IPPrefixLen   int        `json:"IPPrefixLen,omitempty"`
-	Gateway       string     `json:"Gateway,omitempty"`
-	MacAddress    string     `json:"MacAddress,omitempty"`
-	Bridge        string     `json:"Bridge,omitempty"`
-	HostVeth      string     `json:"HostVeth,omitempty"`
-	ContainerVeth string     `json:"ContainerVeth,omitempty"`
-	Links         []string   `json:"Links,omitempty"`
-	Ports         []PortJSON `json:"Ports"`
-	Pid           int        `json:"Pid,omitempty"`
-	State         string     `json:"State"`
-	Created       string     `json:"Created"`
+	ID          string `json:"Id"`
+	Name        string `json:"Name"`
+	Mode        string `json:"Mode"`
+	Network     string `json:"Network,omitempty"`
+	IPAddress   string `json:"IPAddress,omitempty"`
+	IPPrefixLen int    `json:"IPPrefixLen,omitempty"`
+	Gateway     string `json:"Gateway,omitempty"`
+	// The IPv6 ones of a dual-stack network, by Docker's names.
+	GlobalIPv6Address   string     `json:"GlobalIPv6Address,omitempty"`
+	GlobalIPv6PrefixLen int        `json:"GlobalIPv6PrefixLen,omitempty"`
+	IPv6Gateway         string     `json:"IPv6Gateway,omitempty"`
+	MacAddress          string     `json:"MacAddress,omitempty"`
+	Bridge              string     `json:"Bridge,omitempty"`
+	HostVeth            string     `json:"HostVeth,omitempty"`
+	ContainerVeth       string     `json:"ContainerVeth,omitempty"`
+	Links               []string   `json:"Links,omitempty"`
+	Ports               []PortJSON `json:"Ports"`
+	Pid                 int        `json:"Pid,omitempty"`
+	State               string     `json:"State"`
+	Created             string     `json:"Created"`
 }
 
 func endpointOf(r *state.Record) Endpoint {
@@ -78,6 +86,11 @@ func endpointOf(r *state.Record) Endpoint {
 		e.IPAddress, e.IPPrefixLen = a.Addr().String(), a.Addrs[0].Bits()
 		if a.Gateway.IsValid() {
 			e.Gateway = a.Gateway.String()
+		}
+		for _, p := range a.Addrs {
+			if p.Addr().Is6() {
+				e.GlobalIPv6Address, e.GlobalIPv6PrefixLen, e.IPv6Gateway = p.Addr().String(), p.Bits(), a.Gateway6.String()
+			}
 		}
 		for _, p := range a.Ports {
 			ip, port := reachedAt(a, p)

@@ -58,6 +58,22 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 		}
 		return err
 	}
+	var ip6 netip.Addr
+	switch {
+	case def.IPv6:
+		if err := e.chooseSubnet6(def, ns); err != nil {
+			return err
+		}
+		if ip6, err = ns.Allocate6(rec.ID, req.IP6, def.IPRange6); err != nil {
+			var ae *state.AddressError
+			if errors.As(err, &ae) && req.IP6.IsValid() {
+				return &FieldError{Field: FieldIP6, Reason: err.Error()}
+			}
+			return err
+		}
+	case req.IP6.IsValid():
+		return &FieldError{Field: FieldIP6, Reason: "network " + def.Name + " has no IPv6 subnet"}
+	}
 	fw, err := firewall.New(e.Config.Firewall)
 	if err != nil {
 		return err
@@ -71,8 +87,12 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 	if def.DefaultGateway.IsValid() {
 		a.Route = def.DefaultGateway
 	}
+	if ip6.IsValid() {
+		a.Addrs = append(a.Addrs, netip.PrefixFrom(ip6, ns.Subnet6.Bits()))
+		a.Gateway6, a.Route6 = ns.Gateway6, ns.Gateway6
+	}
 	if def.Internal {
-		a.Route = netip.Addr{} // no way out
+		a.Route, a.Route6 = netip.Addr{}, netip.Addr{} // no way out
 	}
 	var ports *state.Ports
 	if len(req.Ports) > 0 {
@@ -102,7 +122,7 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 	if installRules {
 		// The intent first: a crash after the rules are in leaves a state
 		// that names them.
-		rules := firewall.RulesFor(def, ns.Subnet, ns.Gateway, e.Config.TrustedHostInterfaces)
+		rules := firewall.RulesFor(def, ns, e.Config.TrustedHostInterfaces)
 		ns.Firewall, ns.Installed, ns.Rules = fw.Name(), fw.NetworkObjects(rules), &rules
 	}
 	rec.Attachments = append(rec.Attachments, a)
@@ -171,7 +191,13 @@ func dnsNames(rec *state.Record, req *Request) []string {
 
 // bridgeSpec is the bridge of an attachment's network.
 func bridgeSpec(a *state.Attachment) netsetup.BridgeSpec {
-	return netsetup.BridgeSpec{Name: a.Bridge, Subnet: a.Addrs[0].Masked(), Gateway: a.Gateway, MTU: a.MTU}
+	s := netsetup.BridgeSpec{Name: a.Bridge, Subnet: a.Addrs[0].Masked(), Gateway: a.Gateway, MTU: a.MTU}
+	for _, p := range a.Addrs[1:] {
+		if p.Addr().Is6() {
+			s.Subnet6, s.Gateway6 = p.Masked(), a.Gateway6
+		}
+	}
+	return s
 }
 
 // ensureBridge ensures a network's bridge, with forwarding on (as Docker
@@ -186,6 +212,15 @@ func (e *Engine) ensureBridge(spec netsetup.BridgeSpec) error {
 	if err := netsetup.EnsureSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
 	}
+	if spec.Gateway6.IsValid() {
+		// As Docker does for its IPv6 networks; it also stops the host
+		// from taking router advertisements on interfaces that take them
+		// only while not forwarding (accept_ra = 1): `netshim doctor`
+		// says so.
+		if err := netsetup.EnsureSysctl("net.ipv6.conf.all.forwarding", "1"); err != nil {
+			return err
+		}
+	}
 	_, err = netsetup.EnsureBridge(h, spec)
 	return err
 }
@@ -194,7 +229,7 @@ func (e *Engine) ensureBridge(spec netsetup.BridgeSpec) error {
 // straight in the container's netns, the container end's address and
 // route, and the published ports.
 func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *ContainerNS) error {
-	if err := c.Prepare(); err != nil {
+	if err := c.Prepare(a.Addr6().IsValid()); err != nil {
 		return err
 	}
 	bridge, err := netsetup.LinkIndex(a.Bridge)
@@ -238,7 +273,7 @@ func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *Contain
 	if err != nil {
 		return err
 	}
-	if err := netsetup.ConfigureInterface(ctr, netsetup.IfaceSpec{Name: a.Interface, Addr: a.Addrs[0], Route: a.Route}); err != nil {
+	if err := netsetup.ConfigureInterface(ctr, netsetup.IfaceSpec{Name: a.Interface, Addrs: a.Addrs, Route: a.Route, Route6: a.Route6}); err != nil {
 		return err
 	}
 	if len(a.Ports) > 0 {

@@ -92,7 +92,7 @@ func (e *Engine) Doctor() []Check {
 		bridges = append(bridges, n.Bridge)
 		subnets[n.Name] = n.Subnet
 	}
-	host, err := netsetup.HostPrefixes(h, bridges...)
+	host, err := netsetup.HostPrefixes(h, unix.AF_INET, bridges...)
 	if err != nil {
 		return append(out, Check{"host routes", false, err.Error()})
 	}

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"errors"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -53,8 +55,8 @@ func driverKind(network string) string {
 }
 
 // ContainerNS is the container's network namespace as drivers work in it,
-// prepared (IPv6 off for its interfaces, lo up) on first use, with a
-// netlink handle bound to it.
+// prepared (IPv6 on or off for its interfaces, lo up) by the first
+// driver, with a netlink handle bound to it.
 type ContainerNS struct {
 	NS netns.NsHandle
 	// Loopback6 says lo has ::1, once prepared.
@@ -62,21 +64,24 @@ type ContainerNS struct {
 	h         *netlink.Handle
 }
 
-// Prepare readies the container's netns (netsetup.PrepareNetns), once.
-func (c *ContainerNS) Prepare() error {
-	_, err := c.Handle()
-	return err
-}
-
-// Handle returns a netlink handle bound to the container's netns, which
-// it prepares first.
-func (c *ContainerNS) Handle() (*netlink.Handle, error) {
+// Prepare readies the container's netns (netsetup.PrepareNetns), once:
+// ipv6 says its interfaces get IPv6.
+func (c *ContainerNS) Prepare(ipv6 bool) error {
 	if c.h == nil {
-		h, loopback6, err := netsetup.PrepareNetns(c.NS)
+		h, loopback6, err := netsetup.PrepareNetns(c.NS, ipv6)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		c.h, c.Loopback6 = h, loopback6
+	}
+	return nil
+}
+
+// Handle returns the netlink handle bound to the container's netns, once
+// prepared.
+func (c *ContainerNS) Handle() (*netlink.Handle, error) {
+	if c.h == nil {
+		return nil, errors.New("the container's network namespace is not prepared")
 	}
 	return c.h, nil
 }
@@ -97,7 +102,7 @@ func (noneDriver) Reserve(rec *state.Record, _ *Request, _ string, save func() e
 }
 
 func (noneDriver) Attach(_ *state.Record, _ *state.Attachment, c *ContainerNS) error {
-	return c.Prepare()
+	return c.Prepare(false)
 }
 
 func (noneDriver) Detach(*state.Record, state.Attachment, *Reclaim) error { return nil }

@@ -68,6 +68,7 @@ type Request struct {
 	// network's name.
 	Network    string
 	IP         netip.Addr
+	IP6        netip.Addr
 	Aliases    []string
 	Links      []LinkRequest
 	DNS        []netip.Addr
@@ -107,6 +108,7 @@ type PortRequest struct {
 // Fields of a request, as FieldError names them.
 const (
 	FieldIP       = "ip"
+	FieldIP6      = "ip6"
 	FieldLinks    = "links"
 	FieldAddHosts = "add-hosts"
 	FieldPorts    = "ports"

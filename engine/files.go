@@ -33,7 +33,7 @@ func (e *Engine) writeFiles(req *Request, rec *state.Record, loopback6 bool) ([]
 		hosts = netsetup.HostsSpec{Base: base}
 		resolv = netsetup.ResolvSpec{Host: hostResolv, KeepLoopback: true}
 	case a != nil:
-		hosts = netsetup.HostsSpec{IP: a.Addr(), Links: rec.Links}
+		hosts = netsetup.HostsSpec{IP: a.Addr(), IP6: a.Addr6(), Links: rec.Links}
 		resolv.Host = containerResolvBase(hostResolv)
 	default:
 		resolv.Host = containerResolvBase(hostResolv)

@@ -1,11 +1,13 @@
 package engine
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -82,6 +84,12 @@ type NetworkRequest struct {
 	MTU      int
 	// Options are -o KEY=VALUE driver options.
 	Options []string
+	// IPv6 makes the network dual stack, with Subnet6 (default: the next
+	// free IPv6 pool), Gateway6 and IPRange6.
+	IPv6     bool
+	Subnet6  string
+	Gateway6 string
+	IPRange6 string
 }
 
 // networkOptions are the -o keys `network create` takes, with Docker's
@@ -99,7 +107,10 @@ func flagOfKey(err error) error {
 	}
 	_, field, _ := strings.Cut(strings.TrimPrefix(ce.Key, "networks."), ".")
 	flag := map[string]string{"subnet": "--subnet", "gateway": "--gateway", "ip_range": "--ip-range", "mtu": "--mtu", "bridge": "--bridge",
-		"gateway_mode": "-o gateway_mode"}[field]
+		"gateway_mode": "-o gateway_mode", "subnet6": "--subnet", "gateway6": "--gateway", "ip_range6": "--ip-range"}[field]
+	if strings.HasSuffix(ce.Reason, ".ipv6 = true") {
+		return fmt.Errorf("%s %q: an IPv6 value needs --ipv6", flag, ce.Value)
+	}
 	if flag == "" {
 		return fmt.Errorf("%s", ce.Reason)
 	}
@@ -159,12 +170,19 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 		return nil, err
 	}
 	taken[config.DefaultNetwork] = defNet
-	hostUsed, err := netsetup.HostPrefixes(host, ours...)
+	hostUsed, err := netsetup.HostPrefixes(host, unix.AF_INET, ours...)
 	if err != nil {
 		return nil, err
 	}
 	spec := config.NetworkFile{Subnet: req.Subnet, Gateway: req.Gateway, IPRange: req.IPRange, Internal: req.Internal, MTU: req.MTU, Bridge: req.Bridge,
-		GatewayMode: gatewayMode}
+		GatewayMode: gatewayMode, IPv6: req.IPv6, Subnet6: req.Subnet6, Gateway6: req.Gateway6, IPRange6: req.IPRange6}
+	if spec.IPv6 && spec.Subnet6 == "" && spec.Gateway6 == "" && spec.IPRange6 == "" {
+		p, err := e.freeSubnet6(req.Name, req.Bridge)
+		if err != nil {
+			return nil, err
+		}
+		spec.Subnet6 = p.String()
+	}
 	if spec.Subnet == "" {
 		used := append([]netip.Prefix{}, hostUsed...)
 		for _, p := range taken {
@@ -198,6 +216,11 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 			return nil, fmt.Errorf("--subnet %s overlaps %s, an address or route of the host", n.Subnet, p)
 		}
 	}
+	if n.Subnet6.IsValid() {
+		if err := e.checkSubnet6Free(host, n, nets); err != nil {
+			return nil, err
+		}
+	}
 	for _, o := range nets {
 		if o.Bridge == n.Bridge {
 			return nil, fmt.Errorf("--bridge %q: already used by network %s", n.Bridge, o.Name)
@@ -206,7 +229,8 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 	if n.Bridge == e.Config.Bridge.Bridge {
 		return nil, fmt.Errorf("--bridge %q: already used by network %s", n.Bridge, config.DefaultNetwork)
 	}
-	if _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, MTU: n.MTU}); err != nil {
+	if _, err := netsetup.EnsureBridge(host, netsetup.BridgeSpec{Name: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway,
+		Subnet6: n.Subnet6, Gateway6: n.Gateway6, MTU: n.MTU}); err != nil {
 		return nil, err
 	}
 	if err := e.Defs.Put(def); err != nil {
@@ -214,6 +238,32 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 		return nil, err
 	}
 	return def, nil
+}
+
+// checkSubnet6Free refuses a created network's IPv6 subnet that overlaps
+// another network's or the host's.
+func (e *Engine) checkSubnet6Free(host *netlink.Handle, n config.Network, nets []config.Network) error {
+	for _, o := range append(nets, e.Config.Bridge) {
+		sub := o.Subnet6
+		if ns, err := e.Store.GetNet(o.Name); err != nil {
+			return err
+		} else if !sub.IsValid() && ns != nil {
+			sub = ns.Subnet6
+		}
+		if sub.Overlaps(n.Subnet6) {
+			return fmt.Errorf("--subnet %s overlaps network %s (%s)", n.Subnet6, o.Name, sub)
+		}
+	}
+	used, err := netsetup.HostPrefixes(host, unix.AF_INET6)
+	if err != nil {
+		return err
+	}
+	for _, p := range used {
+		if p.Overlaps(n.Subnet6) {
+			return fmt.Errorf("--subnet %s overlaps %s, an address or route of the host", n.Subnet6, p)
+		}
+	}
+	return nil
 }
 
 // settleDefaultSubnet returns the default network's subnet, choosing and
@@ -302,6 +352,7 @@ type NetworkEndpoint struct {
 	Name        string `json:"Name"`
 	ID          string `json:"EndpointID"`
 	IPv4Address string `json:"IPv4Address"`
+	IPv6Address string `json:"IPv6Address"`
 	MacAddress  string `json:"MacAddress"`
 }
 
@@ -313,6 +364,10 @@ type NetworkInfo struct {
 	Subnet     string                     `json:"Subnet"`
 	Gateway    string                     `json:"Gateway"`
 	IPRange    string                     `json:"IPRange,omitempty"`
+	EnableIPv6 bool                       `json:"EnableIPv6"`
+	Subnet6    string                     `json:"Subnet6,omitempty"`
+	Gateway6   string                     `json:"Gateway6,omitempty"`
+	IPRange6   string                     `json:"IPRange6,omitempty"`
 	Bridge     string                     `json:"Bridge"`
 	Internal   bool                       `json:"Internal"`
 	MTU        int                        `json:"MTU"`
@@ -342,25 +397,117 @@ func (e *Engine) InspectNetwork(name string) (*NetworkInfo, error) {
 	if n.IPRange.IsValid() {
 		info.IPRange = n.IPRange.String()
 	}
+	info.EnableIPv6 = n.IPv6
+	subnet6, gw6 := n.Subnet6, n.Gateway6
+	if !subnet6.IsValid() && ns != nil {
+		subnet6, gw6 = ns.Subnet6, ns.Gateway6
+	}
+	if n.IPv6 && subnet6.IsValid() {
+		info.Subnet6, info.Gateway6 = subnet6.String(), gw6.String()
+	}
+	if n.IPRange6.IsValid() {
+		info.IPRange6 = n.IPRange6.String()
+	}
 	if ns != nil {
 		all, err := ns.Allocations()
 		if err != nil {
 			return nil, err
 		}
-		for addr, id := range all {
+		for _, id := range all {
+			if _, done := info.Containers[id]; done {
+				continue // its other address
+			}
 			rec, ok, err := e.Store.Get(id)
 			if err != nil || !ok {
 				continue
 			}
 			for _, a := range rec.Attachments {
-				if a.Network == name {
-					info.Containers[id] = NetworkEndpoint{Name: rec.Name, ID: a.HostVeth, MacAddress: a.MAC,
-						IPv4Address: netip.PrefixFrom(addr, subnet.Bits()).String()}
+				if a.Network != name {
+					continue
 				}
+				ep := NetworkEndpoint{Name: rec.Name, ID: a.HostVeth, MacAddress: a.MAC}
+				for _, p := range a.Addrs {
+					if p.Addr().Is4() {
+						ep.IPv4Address = p.String()
+					} else {
+						ep.IPv6Address = p.String()
+					}
+				}
+				info.Containers[id] = ep
 			}
 		}
 	}
 	return info, nil
+}
+
+// chooseSubnet6 settles a dual-stack network's IPv6 subnet, as
+// chooseSubnet does the IPv4 one: from the IPv6 pools, or the host's ULA
+// pool when none is configured.
+func (e *Engine) chooseSubnet6(def *config.Network, ns *state.Net) error {
+	if def.Subnet6.IsValid() {
+		if ns.Subnet6.IsValid() && (ns.Subnet6 != def.Subnet6 || ns.Gateway6 != def.Gateway6) {
+			if inUse, err := ns.InUse(); err != nil {
+				return err
+			} else if inUse {
+				return fmt.Errorf("network %s: IPv6 subnet changed from %s to %s while containers are attached; stop them first",
+					def.Name, ns.Subnet6, def.Subnet6)
+			}
+		}
+		ns.Subnet6, ns.Gateway6 = def.Subnet6, def.Gateway6
+		return nil
+	}
+	if ns.Subnet6.IsValid() {
+		return nil
+	}
+	p, err := e.freeSubnet6(def.Name, def.Bridge)
+	if err != nil {
+		return err
+	}
+	ns.Subnet6, ns.Gateway6 = p, p.Addr().Next()
+	return nil
+}
+
+// freeSubnet6 is the first subnet of the IPv6 pools that no other network
+// of ours, nor the host's addresses and routes, overlap.
+func (e *Engine) freeSubnet6(name, bridge string) (netip.Prefix, error) {
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("netlink: %w", err)
+	}
+	defer host.Close()
+	used, err := netsetup.HostPrefixes(host, unix.AF_INET6, bridge)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	nets, err := e.UserNetworks()
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	for _, n := range append(nets, e.Config.Bridge) {
+		if n.Name == name {
+			continue
+		}
+		used = append(used, n.Subnet6)
+		if ns, err := e.Store.GetNet(n.Name); err != nil {
+			return netip.Prefix{}, err
+		} else if ns != nil && ns.Subnet6.IsValid() {
+			used = append(used, ns.Subnet6)
+		}
+	}
+	pools := e.Config.Pools6
+	if len(pools) == 0 {
+		id, err := os.ReadFile("/etc/machine-id")
+		if err != nil || len(bytes.TrimSpace(id)) == 0 {
+			h, _ := os.Hostname()
+			id = []byte(h)
+		}
+		pools = []config.Pool{config.ULAPool(bytes.TrimSpace(id))}
+	}
+	p, err := netsetup.ChoosePool(pools, used)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("network %s: IPv6 %w", name, err)
+	}
+	return p, nil
 }
 
 // chooseSubnet settles the network's subnet: the configured one, else the
@@ -396,7 +543,7 @@ func (e *Engine) chooseSubnet(def *config.Network, ns *state.Net) error {
 			return nil
 		}
 	}
-	used, err := netsetup.HostPrefixes(host, def.Bridge)
+	used, err := netsetup.HostPrefixes(host, unix.AF_INET, def.Bridge)
 	if err != nil {
 		return err
 	}

@@ -7,7 +7,6 @@ package firewall
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/state"
@@ -18,13 +17,15 @@ import (
 type NetRules = state.NetRules
 
 // RulesFor derives a network's firewall needs from its definition, its
-// subnet and gateway as settled, and the host's trusted interfaces.
-func RulesFor(n *config.Network, subnet netip.Prefix, gateway netip.Addr, trusted []string) NetRules {
+// subnets and gateways as settled in s, and the host's trusted interfaces.
+func RulesFor(n *config.Network, s *state.Net, trusted []string) NetRules {
 	r := NetRules{
 		Name:       n.Name,
 		Bridge:     n.Bridge,
-		Subnet:     subnet,
-		Gateway:    gateway,
+		Subnet:     s.Subnet,
+		Gateway:    s.Gateway,
+		Subnet6:    s.Subnet6,
+		Gateway6:   s.Gateway6,
 		Mode:       n.GatewayMode,
 		Masquerade: n.Masquerade && !n.Internal,
 		Internal:   n.Internal,

@@ -10,8 +10,8 @@ import (
 	"github.com/google/nftables/expr"
 )
 
-// TableName is netshim's nftables table, in the ip and bridge families. We
-// never touch tables that are not ours.
+// TableName is netshim's nftables table, in the ip family, and in ip6 while
+// a dual-stack network exists. We never touch tables that are not ours.
 const TableName = "netshim"
 
 // Nftables is the default backend: netshim's own tables, changed through
@@ -37,8 +37,11 @@ type nftChain struct {
 func (c *nftChain) object() string { return familyName(c.Family) + "/" + c.Name }
 
 func familyName(f nftables.TableFamily) string {
-	if f == nftables.TableFamilyBridge {
+	switch f {
+	case nftables.TableFamilyBridge:
 		return "bridge"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
 	}
 	return "ip"
 }
@@ -51,6 +54,8 @@ func parseObject(obj string) (nftables.TableFamily, string, error) {
 	switch fam {
 	case "ip":
 		return nftables.TableFamilyIPv4, chain, nil
+	case "ip6":
+		return nftables.TableFamilyIPv6, chain, nil
 	case "bridge":
 		return nftables.TableFamilyBridge, chain, nil
 	}
@@ -72,7 +77,10 @@ func delChain(c *nftables.Conn, f nftables.TableFamily, name string) {
 
 // NetworkObjects implements Firewall.
 func (*Nftables) NetworkObjects(n NetRules) []string {
-	out := []string{bridgeElemPrefix + n.Bridge}
+	var out []string
+	for _, f := range families(n) {
+		out = append(out, bridgeElem(f.table, n.Bridge))
+	}
 	for _, ch := range networkChains(n) {
 		out = append(out, ch.object())
 	}
@@ -90,9 +98,28 @@ const (
 	setPublished = "published"
 )
 
-const bridgeElemPrefix = "ip/@" + setBridges + "/"
+// bridgeElem names a bridge's element of the bridges set of family f's
+// table, as the state records it.
+func bridgeElem(f nftables.TableFamily, bridge string) string {
+	return familyName(f) + bridgeElemMark + bridge
+}
 
-var keyPublished = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+const bridgeElemMark = "/@" + setBridges + "/"
+
+// parseBridgeElem undoes bridgeElem.
+func parseBridgeElem(obj string) (nftables.TableFamily, string, bool) {
+	fam, bridge, ok := strings.Cut(obj, bridgeElemMark)
+	if !ok {
+		return 0, "", false
+	}
+	f, _, err := parseObject(fam + "/x")
+	return f, bridge, err == nil
+}
+
+var (
+	keyPublished  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	keyPublished6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+)
 
 // bridgesSet is the set of bridge names. Interface names are strings in
 // host byte order: so marked, `nft list` prints them as names.
@@ -101,34 +128,51 @@ func bridgesSet(t *nftables.Table) *nftables.Set {
 }
 
 func publishedSet(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: setPublished, KeyType: keyPublished, Concatenation: true}
+	key := keyPublished
+	if t.Family == nftables.TableFamilyIPv6 {
+		key = keyPublished6
+	}
+	return &nftables.Set{Table: t, Name: setPublished, KeyType: key, Concatenation: true}
 }
 
-// sharedInfra queues what every network's rules use: the sets, and the
-// loopback guard (see loopbackChain). With fresh, the table is new in this
-// batch; otherwise the guard is only added if the kernel has none (adding
-// it again would duplicate its rule, flushing it would wait for an RCU
-// grace period). It returns the sets, for the rules' lookups.
-func sharedInfra(c *nftables.Conn, fresh bool) (map[string]*nftables.Set, error) {
-	t := c.AddTable(table(nftables.TableFamilyIPv4))
-	sets := map[string]*nftables.Set{setBridges: bridgesSet(t), setPublished: publishedSet(t)}
-	for _, name := range []string{setBridges, setPublished} {
-		if err := c.AddSet(sets[name], nil); err != nil {
-			return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+// familySets are the sets of each family's table, for the rules' lookups.
+type familySets map[nftables.TableFamily]map[string]*nftables.Set
+
+// sharedInfra queues what every network's rules use in the tables of
+// fams: the sets, and in the ip table the loopback guard (see
+// loopbackChain). With fresh, the table is new in this batch; otherwise
+// the guard is only added if the kernel has none (adding it again would
+// duplicate its rule, flushing it would wait for an RCU grace period). It
+// returns the sets, for the rules' lookups.
+func sharedInfra(c *nftables.Conn, fresh bool, fams ...nftables.TableFamily) (familySets, error) {
+	out := familySets{}
+	for _, f := range fams {
+		t := c.AddTable(table(f))
+		sets := map[string]*nftables.Set{setBridges: bridgesSet(t), setPublished: publishedSet(t)}
+		for _, name := range []string{setBridges, setPublished} {
+			if err := c.AddSet(sets[name], nil); err != nil {
+				return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+			}
 		}
-	}
-	if !fresh {
-		if ch, err := c.ListChain(t, chainLoopback); err == nil && ch != nil {
-			return sets, nil
+		out[f] = sets
+		if f != nftables.TableFamilyIPv4 {
+			continue
 		}
+		if !fresh {
+			if ch, err := c.ListChain(t, chainLoopback); err == nil && ch != nil {
+				continue
+			}
+		}
+		addChain(c, loopbackChain(), out, false)
 	}
-	addChain(c, loopbackChain(), sets, false)
-	return sets, nil
+	return out, nil
 }
 
 // addChain queues chain ch with its rules (the chain flushed first unless
-// fresh), resolving the rules' set lookups to sets queued in this batch.
-func addChain(c *nftables.Conn, ch nftChain, sets map[string]*nftables.Set, flush bool) {
+// fresh), resolving the rules' set lookups to sets of its table queued in
+// this batch.
+func addChain(c *nftables.Conn, ch nftChain, all familySets, flush bool) {
+	sets := all[ch.Family]
 	t := c.AddTable(table(ch.Family))
 	nc := &nftables.Chain{Table: t, Name: ch.Name}
 	if ch.Hook != nil {
@@ -219,22 +263,26 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	sets, err := sharedInfra(c, false)
+	var fams []nftables.TableFamily
+	for _, f := range families(n) {
+		fams = append(fams, f.table)
+	}
+	sets, err := sharedInfra(c, false, fams...)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.SetAddElements(sets[setBridges], []nftables.SetElement{{Key: ifname(n.Bridge)}}); err != nil {
-		return nil, fmt.Errorf("nftables: set %s: %w", setBridges, err)
+	for _, f := range fams {
+		if err := c.SetAddElements(sets[f][setBridges], []nftables.SetElement{{Key: ifname(n.Bridge)}}); err != nil {
+			return nil, fmt.Errorf("nftables: set %s: %w", setBridges, err)
+		}
 	}
-	chains := networkChains(n)
-	installed := []string{bridgeElemPrefix + n.Bridge}
+	installed := (&Nftables{}).NetworkObjects(n)
 	keep := map[string]bool{}
-	for i := range chains {
-		keep[chains[i].object()] = true
-		installed = append(installed, chains[i].object())
+	for _, obj := range installed {
+		keep[obj] = true
 	}
 	for _, obj := range prev {
-		if keep[obj] || strings.HasPrefix(obj, xtPrefix) || strings.HasPrefix(obj, bridgeElemPrefix) {
+		if _, _, elem := parseBridgeElem(obj); keep[obj] || elem || strings.HasPrefix(obj, xtPrefix) {
 			continue
 		}
 		f, name, err := parseObject(obj)
@@ -243,7 +291,7 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		}
 		delChain(c, f, name)
 	}
-	for _, ch := range chains {
+	for _, ch := range networkChains(n) {
 		addChain(c, ch, sets, true)
 	}
 	if err := c.Flush(); err != nil {
@@ -259,25 +307,28 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 		return err
 	}
 	var own, xt []string
+	families := map[nftables.TableFamily]bool{nftables.TableFamilyIPv4: true}
 	for _, obj := range installed {
-		switch {
-		case strings.HasPrefix(obj, xtPrefix):
-			xt = append(xt, strings.TrimPrefix(obj, xtPrefix))
-		case strings.HasPrefix(obj, bridgeElemPrefix):
+		if f, bridge, ok := parseBridgeElem(obj); ok {
 			// Add, then delete: the delete cannot fail for an element
 			// already gone, and the batch stays one transaction.
-			set := bridgesSet(c.AddTable(table(nftables.TableFamilyIPv4)))
+			families[f] = true
+			set := bridgesSet(c.AddTable(table(f)))
 			if err := c.AddSet(set, nil); err != nil {
 				return fmt.Errorf("nftables: set %s: %w", setBridges, err)
 			}
-			el := []nftables.SetElement{{Key: ifname(strings.TrimPrefix(obj, bridgeElemPrefix))}}
+			el := []nftables.SetElement{{Key: ifname(bridge)}}
 			if err := c.SetAddElements(set, el); err != nil {
 				return err
 			}
 			if err := c.SetDeleteElements(set, el); err != nil {
 				return err
 			}
-		default:
+			continue
+		}
+		if o, ok := strings.CutPrefix(obj, xtPrefix); ok {
+			xt = append(xt, o)
+		} else {
 			own = append(own, obj)
 		}
 	}
@@ -297,7 +348,6 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 			}
 		}
 	}
-	families := map[nftables.TableFamily]bool{nftables.TableFamilyIPv4: true}
 	for _, obj := range own {
 		f, name, err := parseObject(obj)
 		if err != nil {
@@ -307,8 +357,9 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 		delChain(c, f, name)
 	}
 	if last {
-		// Delete only the tables this network used; the other family's
-		// table, if any, went with the network that used it.
+		// The ip6 table too, if an earlier dual-stack network left it
+		// (empty).
+		families[nftables.TableFamilyIPv6] = true
 		for f := range families {
 			c.DelTable(c.AddTable(table(f)))
 		}
@@ -332,41 +383,52 @@ func (*Nftables) Present(n NetRules) (bool, error) {
 	return err == nil, nil
 }
 
-// ourChains lists the chains of our table, by name.
+// ipFamilies are the families of our tables, ip first.
+var ipFamilies = []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6}
+
+// ourChains lists the chains of our tables, as objects (family/name).
 func ourChains(c *nftables.Conn) (map[string]bool, error) {
-	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: list chains: %w", err)
-	}
 	out := map[string]bool{}
-	for _, ch := range all {
-		if ch.Table.Name == TableName {
-			out[ch.Name] = true
+	for _, f := range ipFamilies {
+		all, err := c.ListChainsOfTableFamily(f)
+		if err != nil {
+			return nil, fmt.Errorf("nftables: list chains: %w", err)
+		}
+		for _, ch := range all {
+			if ch.Table.Name == TableName {
+				out[familyName(f)+"/"+ch.Name] = true
+			}
 		}
 	}
 	return out, nil
 }
 
 // wanted is everything of s as data: the chains, in order, and the
-// elements of each set and map.
-func wanted(s Ruleset) ([]nftChain, map[string][]nftables.SetElement) {
+// elements of each family's sets and maps.
+func wanted(s Ruleset) ([]nftChain, map[nftables.TableFamily]map[string][]nftables.SetElement) {
 	chains := []nftChain{loopbackChain()}
-	elems := portElements(s.Ports)
+	elems := map[nftables.TableFamily]map[string][]nftables.SetElement{
+		nftables.TableFamilyIPv4: portElements(s.Ports),
+		nftables.TableFamilyIPv6: {},
+	}
 	for _, nw := range s.Networks {
 		chains = append(chains, networkChains(nw.Rules)...)
-		elems[setBridges] = append(elems[setBridges], nftables.SetElement{Key: ifname(nw.Rules.Bridge)})
+		for _, f := range families(nw.Rules) {
+			elems[f.table][setBridges] = append(elems[f.table][setBridges], nftables.SetElement{Key: ifname(nw.Rules.Bridge)})
+		}
 	}
-	if len(elems[mapAny])+len(elems[mapByIP]) > 0 {
+	if v4 := elems[nftables.TableFamilyIPv4]; len(v4[mapAny])+len(v4[mapByIP]) > 0 {
 		chains = append(chains, publishChains()...)
 	}
 	return chains, elems
 }
 
-// Reload implements Firewall: one transaction makes our table hold exactly
+// Reload implements Firewall: one transaction makes our tables hold exactly
 // what s names. Every wanted chain is flushed and filled, every set
 // flushed and filled, chains of ours that s does not name deleted; the
-// table itself stays, so whatever was flushed, deleted or added by hand in
-// it ends as s says, and a second reload lists the same ruleset.
+// tables themselves stay, so whatever was flushed, deleted or added by
+// hand in them ends as s says, and a second reload lists the same
+// ruleset.
 func (*Nftables) Reload(s Ruleset) (map[string][]string, error) {
 	c, err := newNftConn()
 	if err != nil {
@@ -378,46 +440,64 @@ func (*Nftables) Reload(s Ruleset) (map[string][]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		objs := []string{bridgeElemPrefix + nw.Rules.Bridge}
-		for _, ch := range networkChains(nw.Rules) {
-			objs = append(objs, ch.object())
-		}
-		installed[nw.Rules.Name] = append(objs, xt...)
+		installed[nw.Rules.Name] = append((&Nftables{}).NetworkObjects(nw.Rules), xt...)
 	}
 	existing, err := ourChains(c)
 	if err != nil {
 		return nil, err
 	}
 	chains, elems := wanted(s)
-	t := c.AddTable(table(nftables.TableFamilyIPv4))
-	sets := publishSets(t)
-	sets[setBridges] = bridgesSet(t)
-	for _, name := range []string{setBridges, setPublished, mapByIP, mapAny} {
-		// A set whose properties are set here cannot be refused.
-		c.AddSet(sets[name], nil)
-		c.FlushSet(sets[name])
+	sets := familySets{}
+	for _, f := range ipFamilies {
+		if f == nftables.TableFamilyIPv6 && len(elems[f][setBridges]) == 0 && !hasFamily(existing, f) {
+			continue // no dual-stack network, and no table to clean
+		}
+		t := c.AddTable(table(f))
+		sets[f] = map[string]*nftables.Set{setBridges: bridgesSet(t), setPublished: publishedSet(t)}
+		if f == nftables.TableFamilyIPv4 {
+			sets[f] = publishSets(t)
+			sets[f][setBridges] = bridgesSet(t)
+		}
+		for _, set := range sets[f] {
+			// A set whose properties are set here cannot be refused.
+			c.AddSet(set, nil)
+			c.FlushSet(set)
+		}
 	}
 	keep := map[string]bool{}
 	for _, ch := range chains {
-		keep[ch.Name] = true
+		keep[ch.object()] = true
 	}
-	for name := range existing {
-		if !keep[name] {
-			delChain(c, nftables.TableFamilyIPv4, name)
+	for obj := range existing {
+		if !keep[obj] {
+			f, name, _ := parseObject(obj)
+			delChain(c, f, name)
 		}
 	}
 	for _, ch := range chains {
 		addChain(c, ch, sets, true)
 	}
-	for name, es := range elems {
-		if err := c.SetAddElements(sets[name], es); err != nil {
-			return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+	for f, byName := range elems {
+		for name, es := range byName {
+			if err := c.SetAddElements(sets[f][name], es); err != nil {
+				return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+			}
 		}
 	}
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("nftables: reload table %s: %w", TableName, err)
 	}
 	return installed, nil
+}
+
+// hasFamily reports whether objs names a chain of family f.
+func hasFamily(objs map[string]bool, f nftables.TableFamily) bool {
+	for obj := range objs {
+		if strings.HasPrefix(obj, familyName(f)+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // Missing implements Firewall: every chain with its number of rules, and
@@ -427,7 +507,6 @@ func (*Nftables) Missing(s Ruleset) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := table(nftables.TableFamilyIPv4)
 	existing, err := ourChains(c)
 	if err != nil {
 		return nil, err
@@ -435,39 +514,43 @@ func (*Nftables) Missing(s Ruleset) ([]string, error) {
 	chains, elems := wanted(s)
 	var missing []string
 	for _, ch := range chains {
-		if !existing[ch.Name] {
+		if !existing[ch.object()] {
 			missing = append(missing, "chain "+ch.object())
 			continue
 		}
+		t := table(ch.Family)
 		rules, err := c.GetRules(t, &nftables.Chain{Table: t, Name: ch.Name})
 		if err != nil {
-			return nil, fmt.Errorf("nftables: list chain %s: %w", ch.Name, err)
+			return nil, fmt.Errorf("nftables: list chain %s: %w", ch.object(), err)
 		}
 		if len(rules) < len(ch.Rules) {
 			missing = append(missing, fmt.Sprintf("chain %s has %d of its %d rules", ch.object(), len(rules), len(ch.Rules)))
 		}
 	}
-	if len(existing) == 0 {
-		return missing, nil // no table, or an empty one: the sets are gone too
-	}
-	names := make([]string, 0, len(elems))
-	for name := range elems {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		have, err := c.GetSetElements(&nftables.Set{Table: t, Name: name})
-		if err != nil {
-			missing = append(missing, "set "+name)
-			continue
+	for _, f := range ipFamilies {
+		if !hasFamily(existing, f) {
+			continue // no table, or an empty one: the sets are gone too
 		}
-		got := map[string]bool{}
-		for _, e := range have {
-			got[string(e.Key)] = true
+		t := table(f)
+		names := make([]string, 0, len(elems[f]))
+		for name := range elems[f] {
+			names = append(names, name)
 		}
-		for _, e := range elems[name] {
-			if !got[string(e.Key)] {
-				missing = append(missing, "an element of "+name)
+		sort.Strings(names)
+		for _, name := range names {
+			have, err := c.GetSetElements(&nftables.Set{Table: t, Name: name})
+			if err != nil {
+				missing = append(missing, "set "+familyName(f)+"/"+name)
+				continue
+			}
+			got := map[string]bool{}
+			for _, e := range have {
+				got[string(e.Key)] = true
+			}
+			for _, e := range elems[f][name] {
+				if !got[string(e.Key)] {
+					missing = append(missing, "an element of "+familyName(f)+"/"+name)
+				}
 			}
 		}
 	}

@@ -40,28 +40,43 @@ func oif(name string) []expr.Any { return ifnameCmp(expr.MetaKeyOIFNAME, expr.Cm
 // oifname != NAME
 func oifNot(name string) []expr.Any { return ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, name) }
 
-// addrIn matches the IPv4 address at offset (12 source, 16 destination)
-// against prefix p.
-func addrIn(offset uint32, p netip.Prefix) []expr.Any {
-	out := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4}}
-	if p.Bits() < 32 {
-		var mask [4]byte
+// addrOffset is where the source or destination address is in the network
+// header of p's family.
+func addrOffset(p netip.Prefix, dst bool) uint32 {
+	switch {
+	case p.Addr().Is4() && dst:
+		return 16
+	case p.Addr().Is4():
+		return 12
+	case dst:
+		return 24
+	}
+	return 8
+}
+
+// addrIn matches the source or destination address against prefix p, of
+// either family.
+func addrIn(dst bool, p netip.Prefix) []expr.Any {
+	n := uint32(p.Addr().BitLen() / 8)
+	out := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addrOffset(p, dst), Len: n}}
+	if p.Bits() < p.Addr().BitLen() {
+		mask := make([]byte, n)
 		for i := 0; i < p.Bits(); i++ {
 			mask[i/8] |= 0x80 >> (i % 8)
 		}
-		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: make([]byte, 4)})
+		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: mask, Xor: make([]byte, n)})
 	}
 	return append(out, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()})
 }
 
-// ip saddr PREFIX
-func saddrIn(p netip.Prefix) []expr.Any { return addrIn(12, p) }
+// ip saddr PREFIX (ip6 saddr)
+func saddrIn(p netip.Prefix) []expr.Any { return addrIn(false, p) }
 
-// ip daddr PREFIX
-func daddrIn(p netip.Prefix) []expr.Any { return addrIn(16, p) }
+// ip daddr PREFIX (ip6 daddr)
+func daddrIn(p netip.Prefix) []expr.Any { return addrIn(true, p) }
 
-// ip daddr ADDR
-func daddrIs(a netip.Addr) []expr.Any { return daddrIn(netip.PrefixFrom(a, 32)) }
+// ip daddr ADDR (ip6 daddr)
+func daddrIs(a netip.Addr) []expr.Any { return daddrIn(netip.PrefixFrom(a, a.BitLen())) }
 
 // meta l4proto PROTO
 func l4proto(proto byte) []expr.Any {
@@ -77,6 +92,17 @@ func dport(port uint16) []expr.Any {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
 	}
+}
+
+// ndTypes are ICMPv6's neighbour solicitation and advertisement.
+var ndTypes = []byte{135, 136}
+
+// icmpv6 type TYPE
+func icmp6Type(t byte) []expr.Any {
+	return rule(l4proto(unix.IPPROTO_ICMPV6), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{t}},
+	})
 }
 
 // ct state established,related
@@ -118,12 +144,16 @@ func fibLocal(saddr bool) []expr.Any {
 }
 
 // ip daddr . meta l4proto . th dport @published: a connection to a
-// published port on a container's own address.
-func toPublished() []expr.Any {
+// published port on a container's own address (ip6 daddr in the ip6
+// table). The address fills reg32 8 (IPv4) or 8-11 (IPv6), the protocol
+// and port the next two.
+func toPublished(f family) []expr.Any {
+	n := uint32(f.subnet.Addr().BitLen() / 8)
+	next := 8 + n/4
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
-		&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addrOffset(f.subnet, true), Len: n},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: next},
+		&expr.Payload{DestRegister: next + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: setPublished},
 	}
 }
@@ -186,9 +216,39 @@ const chainLoopback = "loopback"
 // containers' own).
 func dnatMode(n NetRules) bool { return !n.Internal && n.Mode != config.GatewayRouted }
 
-// networkChains is the data of a network's rules: one base chain per hook,
-// each named after the network, so a network's rules are removed by name.
+// family is one address family of a network, as its rules see it: the
+// table it goes in, its subnet and gateway, and its ICMP.
+type family struct {
+	table   nftables.TableFamily
+	subnet  netip.Prefix
+	gateway netip.Addr
+	icmp    byte
+}
+
+// families are the address families of network n: IPv4, and IPv6 on a
+// dual-stack network.
+func families(n NetRules) []family {
+	out := []family{{nftables.TableFamilyIPv4, n.Subnet, n.Gateway, unix.IPPROTO_ICMP}}
+	if n.Subnet6.IsValid() {
+		out = append(out, family{nftables.TableFamilyIPv6, n.Subnet6, n.Gateway6, unix.IPPROTO_ICMPV6})
+	}
+	return out
+}
+
+// networkChains is the data of a network's rules: one base chain per hook
+// and family, each named after the network, so a network's rules are
+// removed by name. The rules are the same in both families but for the
+// addresses.
 func networkChains(n NetRules) []nftChain {
+	var chains []nftChain
+	for _, f := range families(n) {
+		chains = append(chains, familyChains(n, f)...)
+	}
+	return chains
+}
+
+// familyChains are network n's chains in the table of family f.
+func familyChains(n NetRules, f family) []nftChain {
 	var chains []nftChain
 	br := n.Bridge
 	// Direct access: a packet for an address of the network that did not
@@ -205,12 +265,12 @@ func networkChains(n NetRules) []nftChain {
 		var raw [][]expr.Any
 		if n.Mode == config.GatewayNAT {
 			for _, t := range n.Trusted {
-				raw = append(raw, rule(iif(t), daddrIn(n.Subnet), accept()))
+				raw = append(raw, rule(iif(t), daddrIn(f.subnet), accept()))
 			}
 		}
-		raw = append(raw, rule(daddrIn(n.Subnet), iifNot(br), iifNot("lo"), drop()))
+		raw = append(raw, rule(daddrIn(f.subnet), iifNot(br), iifNot("lo"), drop()))
 		chains = append(chains, nftChain{
-			Family: nftables.TableFamilyIPv4, Name: "raw-" + n.Name,
+			Family: f.table, Name: "raw-" + n.Name,
 			Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
 			Rules: raw,
 		})
@@ -218,7 +278,7 @@ func networkChains(n NetRules) []nftChain {
 	var post [][]expr.Any
 	if n.Masquerade {
 		//	ip saddr SUBNET oifname != BRIDGE counter masquerade
-		post = append(post, rule(saddrIn(n.Subnet), oifNot(br), masquerade()))
+		post = append(post, rule(saddrIn(f.subnet), oifNot(br), masquerade()))
 	}
 	if dnatMode(n) {
 		// Published ports reached from the host itself (127.0.0.1 too,
@@ -228,11 +288,11 @@ func networkChains(n NetRules) []nftChain {
 		//	oifname BRIDGE ct status dnat ip saddr SUBNET counter masquerade
 		post = append(post,
 			rule(oif(br), ctStatusDNAT(), fibLocal(true), masquerade()),
-			rule(oif(br), ctStatusDNAT(), saddrIn(n.Subnet), masquerade()))
+			rule(oif(br), ctStatusDNAT(), saddrIn(f.subnet), masquerade()))
 	}
 	if len(post) > 0 {
 		chains = append(chains, nftChain{
-			Family: nftables.TableFamilyIPv4, Name: "post-" + n.Name,
+			Family: f.table, Name: "post-" + n.Name,
 			Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
 			Rules: post,
 		})
@@ -258,11 +318,11 @@ func networkChains(n NetRules) []nftChain {
 			fwd = append(fwd, in(ctStatusDNAT(), accept()))
 		}
 		//	... ip daddr . meta l4proto . th dport @published counter accept
-		fwd = append(fwd, in(toPublished(), accept()))
+		fwd = append(fwd, in(toPublished(f), accept()))
 		switch n.Mode {
 		case config.GatewayRouted:
-			//	... ip protocol icmp counter accept, then drop
-			fwd = append(fwd, in(l4proto(unix.IPPROTO_ICMP), accept()), in(drop()))
+			//	... meta l4proto icmp (ipv6-icmp) counter accept, then drop
+			fwd = append(fwd, in(l4proto(f.icmp), accept()), in(drop()))
 		case config.GatewayNATUnprotected:
 			fwd = append(fwd, in(accept()))
 		default:
@@ -270,7 +330,7 @@ func networkChains(n NetRules) []nftChain {
 		}
 	}
 	chains = append(chains, nftChain{
-		Family: nftables.TableFamilyIPv4, Name: "fwd-" + n.Name,
+		Family: f.table, Name: "fwd-" + n.Name,
 		Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
 		Rules: fwd,
 	})
@@ -281,26 +341,43 @@ func networkChains(n NetRules) []nftChain {
 		if n.DNS {
 			for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 				//	iifname BRIDGE ip daddr GATEWAY meta l4proto udp|tcp th dport 53 counter accept
-				input = append(input, rule(iif(br), daddrIs(n.Gateway), l4proto(proto), dport(53), accept()))
+				input = append(input, rule(iif(br), daddrIs(f.gateway), l4proto(proto), dport(53), accept()))
+			}
+		}
+		if f.table == nftables.TableFamilyIPv6 {
+			// Neighbour discovery, without which the containers do not
+			// find the gateway, nor the gateway them.
+			//	iifname BRIDGE icmpv6 type nd-neighbor-solicit|nd-neighbor-advert counter accept
+			for _, t := range ndTypes {
+				input = append(input, rule(iif(br), icmp6Type(t), accept()))
 			}
 		}
 		//	iifname BRIDGE counter drop
 		input = append(input, rule(iif(br), drop()))
+		out := [][]expr.Any{
+			//	oifname BRIDGE ct state established,related counter accept
+			//	oifname BRIDGE counter drop
+			rule(oif(br), ctEstablished(), accept()),
+			rule(oif(br), drop()),
+		}
+		if f.table == nftables.TableFamilyIPv6 {
+			//	oifname BRIDGE icmpv6 type nd-neighbor-solicit|nd-neighbor-advert counter accept
+			var nd [][]expr.Any
+			for _, t := range ndTypes {
+				nd = append(nd, rule(oif(br), icmp6Type(t), accept()))
+			}
+			out = append(nd, out...)
+		}
 		chains = append(chains,
 			nftChain{
-				Family: nftables.TableFamilyIPv4, Name: "in-" + n.Name,
+				Family: f.table, Name: "in-" + n.Name,
 				Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter,
 				Rules: input,
 			},
 			nftChain{
-				Family: nftables.TableFamilyIPv4, Name: "out-" + n.Name,
+				Family: f.table, Name: "out-" + n.Name,
 				Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
-				Rules: [][]expr.Any{
-					//	oifname BRIDGE ct state established,related counter accept
-					//	oifname BRIDGE counter drop
-					rule(oif(br), ctEstablished(), accept()),
-					rule(oif(br), drop()),
-				},
+				Rules: out,
 			})
 	}
 	return chains

@@ -91,7 +91,7 @@ func publishInfra(c *nftables.Conn, fresh bool) map[string]*nftables.Set {
 		}
 	}
 	for _, ch := range publishChains() {
-		addChain(c, ch, sets, !fresh)
+		addChain(c, ch, familySets{nftables.TableFamilyIPv4: sets}, !fresh)
 	}
 	return sets
 }

@@ -31,11 +31,12 @@ type HostsSpec struct {
 	// Loopback6 lists ::1 and the other IPv6 lines: only where lo has
 	// ::1, or "localhost" would name an address nothing can bind.
 	Loopback6 bool
-	IP        netip.Addr
-	Hostname  string
-	Name      string
-	Links     []state.Link
-	Extra     []HostEntry
+	// IP and IP6 are the container's own addresses.
+	IP, IP6  netip.Addr
+	Hostname string
+	Name     string
+	Links    []state.Link
+	Extra    []HostEntry
 }
 
 const (
@@ -75,16 +76,16 @@ func BuildHosts(s HostsSpec) []byte {
 		names = append(names, l.Name)
 		fmt.Fprintf(&b, "%s\t%s\n", l.IP, strings.Join(names, " "))
 	}
-	if s.IP.IsValid() {
-		names := []string{}
-		if s.Hostname != "" {
-			names = append(names, s.Hostname)
-		}
-		if s.Name != "" && s.Name != s.Hostname {
-			names = append(names, s.Name)
-		}
-		if len(names) > 0 {
-			fmt.Fprintf(&b, "%s\t%s\n", s.IP, strings.Join(names, " "))
+	names := []string{}
+	if s.Hostname != "" {
+		names = append(names, s.Hostname)
+	}
+	if s.Name != "" && s.Name != s.Hostname {
+		names = append(names, s.Name)
+	}
+	for _, ip := range []netip.Addr{s.IP, s.IP6} {
+		if ip.IsValid() && len(names) > 0 {
+			fmt.Fprintf(&b, "%s\t%s\n", ip, strings.Join(names, " "))
 		}
 	}
 	return b.Bytes()

@@ -19,7 +19,7 @@ func TestPrepareNetns(t *testing.T) {
 		return
 	}
 	ns := newNetns(t, nil)
-	ctr, loopback6, err := PrepareNetns(ns)
+	ctr, loopback6, err := PrepareNetns(ns, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestPrepareNetnsLoopbackIPv6Off(t *testing.T) {
 	ns := newNetns(t, func() error {
 		return os.WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", []byte("1"), 0)
 	})
-	ctr, loopback6, err := PrepareNetns(ns)
+	ctr, loopback6, err := PrepareNetns(ns, false)
 	if err != nil {
 		t.Fatal(err)
 	}

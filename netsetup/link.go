@@ -45,7 +45,10 @@ type BridgeSpec struct {
 	Name    string
 	Subnet  netip.Prefix
 	Gateway netip.Addr
-	MTU     int
+	// Subnet6 and Gateway6 are the IPv6 ones of a dual-stack network.
+	Subnet6  netip.Prefix
+	Gateway6 netip.Addr
+	MTU      int
 }
 
 // BridgeError says the name is taken by something that is not our bridge.
@@ -94,6 +97,18 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (netlink.Link, error) {
 	}
 	if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(s.Gateway, s.Subnet.Bits()))}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("add address %s to bridge %s: %w", s.Gateway, s.Name, err)
+	}
+	if s.Gateway6.IsValid() {
+		// IPv6 on for the bridge, whatever the host's default; by path,
+		// as the name may hold a dot.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+s.Name+"/disable_ipv6", []byte("0"), 0); err != nil {
+			return nil, fmt.Errorf("turn IPv6 on for bridge %s: %w", s.Name, err)
+		}
+		// Without DAD: the address is ours alone, and usable at once.
+		a := &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(s.Gateway6, s.Subnet6.Bits())), Flags: unix.IFA_F_NODAD}
+		if err := h.AddrAdd(link, a); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("add address %s to bridge %s: %w", s.Gateway6, s.Name, err)
+		}
 	}
 	if created {
 		return link, nil
@@ -247,53 +262,70 @@ func LinkIndex(name string) (int, error) {
 
 // IfaceSpec is the configuration of a container's interface.
 type IfaceSpec struct {
-	Name string
-	Addr netip.Prefix
-	// Route is the default route's gateway; invalid: no default route.
-	Route netip.Addr
+	Name  string
+	Addrs []netip.Prefix
+	// Route and Route6 are the default routes' gateways; invalid: no
+	// default route of that family.
+	Route, Route6 netip.Addr
 }
 
-// ConfigureInterface gives the container's interface its address, brings it
-// up and adds the default route, through a handle in the container's
-// netns.
+// ConfigureInterface gives the container's interface its addresses (IPv6
+// ones without duplicate address detection, as Docker adds them: the
+// network's IPAM hands each out once, and DAD would keep it unusable for
+// a second), brings it up and adds the default routes, through a handle
+// in the container's netns.
 func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 	link, err := ctr.LinkByName(s.Name)
 	if err != nil {
 		return fmt.Errorf("find %s in the container: %w", s.Name, err)
 	}
-	addr := &netlink.Addr{IPNet: ipnet(s.Addr)}
-	if s.Addr.Addr().Is4() {
-		addr.Broadcast = net.IP(cidr.Last(s.Addr).AsSlice())
-	}
-	if err := ctr.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add address %s to %s in the container: %w", s.Addr, s.Name, err)
+	for _, p := range s.Addrs {
+		addr := &netlink.Addr{IPNet: ipnet(p)}
+		if p.Addr().Is4() {
+			addr.Broadcast = net.IP(cidr.Last(p).AsSlice())
+		} else {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := ctr.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add address %s to %s in the container: %w", p, s.Name, err)
+		}
 	}
 	if err := ctr.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up in the container: %w", s.Name, err)
 	}
-	if s.Route.IsValid() {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.IP(s.Route.AsSlice())}
+	for _, gw := range []netip.Addr{s.Route, s.Route6} {
+		if !gw.IsValid() {
+			continue
+		}
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.IP(gw.AsSlice())}
 		if err := ctr.RouteAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add default route via %s in the container: %w", s.Route, err)
+			return fmt.Errorf("add default route via %s in the container: %w", gw, err)
 		}
 	}
 	return nil
 }
 
 // PrepareNetns readies the container's netns ns in one visit: links made
-// in it from now on (eth0) start with IPv6 off, as Docker 27 does on a
-// network without IPv6, while lo keeps ::1 (Docker 26 and later), so a
-// program that binds "localhost" finds every address /etc/hosts gives it.
-// It brings lo up, and returns a netlink handle bound to ns and whether lo
-// has IPv6 (false on a kernel without it, or where the netns turned it off).
-func PrepareNetns(ns netns.NsHandle) (ctr *netlink.Handle, loopback6 bool, err error) {
+// in it from now on (eth0) start with IPv6 on only with ipv6, as Docker 27
+// does on a network without IPv6, while lo keeps ::1 (Docker 26 and
+// later), so a program that binds "localhost" finds every address
+// /etc/hosts gives it. It brings lo up, and returns a netlink handle bound
+// to ns and whether lo has IPv6 (false on a kernel without it, or where the
+// netns turned it off).
+func PrepareNetns(ns netns.NsHandle, ipv6 bool) (ctr *netlink.Handle, loopback6 bool, err error) {
+	off := []byte("1")
+	if ipv6 {
+		off = []byte("0")
+	}
 	err = Do(ns, func() error {
 		// /proc/sys/net shows the netns of the thread that opens it.
-		err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+		err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", off, 0)
 		switch {
+		case errors.Is(err, os.ErrNotExist) && ipv6:
+			return fmt.Errorf("the network is dual stack, and the kernel has no IPv6")
 		case errors.Is(err, os.ErrNotExist): // a kernel without IPv6
 		case err != nil:
-			return fmt.Errorf("turn IPv6 off for the container's interfaces: %w", err)
+			return fmt.Errorf("set IPv6 for the container's interfaces: %w", err)
 		default:
 			off, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
 			loopback6 = err == nil && strings.TrimSpace(string(off)) == "0"

@@ -3,17 +3,20 @@ package netsetup
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/netshim/netshim/config"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// HostPrefixes lists the IPv4 prefixes in use on the host: its addresses'
-// subnets and its routes (all tables), default routes excepted. Links named
-// in ignore (our own bridges) do not count.
-func HostPrefixes(h *netlink.Handle, ignore ...string) ([]netip.Prefix, error) {
+// HostPrefixes lists the prefixes of family (unix.AF_INET or AF_INET6)
+// in use on the host: its addresses' subnets and its routes (all tables),
+// default routes and link-local ones excepted. Links named in ignore (our
+// own bridges) do not count.
+func HostPrefixes(h *netlink.Handle, family int, ignore ...string) ([]netip.Prefix, error) {
 	skip := map[int]bool{}
 	for _, name := range ignore {
 		if l, err := h.LinkByName(name); err == nil {
@@ -21,34 +24,31 @@ func HostPrefixes(h *netlink.Handle, ignore ...string) ([]netip.Prefix, error) {
 		}
 	}
 	var out []netip.Prefix
-	addrs, err := RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, unix.AF_INET) })
+	add := func(n *net.IPNet) {
+		ones, _ := n.Mask.Size()
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if ip = ip.Unmap(); ok && ones > 0 && !ip.IsLinkLocalUnicast() && !ip.IsLoopback() {
+			out = append(out, netip.PrefixFrom(ip, ones).Masked())
+		}
+	}
+	addrs, err := RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, family) })
 	if err != nil {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}
 	for _, a := range addrs {
-		if skip[a.LinkIndex] || a.IPNet == nil {
-			continue
-		}
-		ones, _ := a.Mask.Size()
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if ok {
-			out = append(out, netip.PrefixFrom(ip, ones).Masked())
+		if !skip[a.LinkIndex] && a.IPNet != nil {
+			add(a.IPNet)
 		}
 	}
 	routes, err := RetryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		return h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list host routes: %w", err)
 	}
 	for _, r := range routes {
-		if skip[r.LinkIndex] || r.Dst == nil {
-			continue
-		}
-		ones, _ := r.Dst.Mask.Size()
-		ip, ok := netip.AddrFromSlice(r.Dst.IP.To4())
-		if ok && ones > 0 {
-			out = append(out, netip.PrefixFrom(ip, ones).Masked())
+		if !skip[r.LinkIndex] && r.Dst != nil {
+			add(r.Dst)
 		}
 	}
 	return out, nil
@@ -75,24 +75,32 @@ var ErrNoFreePool = errors.New("no free address pool")
 // none of used.
 func ChoosePool(pools []config.Pool, used []netip.Prefix) (netip.Prefix, error) {
 	for _, p := range pools {
-		step := uint32(1) << (32 - p.Size)
-		base := p.Base.Masked().Addr().As4()
-		start := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-		count := uint32(1) << (p.Size - p.Base.Bits())
-		for i := uint32(0); i < count; i++ {
-			v := start + i*step
-			cand := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), p.Size)
-			free := true
-			for _, u := range used {
-				if u.Overlaps(cand) {
-					free = false
-					break
-				}
-			}
-			if free {
+		count := uint64(1) << min(p.Size-p.Base.Bits(), 32)
+		for i := uint64(0); i < count; i++ {
+			cand := nthSubnet(p.Base, p.Size, i)
+			if !slices.ContainsFunc(used, cand.Overlaps) {
 				return cand, nil
 			}
 		}
 	}
 	return netip.Prefix{}, fmt.Errorf("%w: every subnet of default_address_pools overlaps a host address or route", ErrNoFreePool)
+}
+
+// nthSubnet is the i-th subnet of prefix length size in base.
+func nthSubnet(base netip.Prefix, size int, i uint64) netip.Prefix {
+	b := base.Masked().Addr().AsSlice()
+	// Add i at bit position size-1 (counted from the left), byte by byte
+	// from the right.
+	shift := len(b)*8 - size
+	for pos := len(b) - 1; pos >= 0 && (i > 0 || shift > 0); pos-- {
+		if shift >= 8 {
+			shift -= 8
+			continue
+		}
+		v := uint64(b[pos]) + (i << shift)
+		b[pos] = byte(v)
+		i, shift = v>>8, 0
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return netip.PrefixFrom(a, size)
 }

@@ -42,3 +42,21 @@ func TestMACFor(t *testing.T) {
 		t.Fatal(n)
 	}
 }
+
+func TestChoosePool6(t *testing.T) {
+	pools := []config.Pool{{Base: netip.MustParsePrefix("fd12:3456:789a::/48"), Size: 64}}
+	used := []netip.Prefix{netip.MustParsePrefix("fd12:3456:789a::/64"), netip.MustParsePrefix("fd12:3456:789a:1::5/128")}
+	got, err := ChoosePool(pools, used)
+	if err != nil || got.String() != "fd12:3456:789a:2::/64" {
+		t.Fatalf("got %v %v", got, err)
+	}
+	if p := nthSubnet(netip.MustParsePrefix("fd00::/48"), 64, 0x1ff); p.String() != "fd00:0:0:1ff::/64" {
+		t.Errorf("nthSubnet: %v", p)
+	}
+	if p := nthSubnet(netip.MustParsePrefix("10.0.0.0/8"), 20, 17); p.String() != "10.1.16.0/20" {
+		t.Errorf("nthSubnet: %v", p)
+	}
+	if _, err := ChoosePool(pools, []netip.Prefix{netip.MustParsePrefix("fd12::/16")}); err == nil {
+		t.Error("chose a used subnet")
+	}
+}

@@ -16,6 +16,7 @@ const (
 	AnnNetwork    = "netshim/network"
 	AnnName       = "netshim/name"
 	AnnIP         = "netshim/ip"
+	AnnIP6        = "netshim/ip6"
 	AnnLinks      = "netshim/links"
 	AnnAliases    = "netshim/aliases"
 	AnnDNS        = "netshim/dns"
@@ -45,6 +46,7 @@ type Options struct {
 	Network    string
 	Name       string
 	IP         netip.Addr
+	IP6        netip.Addr
 	Links      []Link
 	Aliases    []string
 	DNS        []netip.Addr
@@ -73,7 +75,7 @@ func (e *AnnotationError) Error() string {
 }
 
 var known = map[string]bool{
-	AnnNetwork: true, AnnName: true, AnnIP: true, AnnLinks: true, AnnAliases: true, AnnDNS: true,
+	AnnNetwork: true, AnnName: true, AnnIP: true, AnnIP6: true, AnnLinks: true, AnnAliases: true, AnnDNS: true,
 	AnnDNSSearch: true, AnnDNSOption: true, AnnAddHost: true, AnnPublish: true, AnnExpose: true, AnnPublishAll: true,
 }
 
@@ -106,6 +108,11 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 	if v := ann[AnnIP]; v != "" {
 		if o.IP, err = ParseIP(v); err != nil {
 			return nil, &AnnotationError{Key: AnnIP, Value: v, Reason: err.Error()}
+		}
+	}
+	if v := ann[AnnIP6]; v != "" {
+		if o.IP6, err = ParseIP6(v); err != nil {
+			return nil, &AnnotationError{Key: AnnIP6, Value: v, Reason: err.Error()}
 		}
 	}
 	for _, item := range splitList(ann[AnnLinks]) {
@@ -172,6 +179,8 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 		switch {
 		case o.IP.IsValid():
 			return nil, &AnnotationError{Key: AnnIP, Value: ann[AnnIP], Reason: "needs a bridge network, not " + o.Network}
+		case o.IP6.IsValid():
+			return nil, &AnnotationError{Key: AnnIP6, Value: ann[AnnIP6], Reason: "needs a bridge network, not " + o.Network}
 		case len(o.Links) > 0:
 			return nil, &AnnotationError{Key: AnnLinks, Value: ann[AnnLinks], Reason: "needs a bridge network, not " + o.Network}
 		case len(o.Publish) > 0:
@@ -225,6 +234,15 @@ func ParseIP(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() {
 		return netip.Addr{}, fmt.Errorf("%q is not an IPv4 address", s)
+	}
+	return a, nil
+}
+
+// ParseIP6 parses a static IPv6 address.
+func ParseIP6(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is6() || a.Is4In6() || a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("%q is not an IPv6 address", s)
 	}
 	return a, nil
 }

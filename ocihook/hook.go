@@ -156,7 +156,7 @@ func Request(st *specs.State) (*engine.Request, map[string]string, error) {
 	}
 	req := &engine.Request{
 		ID: st.ID, Name: opts.Name, Hostname: spec.Hostname, PID: st.Pid, Bundle: st.Bundle, Rootfs: rootfs,
-		Network: opts.Network, IP: opts.IP, Aliases: opts.Aliases, Links: opts.Links,
+		Network: opts.Network, IP: opts.IP, IP6: opts.IP6, Aliases: opts.Aliases, Links: opts.Links,
 		DNS: opts.DNS, DNSSearch: opts.DNSSearch, DNSOptions: opts.DNSOptions, AddHosts: opts.AddHosts, Ports: opts.Ports(),
 		LoopbackIPv6Off: spec.loopbackIPv6Off(),
 	}
@@ -171,7 +171,7 @@ func Request(st *specs.State) (*engine.Request, map[string]string, error) {
 
 // annotationOf is the annotation behind each field of a request.
 var annotationOf = map[string]string{
-	engine.FieldIP: AnnIP, engine.FieldLinks: AnnLinks, engine.FieldAddHosts: AnnAddHost, engine.FieldPorts: AnnPublish,
+	engine.FieldIP: AnnIP, engine.FieldIP6: AnnIP6, engine.FieldLinks: AnnLinks, engine.FieldAddHosts: AnnAddHost, engine.FieldPorts: AnnPublish,
 }
 
 // Run is the hook: it reads the state from stdin and has eng set up or

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -32,6 +33,11 @@ type Net struct {
 	// taken, so the lowest free address is found from here, in O(1) when
 	// addresses are handed out and returned in order.
 	Low netip.Addr `json:"low,omitzero"`
+	// Subnet6, Gateway6 and Low6 are the same for the network's IPv6
+	// subnet, if it has one.
+	Subnet6  netip.Prefix `json:"subnet6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
+	Low6     netip.Addr   `json:"low6,omitzero"`
 	// Firewall is the backend that installed the network rules.
 	Firewall string `json:"firewall,omitempty"`
 	// DNS is what the network's DNS responder serves (user networks).
@@ -268,27 +274,30 @@ func (e *AddressError) Error() string {
 
 func (e *AddressError) Unwrap() error { return e.Err }
 
-// Allocate gives container id an address of the network. With a valid
-// static address it takes exactly that one; otherwise the lowest free
-// address of rng (the subnet when rng is invalid). The network, broadcast,
-// gateway and extra reserved addresses are never handed out. The change is
-// written by PutNet.
+// Allocate gives container id an IPv4 address of the network. With a
+// valid static address it takes exactly that one; otherwise the lowest
+// free address of rng (the subnet when rng is invalid). The network,
+// broadcast, gateway and extra reserved addresses are never handed out.
+// The change is written by PutNet.
 func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved ...netip.Addr) (netip.Addr, error) {
+	return n.allocate(n.Subnet, append(slices.Clip(reserved), n.Gateway, cidr.Last(n.Subnet)), &n.Low, id, static, rng)
+}
+
+// Allocate6 is Allocate in the network's IPv6 subnet. Its first address
+// (the subnet-router anycast address) and the gateway are never handed
+// out.
+func (n *Net) Allocate6(id string, static netip.Addr, rng netip.Prefix) (netip.Addr, error) {
+	return n.allocate(n.Subnet6, []netip.Addr{n.Gateway6}, &n.Low6, id, static, rng)
+}
+
+func (n *Net) allocate(subnet netip.Prefix, reserved []netip.Addr, low *netip.Addr, id string, static netip.Addr, rng netip.Prefix) (netip.Addr, error) {
 	isReserved := func(a netip.Addr) bool {
-		if a == n.Subnet.Addr() || a == cidr.Last(n.Subnet) || a == n.Gateway {
-			return true
-		}
-		for _, r := range reserved {
-			if a == r {
-				return true
-			}
-		}
-		return false
+		return a == subnet.Addr() || slices.Contains(reserved, a)
 	}
 	if static.IsValid() {
 		switch {
-		case !n.Subnet.Contains(static):
-			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Reason: "outside subnet " + n.Subnet.String()}
+		case !subnet.Contains(static):
+			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Reason: "outside subnet " + subnet.String()}
 		case isReserved(static):
 			return netip.Addr{}, &AddressError{Network: n.Name, Addr: static, Reason: "reserved (network, broadcast or gateway address)"}
 		}
@@ -303,12 +312,12 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 		return static, nil
 	}
 	if !rng.IsValid() {
-		rng = n.Subnet
+		rng = subnet
 	}
 	first, last := rng.Addr(), cidr.Last(rng)
 	start := first
-	if n.Low.IsValid() && rng.Contains(n.Low) && first.Less(n.Low) {
-		start = n.Low
+	if low.IsValid() && rng.Contains(*low) && first.Less(*low) {
+		start = *low
 	}
 	for a := start; a.IsValid() && !last.Less(a); a = a.Next() {
 		if isReserved(a) {
@@ -322,7 +331,7 @@ func (n *Net) Allocate(id string, static netip.Addr, rng netip.Prefix, reserved 
 			continue
 		}
 		n.Hold(a, id)
-		n.Low = a.Next()
+		*low = a.Next()
 		return a, nil
 	}
 	return netip.Addr{}, &AddressError{Network: n.Name, Err: ErrPoolExhausted, Reason: rng.String()}
@@ -338,8 +347,12 @@ func (n *Net) Release(id string, addr netip.Addr) error {
 	// id's record names is id's own: the only writer under the lock.
 	if holder == id || holder == "?" {
 		n.Hold(addr, "")
-		if !n.Low.IsValid() || addr.Less(n.Low) {
-			n.Low = addr
+		low := &n.Low
+		if addr.Is6() {
+			low = &n.Low6
+		}
+		if !low.IsValid() || addr.Less(*low) {
+			*low = addr
 		}
 	}
 	return nil

@@ -78,7 +78,10 @@ type Attachment struct {
 	// container's default route (invalid: none, as on internal networks).
 	Gateway netip.Addr `json:"gateway,omitzero"`
 	Route   netip.Addr `json:"route,omitzero"`
-	MTU     int        `json:"mtu,omitempty"`
+	// Gateway6 and Route6 are the same for IPv6, on a dual-stack network.
+	Gateway6 netip.Addr `json:"gateway6,omitzero"`
+	Route6   netip.Addr `json:"route6,omitzero"`
+	MTU      int        `json:"mtu,omitempty"`
 	// Isolated: the host end is an isolated bridge port (icc = false).
 	Isolated bool `json:"isolated,omitempty"`
 	// Names are the container's names in the network's DNS.
@@ -94,6 +97,16 @@ type Attachment struct {
 func (a *Attachment) Addr() netip.Addr {
 	for _, p := range a.Addrs {
 		if p.Addr().Is4() {
+			return p.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
+// Addr6 is the attachment's IPv6 address, if it has one.
+func (a *Attachment) Addr6() netip.Addr {
+	for _, p := range a.Addrs {
+		if p.Addr().Is6() {
 			return p.Addr()
 		}
 	}

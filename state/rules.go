@@ -11,6 +11,10 @@ type NetRules struct {
 	Bridge  string       `json:"bridge"`
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway"`
+	// Subnet6 and Gateway6 are the network's IPv6 subnet and address, if
+	// it is dual stack: its rules then cover IPv6 too.
+	Subnet6  netip.Prefix `json:"subnet6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
 	// Mode is the network's gateway mode (config.Gateway*).
 	Mode string `json:"mode"`
 	// Masquerade: traffic from the subnet leaving through another

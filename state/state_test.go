@@ -330,3 +330,33 @@ func TestStateDirChecks(t *testing.T) {
 		t.Errorf("the same dir again: %v", err)
 	}
 }
+
+func TestAllocate6(t *testing.T) {
+	n := newNet()
+	n.Subnet6, n.Gateway6 = netip.MustParsePrefix("fd00:9::/64"), netip.MustParseAddr("fd00:9::1")
+	a4, _ := n.Allocate("a", netip.Addr{}, netip.Prefix{})
+	a6, err := n.Allocate6("a", netip.Addr{}, netip.Prefix{})
+	b6, _ := n.Allocate6("b", netip.Addr{}, netip.Prefix{})
+	if err != nil || a4.String() != "172.17.0.2" || a6.String() != "fd00:9::2" || b6.String() != "fd00:9::3" {
+		t.Fatalf("got %v %v %v (%v)", a4, a6, b6, err)
+	}
+	n.Release("a", a6)
+	if c6, _ := n.Allocate6("c", netip.Addr{}, netip.Prefix{}); c6 != a6 {
+		t.Fatalf("lowest free: got %v want %v", c6, a6)
+	}
+	if c4, _ := n.Allocate("c", netip.Addr{}, netip.Prefix{}); c4.String() != "172.17.0.3" {
+		t.Fatalf("the families share a hint: %v", c4)
+	}
+	for _, bad := range []string{"fd00:8::5", "fd00:9::", "fd00:9::1"} {
+		if _, err := n.Allocate6("u", netip.MustParseAddr(bad), netip.Prefix{}); err == nil {
+			t.Errorf("static %s accepted", bad)
+		}
+	}
+	if _, err := n.Allocate6("u", b6, netip.Prefix{}); !errors.Is(err, ErrAddressInUse) {
+		t.Errorf("taken static: %v", err)
+	}
+	r, _ := n.Allocate6("r", netip.Addr{}, netip.MustParsePrefix("fd00:9::100/120"))
+	if r.String() != "fd00:9::100" {
+		t.Errorf("range: %v", r)
+	}
+}

@@ -259,9 +259,13 @@ func listenIn(t *testing.T, nsPath, addr string) net.Listener {
 	}
 	defer ns.Close()
 	var l net.Listener
+	network := "tcp4"
+	if strings.HasPrefix(addr, "[") {
+		network = "tcp6"
+	}
 	err = netsetup.Do(ns, func() error {
 		var err error
-		l, err = net.Listen("tcp4", addr)
+		l, err = net.Listen(network, addr)
 		return err
 	})
 	if err != nil {

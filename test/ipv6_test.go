@@ -1,0 +1,175 @@
+package test
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netshim/netshim/internal/sandbox"
+)
+
+// uplink6 gives the sandbox's uplink IPv6: 2001:db8:1::1 in the sandbox,
+// 2001:db8:1::2 upstream, with 2001:db8:ff::1 on the upstream's lo routed
+// through it. Addresses go without DAD, so they are usable at once.
+func uplink6(t *testing.T) string {
+	up := sandbox.Uplink(t)
+	for _, c := range [][]string{
+		{"addr", "add", "2001:db8:1::1/64", "dev", "uplink", "nodad"},
+		{"-n", "up", "addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"},
+		{"-n", "up", "addr", "add", "2001:db8:ff::1/128", "dev", "lo"},
+		{"route", "add", "2001:db8:ff::/64", "via", "2001:db8:1::2"},
+	} {
+		sandbox.Run(t, "ip", c...)
+	}
+	return up
+}
+
+// masqueradedFrom has c connect to the upstream's [2001:db8:ff::1]:port
+// and returns the source address the upstream saw.
+func masqueradedFrom(t *testing.T, c *container, upNS string, port string) string {
+	t.Helper()
+	l := listenIn(t, upNS, "[2001:db8:ff::1]:"+port)
+	go c.exec("sh", "-c", "echo hi | nc 2001:db8:ff::1 "+port)
+	src, err := acceptRemote(l, 5*time.Second)
+	if err != nil {
+		t.Fatalf("%s to the upstream over IPv6: %v", c.id, err)
+	}
+	return src
+}
+
+// A dual-stack user network: addresses of both families, each container
+// reaching the other over IPv6, the upstream through masquerade; a network
+// without IPv6 keeps IPv6 off on eth0 and ::1 on lo; teardown leaves no
+// IPv6 address, route or rule.
+func TestDualStackNftables(t *testing.T) { testDualStack(t, "nftables") }
+
+func TestDualStackIptables(t *testing.T) { testDualStack(t, "iptables") }
+
+func testDualStack(t *testing.T, backend string) {
+	{
+		{
+			if !sandbox.Enter(t) {
+				return
+			}
+			up := uplink6(t)
+			h := newHost(t, `firewall = "`+backend+`"
+data_dir = "`+filepath.Join(t.TempDir(), "data")+`"
+[networks.v6]
+subnet = "10.60.0.0/24"
+ipv6 = true
+subnet6 = "fd00:60::/64"
+[networks.v4]
+subnet = "10.40.0.0/24"
+`)
+			a := h.newBundle(uniqueID(t, "a"), sleeper, "--name", "a", "--network", "v6").mustStart()
+			b := h.newBundle(uniqueID(t, "b"), sleeper, "--name", "b", "--network", "v6", "--ip6", "fd00:60::99").mustStart()
+			if out := a.mustExec("ip", "-o", "addr", "show", "eth0"); !strings.Contains(out, "10.60.0.2/24") || !strings.Contains(out, "fd00:60::2/64") || !strings.Contains(out, "fe80::") {
+				t.Errorf("a's eth0:\n%s", out)
+			}
+			if out := a.mustExec("ip", "-6", "route", "show", "default"); !strings.Contains(out, "via fd00:60::1 dev eth0") {
+				t.Errorf("a's IPv6 default route: %q", out)
+			}
+			if out := b.mustExec("cat", "/etc/hosts"); !strings.Contains(out, "fd00:60::99\t") || !strings.Contains(out, "::1\tlocalhost") {
+				t.Errorf("b's /etc/hosts:\n%s", out)
+			}
+			// Each reaches the other over IPv6, and the gateway.
+			a.mustExec("ping", "-6", "-c1", "-W2", "fd00:60::99")
+			b.mustExec("ping", "-6", "-c1", "-W2", "fd00:60::2")
+			b.mustExec("ping", "-6", "-c1", "-W2", "fd00:60::1")
+			// Out through masquerade: the upstream has no route back to
+			// fd00:60::/64, and sees the uplink's address.
+			if src := masqueradedFrom(t, a, up, "8006"); src != "2001:db8:1::1" {
+				t.Errorf("upstream saw %s, want the sandbox's uplink 2001:db8:1::1", src)
+			}
+			if out := sandbox.Run(t, "sysctl", "-n", "net.ipv6.conf.all.forwarding"); strings.TrimSpace(out) != "1" {
+				t.Errorf("IPv6 forwarding: %s", out)
+			}
+
+			var ep map[string]any
+			if err := json.Unmarshal([]byte(h.mustNetshim("inspect", "b")), &ep); err != nil || ep["GlobalIPv6Address"] != "fd00:60::99" ||
+				ep["GlobalIPv6PrefixLen"] != float64(64) || ep["IPv6Gateway"] != "fd00:60::1" || ep["IPAddress"] != "10.60.0.3" {
+				t.Errorf("inspect b: %v %v", ep, err)
+			}
+			var info struct {
+				EnableIPv6        bool
+				Subnet6, Gateway6 string
+				Containers        map[string]struct{ IPv4Address, IPv6Address string }
+			}
+			if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "v6")), &info); err != nil || !info.EnableIPv6 ||
+				info.Subnet6 != "fd00:60::/64" || info.Gateway6 != "fd00:60::1" || info.Containers[a.id].IPv6Address != "fd00:60::2/64" ||
+				info.Containers[a.id].IPv4Address != "10.60.0.2/24" {
+				t.Errorf("network inspect v6: %+v %v", info, err)
+			}
+			if out := h.mustNetshim("ps"); !strings.Contains(out, "10.60.0.3/24,fd00:60::99/64") {
+				t.Errorf("ps:\n%s", out)
+			}
+
+			// An address taken, or outside the subnet, is refused with one
+			// line naming it.
+			for _, bad := range []struct{ ip6, want string }{
+				{"fd00:60::99", "annotation netshim/ip6"},
+				{"fd00:61::5", "outside subnet fd00:60::/64"},
+			} {
+				c := h.newBundle(uniqueID(t, "bad"), sleeper, "--network", "v6", "--ip6", bad.ip6)
+				if err := c.start(); err == nil || !strings.Contains(err.Error(), bad.want) {
+					t.Errorf("--ip6 %s: %v", bad.ip6, err)
+				}
+			}
+
+			// IPv4 only: no global IPv6 on eth0, ::1 on lo and in /etc/hosts.
+			v4 := h.newBundle(uniqueID(t, "v4"), sleeper, "--network", "v4").mustStart()
+			if out := v4.mustExec("cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"); strings.TrimSpace(out) != "1" {
+				t.Errorf("IPv6 on eth0 of an IPv4-only network: %s", out)
+			}
+			if out := v4.mustExec("ip", "-6", "addr", "show", "dev", "eth0"); strings.TrimSpace(out) != "" {
+				t.Errorf("IPv6 addresses on eth0 of an IPv4-only network:\n%s", out)
+			}
+			if out := v4.mustExec("ip", "-6", "addr", "show", "dev", "lo"); !strings.Contains(out, "::1/128") {
+				t.Errorf("lo lacks ::1:\n%s", out)
+			}
+			if out := v4.mustExec("cat", "/etc/hosts"); !strings.Contains(out, "::1\tlocalhost") {
+				t.Errorf("v4's /etc/hosts:\n%s", out)
+			}
+
+			// A created network takes a /64 of the host's ULA /48.
+			id := strings.TrimSpace(h.mustNetshim("network", "create", "--ipv6", "auto6"))
+			if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "auto6")), &info); err != nil || !info.EnableIPv6 ||
+				!strings.HasPrefix(info.Subnet6, "fd") || !strings.HasSuffix(info.Subnet6, "::/64") {
+				t.Errorf("network inspect auto6: %+v %v", info, err)
+			}
+			if out := sandbox.Run(t, "ip", "-o", "-6", "addr", "show", "br-"+id[:12]); !strings.Contains(out, info.Gateway6+"/64") {
+				t.Errorf("auto6's bridge lacks %s:\n%s", info.Gateway6, out)
+			}
+			if _, errOut, err := h.netshim("", "network", "create", "--ipv6", "--subnet", "fd00:60::/56", "clash6"); err == nil || !strings.Contains(errOut, "overlaps network v6") {
+				t.Errorf("overlapping IPv6 subnet: %v %s", err, errOut)
+			}
+			if _, errOut, err := h.netshim("", "network", "create", "--subnet", "fd00:70::/64", "no6"); err == nil || !strings.Contains(errOut, "needs --ipv6") {
+				t.Errorf("IPv6 subnet without --ipv6: %v %s", err, errOut)
+			}
+			auto := h.newBundle(uniqueID(t, "auto"), sleeper, "--network", "auto6").mustStart()
+			if out := auto.mustExec("ip", "-o", "-6", "addr", "show", "eth0", "scope", "global"); !strings.Contains(out, strings.TrimSuffix(info.Subnet6, "/64")+"2/64") {
+				t.Errorf("auto's eth0:\n%s", out)
+			}
+			// Networks do not reach each other over IPv6 either.
+			if out, err := auto.exec("ping", "-6", "-c1", "-W1", "fd00:60::2"); err == nil {
+				t.Errorf("auto6 reached v6:\n%s", out)
+			}
+
+			for _, c := range []*container{a, b, v4, auto} {
+				c.stop()
+			}
+			waitReclaimers(t)
+			if out := sandbox.Run(t, "ip", "-6", "neigh", "show", "nud", "permanent"); strings.TrimSpace(out) != "" {
+				t.Errorf("neighbour entries left:\n%s", out)
+			}
+			if out := sandbox.Run(t, "ip", "-6", "route", "show", "match", "fd00:60::5"); strings.Contains(out, "fd00:60") && !strings.Contains(out, "dev br-") {
+				t.Errorf("routes left:\n%s", out)
+			}
+			if out := sandbox.Run(t, "sh", "-c", "nft list ruleset; ip6tables-save 2>/dev/null"); strings.Contains(out, "fd00:60") {
+				t.Errorf("IPv6 rules left:\n%s", out)
+			}
+		}
+	}
+}
