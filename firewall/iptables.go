@@ -97,22 +97,63 @@ func iptJumps() []iptJump {
 }
 
 // iptShared are the rules of our chains that every network uses, first
-// in their chains: the loopback guard (see loopbackChain), and the
-// isolation and published-port stages of forwarding.
-func iptShared() []iptRule {
-	return []iptRule{
-		{"raw", iptChainRaw, []string{"-d", loopback.String(), "!", "-i", "lo", "-j", "DROP"}},
+// in their chains: the loopback guard (see loopbackChain; IPv4 only, as
+// the kernel never routes ::1), and the isolation and published-port
+// stages of forwarding.
+func iptShared(v6 bool) []iptRule {
+	out := []iptRule{
 		// The host's own packets to its addresses on our bridges.
 		{"raw", iptChainRaw, []string{"-i", "lo", "-j", "RETURN"}},
 		{"filter", iptChainForward, []string{"-j", iptChainIso1}},
 		{"filter", iptChainForward, []string{"-j", iptChainPorts}},
 	}
+	if v6 {
+		return out
+	}
+	return append([]iptRule{{"raw", iptChainRaw, []string{"-d", loopback.String(), "!", "-i", "lo", "-j", "DROP"}}}, out...)
 }
 
-// iptNetworkRules is the data of a network's rules, as networkChains is
-// for nftables.
-func iptNetworkRules(n NetRules) []iptRule {
-	sub, br := n.Subnet.String(), n.Bridge
+// ip6Mark starts the state's name of a rule of ip6tables'.
+const ip6Mark = "ip6 "
+
+// byFamily splits recorded objects into iptables' and ip6tables'.
+func byFamily(objs []string) (v4, v6 []string) {
+	for _, o := range objs {
+		if r, ok := strings.CutPrefix(o, ip6Mark); ok {
+			v6 = append(v6, r)
+		} else {
+			v4 = append(v4, o)
+		}
+	}
+	return v4, v6
+}
+
+// tool is the iptables tool name (iptables-save, iptables-restore) of
+// the family.
+func tool(name string, v6 bool) string {
+	if v6 {
+		return "ip6" + strings.TrimPrefix(name, "ip")
+	}
+	return name
+}
+
+// iptNetworkRules is the data of a network's IPv4 rules, as networkChains
+// is for nftables.
+func iptNetworkRules(n NetRules) []iptRule { return iptFamilyRules(n, families(n)[0]) }
+
+// iptNetworkRules6 is the data of a dual-stack network's IPv6 rules, for
+// ip6tables: the same as its IPv4 ones but for the addresses.
+func iptNetworkRules6(n NetRules) []iptRule {
+	if fs := families(n); len(fs) > 1 {
+		return iptFamilyRules(n, fs[1])
+	}
+	return nil
+}
+
+// iptFamilyRules are network n's rules in family f.
+func iptFamilyRules(n NetRules, f family) []iptRule {
+	sub, br := f.subnet.String(), n.Bridge
+	v6 := f.subnet.Addr().Is6()
 	var out []iptRule
 	if n.Mode == config.GatewayNAT || n.Mode == config.GatewayIsolated {
 		if n.Mode == config.GatewayNAT {
@@ -150,7 +191,7 @@ func iptNetworkRules(n NetRules) []iptRule {
 		switch n.Mode {
 		case config.GatewayRouted:
 			out = append(out,
-				iptRule{"filter", iptChainForward, []string{"-o", br, "-p", "icmp", "-j", "ACCEPT"}},
+				iptRule{"filter", iptChainForward, []string{"-o", br, "-p", map[bool]string{false: "icmp", true: "ipv6-icmp"}[v6], "-j", "ACCEPT"}},
 				iptRule{"filter", iptChainForward, []string{"-o", br, "-j", "DROP"}})
 		case config.GatewayNATUnprotected:
 			out = append(out, iptRule{"filter", iptChainForward, []string{"-o", br, "-j", "ACCEPT"}})
@@ -162,11 +203,23 @@ func iptNetworkRules(n NetRules) []iptRule {
 	if n.Mode == config.GatewayIsolated {
 		if n.DNS {
 			for _, proto := range []string{"udp", "tcp"} {
-				out = append(out, iptRule{"filter", iptChainInput, []string{"-d", n.Gateway.String() + "/32", "-i", br, "-p", proto, "-m", proto, "--dport", "53", "-j", "ACCEPT"}})
+				gw := netip.PrefixFrom(f.gateway, f.gateway.BitLen()).String()
+				out = append(out, iptRule{"filter", iptChainInput, []string{"-d", gw, "-i", br, "-p", proto, "-m", proto, "--dport", "53", "-j", "ACCEPT"}})
+			}
+		}
+		if v6 {
+			// Neighbour discovery (see familyChains).
+			for _, t := range ndTypes {
+				out = append(out, iptRule{"filter", iptChainInput, []string{"-i", br, "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", strconv.Itoa(int(t)), "-j", "ACCEPT"}})
+			}
+		}
+		out = append(out, iptRule{"filter", iptChainInput, []string{"-i", br, "-j", "DROP"}})
+		if v6 {
+			for _, t := range ndTypes {
+				out = append(out, iptRule{"filter", iptChainOutput, []string{"-o", br, "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", strconv.Itoa(int(t)), "-j", "ACCEPT"}})
 			}
 		}
 		out = append(out,
-			iptRule{"filter", iptChainInput, []string{"-i", br, "-j", "DROP"}},
 			iptRule{"filter", iptChainOutput, []string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"}},
 			iptRule{"filter", iptChainOutput, []string{"-o", br, "-j", "DROP"}})
 	}
@@ -234,6 +287,9 @@ func (*Iptables) NetworkObjects(n NetRules) []string {
 	for _, r := range iptNetworkRules(n) {
 		out = append(out, r.object())
 	}
+	for _, r := range iptNetworkRules6(n) {
+		out = append(out, ip6Mark+r.object())
+	}
 	return out
 }
 
@@ -292,27 +348,38 @@ func (b *Iptables) deleteChain(table, chain string) error {
 	return nil
 }
 
-// EnsureNetwork implements Firewall: one iptables-save says what of ours
-// is there, and one iptables-restore adds what is missing (our chains, the
-// jumps to them, the rules every network shares, n's rules) and deletes
-// what of prev n no longer has.
+// EnsureNetwork implements Firewall: per family, one iptables-save says
+// what of ours is there, and one iptables-restore adds what is missing
+// (our chains, the jumps to them, the rules every network shares, n's
+// rules) and deletes what of prev n no longer has.
 func (b *Iptables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
-	have, err := b.save()
-	if err != nil {
+	prev4, prev6 := byFamily(prev)
+	if err := b.ensureFamily(false, n.Name, iptNetworkRules(n), prev4); err != nil {
 		return nil, err
 	}
-	declare, cmds := have.missingShared()
-	rules := iptNetworkRules(n)
+	if rules6 := iptNetworkRules6(n); len(rules6)+len(prev6) > 0 {
+		if err := b.ensureFamily(true, n.Name, rules6, prev6); err != nil {
+			return nil, err
+		}
+	}
+	return b.NetworkObjects(n), nil
+}
+
+// ensureFamily is EnsureNetwork in one family.
+func (b *Iptables) ensureFamily(v6 bool, name string, rules []iptRule, prev []string) error {
+	have, err := b.save(v6)
+	if err != nil {
+		return err
+	}
+	declare, cmds := have.missingShared(v6)
 	keep := map[string]bool{}
-	installed := make([]string, 0, len(rules))
 	for _, r := range rules {
 		keep[r.object()] = true
-		installed = append(installed, r.object())
 	}
 	for _, obj := range prev {
 		r, err := parseIptObject(obj)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !keep[obj] && have.has(r) {
 			cmds = append(cmds, iptCmd{Op: "-D", Rule: r})
@@ -324,11 +391,11 @@ func (b *Iptables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		}
 	}
 	if len(declare)+len(cmds) > 0 {
-		if _, err := b.run("iptables-restore", iptRestoreInput(declare, cmds)); err != nil {
-			return nil, fmt.Errorf("install the rules of network %s: %w", n.Name, err)
+		if _, err := b.run(tool("iptables-restore", v6), iptRestoreInput(declare, cmds)); err != nil {
+			return fmt.Errorf("install the rules of network %s: %w", name, err)
 		}
 	}
-	return installed, nil
+	return nil
 }
 
 func (b *Iptables) deleteObjects(objs []string, keep map[string]bool) error {
@@ -347,11 +414,29 @@ func (b *Iptables) deleteObjects(objs []string, keep map[string]bool) error {
 	return nil
 }
 
-// RemoveNetwork implements Firewall: one iptables-save says what of ours
-// is there, and one iptables-restore deletes the network's rules, and with
-// the last network the jumps to our chains and the chains themselves.
+// RemoveNetwork implements Firewall: per family, one iptables-save says
+// what of ours is there, and one iptables-restore deletes the network's
+// rules, and with the last network the jumps to our chains and the chains
+// themselves (ip6tables' too, if an earlier dual-stack network left them).
 func (b *Iptables) RemoveNetwork(installed []string, last bool) error {
-	have, err := b.save()
+	v4, v6 := byFamily(installed)
+	if err := b.removeFamily(false, v4, last); err != nil {
+		return err
+	}
+	if len(v6) == 0 && last {
+		if _, err := exec.LookPath(tool("iptables-save", true)); err != nil {
+			return nil // no ip6tables: nothing of ours can be there
+		}
+	}
+	if len(v6) > 0 || last {
+		return b.removeFamily(true, v6, last)
+	}
+	return nil
+}
+
+// removeFamily is RemoveNetwork in one family.
+func (b *Iptables) removeFamily(v6 bool, installed []string, last bool) error {
+	have, err := b.save(v6)
 	if err != nil {
 		return err
 	}
@@ -385,7 +470,7 @@ func (b *Iptables) RemoveNetwork(installed []string, last bool) error {
 	if len(cmds) == 0 {
 		return nil
 	}
-	if _, err := b.run("iptables-restore", iptRestoreInput(nil, cmds)); err != nil {
+	if _, err := b.run(tool("iptables-restore", v6), iptRestoreInput(nil, cmds)); err != nil {
 		return fmt.Errorf("remove a network's rules: %w", err)
 	}
 	return nil
@@ -410,7 +495,7 @@ func (b *Iptables) RemovePorts(p PortRules) error {
 	if _, err := b.run("iptables-restore", iptRestoreInput(nil, iptOps("-D", rules))); err == nil {
 		return nil
 	}
-	have, err := b.save()
+	have, err := b.save(false)
 	if err != nil {
 		return err
 	}
@@ -498,9 +583,9 @@ func (s iptSaved) missingJumps() []iptCmd {
 // "table -A chain args" for each rule.
 type iptSaved map[string]bool
 
-// save runs iptables-save.
-func (b *Iptables) save() (iptSaved, error) {
-	out, err := b.run("iptables-save", nil)
+// save runs iptables-save, or ip6tables-save.
+func (b *Iptables) save(v6 bool) (iptSaved, error) {
+	out, err := b.run(tool("iptables-save", v6), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -532,7 +617,7 @@ func (s iptSaved) has(r iptRule) bool {
 // missingShared is what is missing of what every network needs: chains to
 // declare, and the commands that put back the jumps to them (those that go
 // first inserted first) and the shared rules (first in their chains).
-func (s iptSaved) missingShared() (declare []iptRule, cmds []iptCmd) {
+func (s iptSaved) missingShared(v6 bool) (declare []iptRule, cmds []iptCmd) {
 	for _, tc := range iptOwnChains {
 		if !s.hasChain(tc[0], tc[1]) {
 			declare = append(declare, iptRule{Table: tc[0], Chain: tc[1]})
@@ -540,7 +625,7 @@ func (s iptSaved) missingShared() (declare []iptRule, cmds []iptCmd) {
 	}
 	cmds = s.missingJumps()
 	pos := map[string]int{}
-	for _, r := range iptShared() {
+	for _, r := range iptShared(v6) {
 		pos[r.Chain]++
 		if !s.has(r) {
 			cmds = append(cmds, iptCmd{Op: "-I", Pos: pos[r.Chain], Rule: r})
@@ -552,7 +637,7 @@ func (s iptSaved) missingShared() (declare []iptRule, cmds []iptCmd) {
 // Present implements Firewall: the built-in chains' jumps into ours are in
 // one iptables-save (a flush of a table takes them out).
 func (b *Iptables) Present(NetRules) (bool, error) {
-	have, err := b.save()
+	have, err := b.save(false)
 	if err != nil {
 		return false, err
 	}
@@ -567,7 +652,7 @@ func (b *Iptables) run(name string, stdin []byte) ([]byte, error) {
 		return nil, fmt.Errorf("iptables: %w", err)
 	}
 	var args []string
-	if name == "iptables-restore" {
+	if strings.HasSuffix(name, "-restore") {
 		args = []string{"--noflush", "--wait"}
 	}
 	cmd := exec.Command(path, args...)
@@ -581,41 +666,62 @@ func (b *Iptables) run(name string, stdin []byte) ([]byte, error) {
 	return out, nil
 }
 
-// ruleset is everything of s, shared rules first, in the order each chain
-// holds it.
-func iptRuleset(s Ruleset) []iptRule {
-	rules := iptShared()
+// iptRuleset is everything of s in one family, shared rules first, in the
+// order each chain holds it.
+func iptRuleset(s Ruleset, v6 bool) []iptRule {
+	rules := iptShared(v6)
 	for _, nw := range s.Networks {
-		rules = append(rules, iptNetworkRules(nw.Rules)...)
+		if v6 {
+			rules = append(rules, iptNetworkRules6(nw.Rules)...)
+		} else {
+			rules = append(rules, iptNetworkRules(nw.Rules)...)
+		}
 	}
-	for _, p := range s.Ports {
-		rules = append(rules, iptPortRules(p)...)
+	if !v6 {
+		for _, p := range s.Ports {
+			rules = append(rules, iptPortRules(p)...)
+		}
 	}
 	return rules
 }
 
-// Reload implements Firewall: one iptables-restore --noflush declares each
-// chain of ours, which empties it, puts back missing jumps to them, and
-// fills them with exactly what s names.
-func (b *Iptables) Reload(s Ruleset) (map[string][]string, error) {
-	have, err := b.save()
-	if err != nil {
-		return nil, err
-	}
-	var declare []iptRule
-	for _, tc := range iptOwnChains {
-		declare = append(declare, iptRule{Table: tc[0], Chain: tc[1]})
-	}
-	cmds := have.missingJumps()
-	seen := map[string]bool{}
-	for _, r := range iptRuleset(s) {
-		if !seen[r.object()] {
-			seen[r.object()] = true
-			cmds = append(cmds, iptCmd{Op: "-A", Rule: r})
+// dualStack reports whether a network of s has IPv6.
+func dualStack(s Ruleset) bool {
+	for _, nw := range s.Networks {
+		if nw.Rules.Subnet6.IsValid() {
+			return true
 		}
 	}
-	if _, err := b.run("iptables-restore", iptRestoreInput(declare, cmds)); err != nil {
-		return nil, err
+	return false
+}
+
+// Reload implements Firewall: per family, one iptables-restore --noflush
+// declares each chain of ours, which empties it, puts back missing jumps
+// to them, and fills them with exactly what s names.
+func (b *Iptables) Reload(s Ruleset) (map[string][]string, error) {
+	for _, v6 := range []bool{false, true} {
+		if v6 && !dualStack(s) {
+			break
+		}
+		have, err := b.save(v6)
+		if err != nil {
+			return nil, err
+		}
+		var declare []iptRule
+		for _, tc := range iptOwnChains {
+			declare = append(declare, iptRule{Table: tc[0], Chain: tc[1]})
+		}
+		cmds := have.missingJumps()
+		seen := map[string]bool{}
+		for _, r := range iptRuleset(s, v6) {
+			if !seen[r.object()] {
+				seen[r.object()] = true
+				cmds = append(cmds, iptCmd{Op: "-A", Rule: r})
+			}
+		}
+		if _, err := b.run(tool("iptables-restore", v6), iptRestoreInput(declare, cmds)); err != nil {
+			return nil, err
+		}
 	}
 	installed := map[string][]string{}
 	for _, nw := range s.Networks {
@@ -624,27 +730,33 @@ func (b *Iptables) Reload(s Ruleset) (map[string][]string, error) {
 	return installed, nil
 }
 
-// Missing implements Firewall, from one iptables-save: our chains, the
-// jumps to them, and the rules of the chains that are there.
+// Missing implements Firewall, from one iptables-save per family: our
+// chains, the jumps to them, and the rules of the chains that are there.
 func (b *Iptables) Missing(s Ruleset) ([]string, error) {
-	have, err := b.save()
-	if err != nil {
-		return nil, err
-	}
 	var missing []string
-	for _, tc := range iptOwnChains {
-		if !have.hasChain(tc[0], tc[1]) {
-			missing = append(missing, "chain "+tc[0]+"/"+tc[1])
+	for _, v6 := range []bool{false, true} {
+		if v6 && !dualStack(s) {
+			break
 		}
-	}
-	for _, j := range iptJumps() {
-		if !have.has(j.iptRule) {
-			missing = append(missing, "rule "+j.object())
+		have, err := b.save(v6)
+		if err != nil {
+			return nil, err
 		}
-	}
-	for _, r := range iptRuleset(s) {
-		if have.hasChain(r.Table, r.Chain) && !have.has(r) {
-			missing = append(missing, "rule "+r.object())
+		name := tool("iptables", v6)
+		for _, tc := range iptOwnChains {
+			if !have.hasChain(tc[0], tc[1]) {
+				missing = append(missing, name+" chain "+tc[0]+"/"+tc[1])
+			}
+		}
+		for _, j := range iptJumps() {
+			if !have.has(j.iptRule) {
+				missing = append(missing, name+" rule "+j.object())
+			}
+		}
+		for _, r := range iptRuleset(s, v6) {
+			if have.hasChain(r.Table, r.Chain) && !have.has(r) {
+				missing = append(missing, name+" rule "+r.object())
+			}
 		}
 	}
 	return missing, nil

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -88,6 +89,30 @@ func TestIptablesApplied(t *testing.T) {
 			t.Errorf("after RemoveNetwork (flushed %v):\n%s", flush, got)
 		}
 	}
+
+	// A dual-stack network: its rules in ip6tables too, and gone with it,
+	// as are ip6tables' chains of ours with the last network.
+	n.Subnet6, n.Gateway6 = netip.MustParsePrefix("fd00:17::/64"), netip.MustParseAddr("fd00:17::1")
+	if installed, err = fw.EnsureNetwork(n, nil); err != nil {
+		t.Fatal(err)
+	}
+	save6 := func() string {
+		out, err := exec.Command("ip6tables-save").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	if got := save6(); !strings.Contains(got, "-A NETSHIM-POSTROUTING -s fd00:17::/64 ! -o netshim0 -j MASQUERADE\n") ||
+		!strings.Contains(got, "-A NETSHIM-PREROUTING -d fd00:17::/64 ! -i netshim0 -j DROP\n") || strings.Contains(got, "127.0.0.0") {
+		t.Errorf("dual stack, ip6tables:\n%s", got)
+	}
+	if err := fw.RemoveNetwork(installed, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := save() + save6(); strings.Contains(got, "NETSHIM") {
+		t.Errorf("after the dual-stack network's RemoveNetwork:\n%s", got)
+	}
 }
 
 // Every rule of ours is written as iptables-save lists it, which
@@ -113,6 +138,13 @@ func TestIptablesCanonical(t *testing.T) {
 		{Name: "in", Bridge: "br-in", Subnet: netip.MustParsePrefix("198.18.5.0/24"), Gateway: netip.MustParseAddr("198.18.5.1"),
 			Mode: config.GatewayNAT, Internal: true, DNS: true},
 	}
+	// The same, dual stack: their ip6tables rules too.
+	for i, n := range nets {
+		n.Name, n.Bridge = n.Name+"6", n.Bridge+"6"
+		n.Subnet6 = netip.MustParsePrefix(fmt.Sprintf("fd00:%x::/64", i))
+		n.Gateway6 = n.Subnet6.Addr().Next()
+		nets = append(nets, n)
+	}
 	ports := []PortRules{{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
 		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
 		{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, ContainerPort: 53},
@@ -131,19 +163,28 @@ func TestIptablesCanonical(t *testing.T) {
 		}
 	}
 	rs.Ports = ports
-	have, err := b.save()
+	have, err := b.save(false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range append(iptRuleset(rs), iptJumps()[0].iptRule) {
+	for _, r := range append(iptRuleset(rs, false), iptJumps()[0].iptRule) {
 		if !have.has(r) {
 			t.Errorf("not listed as written: %s", r.object())
+		}
+	}
+	have6, err := b.save(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range append(iptRuleset(rs, true), iptJumps()[0].iptRule) {
+		if !have6.has(r) {
+			t.Errorf("not listed as written by ip6tables-save: %s", r.object())
 		}
 	}
 	if missing, err := b.Missing(rs); err != nil || len(missing) != 0 {
 		t.Errorf("missing after install: %v %v", err, missing)
 	}
-	before, _ := exec.Command("iptables-save").Output()
+	before, _ := exec.Command("sh", "-c", "iptables-save; ip6tables-save").Output()
 	for _, nw := range rs.Networks {
 		if _, err := b.EnsureNetwork(nw.Rules, nw.Installed); err != nil {
 			t.Fatal(err)
@@ -152,7 +193,7 @@ func TestIptablesCanonical(t *testing.T) {
 	if _, err := b.Reload(rs); err != nil {
 		t.Fatal(err)
 	}
-	after, _ := exec.Command("iptables-save").Output()
+	after, _ := exec.Command("sh", "-c", "iptables-save; ip6tables-save").Output()
 	strip := func(b []byte) string { // counters and the header's date differ
 		var out []string
 		for _, l := range strings.Split(string(b), "\n") {

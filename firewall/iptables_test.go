@@ -84,7 +84,7 @@ func TestIptablesRulesData(t *testing.T) {
 		t.Error("foreign table accepted")
 	}
 	// Reload's input: shared rules first in their chains.
-	rs := iptRuleset(Ruleset{Networks: []NetworkState{{Rules: n}}})
+	rs := iptRuleset(Ruleset{Networks: []NetworkState{{Rules: n}}}, false)
 	if rs[0].object() != "raw NETSHIM-PREROUTING -d 127.0.0.0/8 ! -i lo -j DROP" || rs[1].object() != "raw NETSHIM-PREROUTING -i lo -j RETURN" ||
 		rs[2].Args[1] != iptChainIso1 || rs[3].Args[1] != iptChainPorts {
 		t.Errorf("shared rules not first: %v", rs[:4])

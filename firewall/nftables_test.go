@@ -190,3 +190,53 @@ func TestPortElements(t *testing.T) {
 		t.Errorf("publish chains %+v", chains)
 	}
 }
+
+// A dual-stack network has the same chains again in the ip6 table, made of
+// IPv6 addresses: 16-byte payloads at IPv6's offsets, ICMPv6, and the
+// published set keyed by IPv6 addresses.
+func TestNetworkChains6(t *testing.T) {
+	n := NetRules{Name: "d", Bridge: "br-d", Subnet: netip.MustParsePrefix("10.60.0.0/24"), Gateway: netip.MustParseAddr("10.60.0.1"),
+		Subnet6: netip.MustParsePrefix("fd00:60::/64"), Gateway6: netip.MustParseAddr("fd00:60::1"), Mode: config.GatewayRouted}
+	var v4, v6 []nftChain
+	for _, c := range networkChains(n) {
+		if c.Family == nftables.TableFamilyIPv6 {
+			v6 = append(v6, c)
+		} else {
+			v4 = append(v4, c)
+		}
+	}
+	if len(v4) != len(v6) || len(v6) == 0 {
+		t.Fatalf("chains: %d IPv4, %d IPv6", len(v4), len(v6))
+	}
+	objs := (&Nftables{}).NetworkObjects(n)
+	if objs[0] != "ip/@bridges/br-d" || objs[1] != "ip6/@bridges/br-d" || !strings.HasPrefix(objs[len(objs)-1], "ip6/") {
+		t.Errorf("objects %v", objs)
+	}
+	if f, b, ok := parseBridgeElem(objs[1]); !ok || f != nftables.TableFamilyIPv6 || b != "br-d" {
+		t.Errorf("parse %s: %v %v %v", objs[1], f, b, ok)
+	}
+	fwd := chainsByName(v6)["fwd-d"]
+	var sawPublished, sawICMP6 bool
+	for _, r := range fwd.Rules {
+		for i, e := range r {
+			if l, ok := e.(*expr.Lookup); ok && l.SetName == setPublished {
+				p := r[i-3].(*expr.Payload)
+				m := r[i-2].(*expr.Meta)
+				sawPublished = p.Offset == 24 && p.Len == 16 && m.Register == 12
+			}
+			if c, ok := e.(*expr.Cmp); ok && reflect.DeepEqual(c.Data, []byte{58}) {
+				sawICMP6 = true
+			}
+		}
+	}
+	if !sawPublished || !sawICMP6 {
+		t.Errorf("IPv6 forward chain: published lookup on the IPv6 destination %v, ICMPv6 %v", sawPublished, sawICMP6)
+	}
+	d := daddrIn(n.Subnet6)
+	if p := d[0].(*expr.Payload); p.Offset != 24 || p.Len != 16 || len(d[1].(*expr.Bitwise).Mask) != 16 {
+		t.Errorf("ip6 daddr: %+v", d)
+	}
+	if s := publishedSet(table(nftables.TableFamilyIPv6)); s.KeyType.Bytes != 24 {
+		t.Errorf("ip6 published set key: %+v", s.KeyType)
+	}
+}
