@@ -156,12 +156,12 @@ func dnsServeCmd(g *globals) *cobra.Command {
 			if g.stateDir == "" {
 				return fmt.Errorf("dns-serve needs --state-dir")
 			}
-			udp, tcp, err := engine.ResponderSockets()
+			udps, tcps, err := engine.ResponderSockets()
 			if err != nil {
 				return err
 			}
 			engine.LeaveCgroup("netshim-dns")
-			return resolver.Serve(cmd.Context(), g.stateDir, args[0], udp, tcp)
+			return resolver.Serve(cmd.Context(), g.stateDir, args[0], udps, tcps)
 		},
 	}
 }

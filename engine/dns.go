@@ -45,6 +45,9 @@ func (e *Engine) addNames(ns *state.Net, def *config.Network, rec *state.Record,
 		entry.Upstreams = append(entry.Upstreams, net.JoinHostPort(u.String(), "53"))
 	}
 	ns.DNS.Endpoints[a.Addr()] = entry
+	if a6 := a.Addr6(); a6.IsValid() {
+		ns.DNS.Endpoints[a6] = entry
+	}
 	return e.ensureResponder(ns)
 }
 
@@ -61,8 +64,10 @@ func hostResolvers() []netip.Addr {
 // ns.
 func (e *Engine) removeNames(ns *state.Net, rec *state.Record, a state.Attachment) {
 	if ns.DNS != nil {
-		if entry, ok := ns.DNS.Endpoints[a.Addr()]; ok && entry.ID == rec.ID {
-			delete(ns.DNS.Endpoints, a.Addr())
+		for _, addr := range []netip.Addr{a.Addr(), a.Addr6()} {
+			if entry, ok := ns.DNS.Endpoints[addr]; ok && entry.ID == rec.ID {
+				delete(ns.DNS.Endpoints, addr)
+			}
 		}
 		if len(ns.DNS.Endpoints) > 0 {
 			if err := e.ensureResponder(ns); err != nil {
@@ -97,9 +102,10 @@ func stopProcess(p state.Process) {
 }
 
 // ensureResponder starts the network's responder unless it runs. The
-// caller binds gateway:53 and hands the sockets over, so the responder is
-// reachable the moment the hook returns. The responder is detached: a new
-// session, stdio on /dev/null, no descriptor but its two sockets.
+// caller binds the gateway's port 53, of each family the network has, and
+// hands the sockets over, so the responder is reachable the moment the hook
+// returns. The responder is detached: a new session, stdio on /dev/null,
+// no descriptor but its sockets.
 func (e *Engine) ensureResponder(ns *state.Net) error {
 	if alive(ns.DNS.Process()) {
 		return nil
@@ -110,28 +116,23 @@ func (e *Engine) ensureResponder(ns *state.Net) error {
 		ns.DNS.PID, ns.DNS.Start = p.PID, p.Start
 		return nil
 	}
-	addr := net.JoinHostPort(ns.Gateway.String(), strconv.Itoa(DNSPort))
-	udp, err := net.ListenPacket("udp4", addr)
-	if err != nil {
-		return fmt.Errorf("dns responder of network %s: %w", ns.Name, err)
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, gw := range []netip.Addr{ns.Gateway, ns.Gateway6} {
+		if !gw.IsValid() {
+			continue
+		}
+		uf, tf, err := listenDNS(netip.AddrPortFrom(gw, uint16(DNSPort)))
+		if err != nil {
+			return fmt.Errorf("dns responder of network %s: %w", ns.Name, err)
+		}
+		files = append(files, uf, tf)
 	}
-	defer udp.Close()
-	tcp, err := net.Listen("tcp4", addr)
-	if err != nil {
-		return fmt.Errorf("dns responder of network %s: %w", ns.Name, err)
-	}
-	defer tcp.Close()
-	uf, err := udp.(*net.UDPConn).File()
-	if err != nil {
-		return err
-	}
-	defer uf.Close()
-	tf, err := tcp.(*net.TCPListener).File()
-	if err != nil {
-		return err
-	}
-	defer tf.Close()
-	p, err := startHelperProcess(responderArgs(e.Store.Dir, ns.Name), uf, tf) // fds 3 and 4
+	p, err := startHelperProcess(responderArgs(e.Store.Dir, ns.Name), files...) // fds 3 and 4, then 5 and 6
 	if err != nil {
 		return fmt.Errorf("start the dns responder of network %s: %w", ns.Name, err)
 	}
@@ -142,6 +143,30 @@ func (e *Engine) ensureResponder(ns *state.Net) error {
 	}
 	ns.DNS.PID, ns.DNS.Start = p.Pid, start
 	return p.Release()
+}
+
+// listenDNS binds a UDP and a TCP socket to addr and returns them as files,
+// for a responder to inherit.
+func listenDNS(addr netip.AddrPort) (udpFile, tcpFile *os.File, err error) {
+	network := map[bool]string{true: "4", false: "6"}[addr.Addr().Is4()]
+	udp, err := net.ListenUDP("udp"+network, net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer udp.Close()
+	tcp, err := net.ListenTCP("tcp"+network, net.TCPAddrFromAddrPort(addr))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer tcp.Close()
+	if udpFile, err = udp.File(); err != nil {
+		return nil, nil, err
+	}
+	if tcpFile, err = tcp.File(); err != nil {
+		udpFile.Close()
+		return nil, nil, err
+	}
+	return udpFile, tcpFile, nil
 }
 
 // responderArgs is the responder's command line after the binary's path;
@@ -176,25 +201,30 @@ func findResponder(stateDir, network string) (state.Process, bool) {
 	return state.Process{}, false
 }
 
-var errNoSockets = errors.New("dns-serve needs its sockets on fds 3 and 4 (it is started by a hook)")
+var errNoSockets = errors.New("dns-serve needs its sockets from fd 3 on, a UDP and a TCP one per family, counted in LISTEN_FDS (it is started by a hook)")
 
-// ResponderSockets returns the sockets a hook handed to the responder.
-func ResponderSockets() (net.PacketConn, net.Listener, error) {
-	uf, tf := os.NewFile(3, "udp"), os.NewFile(4, "tcp")
-	if uf == nil || tf == nil {
+// ResponderSockets returns the sockets a hook handed to the responder: a
+// UDP and a TCP one from fd 3, and another pair from fd 5 on a dual-stack
+// network; LISTEN_FDS counts them.
+func ResponderSockets() ([]net.PacketConn, []net.Listener, error) {
+	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if err != nil || n < 2 || n%2 != 0 {
 		return nil, nil, errNoSockets
 	}
-	defer uf.Close()
-	defer tf.Close()
-	udp, err := net.FilePacketConn(uf)
-	if err != nil {
-		return nil, nil, errNoSockets
+	var udps []net.PacketConn
+	var tcps []net.Listener
+	for fd := uintptr(3); fd < uintptr(3+n); fd += 2 {
+		uf, tf := os.NewFile(fd, "udp"), os.NewFile(fd+1, "tcp")
+		udp, uerr := net.FilePacketConn(uf)
+		tcp, terr := net.FileListener(tf)
+		uf.Close()
+		tf.Close()
+		if uerr != nil || terr != nil {
+			return nil, nil, errNoSockets
+		}
+		udps, tcps = append(udps, udp), append(tcps, tcp)
 	}
-	tcp, err := net.FileListener(tf)
-	if err != nil {
-		return nil, nil, errNoSockets
-	}
-	return udp, tcp, nil
+	return udps, tcps, nil
 }
 
 // LeaveCgroup moves the calling process (a responder, a reclaimer) out of

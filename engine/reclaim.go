@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -378,6 +379,11 @@ func startHelperProcess(args []string, files ...*os.File) (*os.Process, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	if len(files) > 0 {
+		// How many descriptors it inherits from fd 3, as systemd's
+		// socket activation says it.
+		cmd.Env = append(cmd.Env, "LISTEN_FDS="+strconv.Itoa(len(files)))
+	}
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

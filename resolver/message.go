@@ -184,6 +184,8 @@ func addResource(b *dnsmessage.Builder, r dnsmessage.Resource) error {
 	switch body := r.Body.(type) {
 	case *dnsmessage.AResource:
 		return b.AResource(r.Header, *body)
+	case *dnsmessage.AAAAResource:
+		return b.AAAAResource(r.Header, *body)
 	case *dnsmessage.PTRResource:
 		return b.PTRResource(r.Header, *body)
 	case *dnsmessage.SOAResource:
@@ -192,14 +194,30 @@ func addResource(b *dnsmessage.Builder, r dnsmessage.Resource) error {
 	return errors.New("unsupported resource")
 }
 
-// aRecords are A answers for name.
+// aRecords are A answers for name, from its IPv4 addresses.
 func aRecords(name dnsmessage.Name, addrs []netip.Addr) []dnsmessage.Resource {
-	out := make([]dnsmessage.Resource, 0, len(addrs))
+	var out []dnsmessage.Resource
 	for _, a := range addrs {
-		out = append(out, dnsmessage.Resource{
-			Header: dnsmessage.ResourceHeader{Name: name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: TTL},
-			Body:   &dnsmessage.AResource{A: a.As4()},
-		})
+		if a.Is4() {
+			out = append(out, dnsmessage.Resource{
+				Header: dnsmessage.ResourceHeader{Name: name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: TTL},
+				Body:   &dnsmessage.AResource{A: a.As4()},
+			})
+		}
+	}
+	return out
+}
+
+// aaaaRecords are AAAA answers for name, from its IPv6 addresses.
+func aaaaRecords(name dnsmessage.Name, addrs []netip.Addr) []dnsmessage.Resource {
+	var out []dnsmessage.Resource
+	for _, a := range addrs {
+		if a.Is6() {
+			out = append(out, dnsmessage.Resource{
+				Header: dnsmessage.ResourceHeader{Name: name, Type: dnsmessage.TypeAAAA, Class: dnsmessage.ClassINET, TTL: TTL},
+				Body:   &dnsmessage.AAAAResource{AAAA: a.As16()},
+			})
+		}
 	}
 	return out
 }

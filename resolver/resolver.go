@@ -157,10 +157,20 @@ func (s *Server) Handle(q []byte, client netip.Addr, tcp bool) ([]byte, *forward
 	qname := req.q.Name
 	name := strings.ToLower(qname.String())
 	if addrs, ours := v.addrs(name); ours {
-		// A name of ours: its addresses, or no data for other types, so the
-		// client does not wait on an upstream that cannot know it.
-		if req.q.Type == dnsmessage.TypeA || req.q.Type == dnsmessage.TypeALL {
-			return req.pack(reply{auth: true, answers: aRecords(qname, addrs)}, limit), nil
+		// A name of ours: its addresses of the family asked, or no data
+		// (for other types, and for a family it has no address of), so
+		// the client does not wait on an upstream that cannot know it.
+		var answers []dnsmessage.Resource
+		switch req.q.Type {
+		case dnsmessage.TypeA:
+			answers = aRecords(qname, addrs)
+		case dnsmessage.TypeAAAA:
+			answers = aaaaRecords(qname, addrs)
+		case dnsmessage.TypeALL:
+			answers = append(aRecords(qname, addrs), aaaaRecords(qname, addrs)...)
+		}
+		if len(answers) > 0 {
+			return req.pack(reply{auth: true, answers: answers}, limit), nil
 		}
 		return req.pack(reply{auth: true, soa: soaFor(qname)}, limit), nil
 	}

@@ -487,3 +487,57 @@ func TestTCPClientsEviction(t *testing.T) {
 		t.Errorf("%d clients counted", len(clients.last))
 	}
 }
+
+// On a dual-stack network a container's names answer AAAA with its IPv6
+// address and A with its IPv4 one, a query from its IPv6 address is its
+// own, its ip6.arpa name answers PTR, and a name with no address of the
+// family asked gets no data.
+func TestDualStack(t *testing.T) {
+	dir := t.TempDir()
+	web6, db6 := netip.MustParseAddr("fd00:1::2"), netip.MustParseAddr("fd00:1::3")
+	webEntry := state.DNSEntry{ID: "aaaa", Names: []string{"web"}}
+	writeNet(t, dir, state.Net{Name: "dual", Subnet: netip.MustParsePrefix("10.1.0.0/24"), Subnet6: netip.MustParsePrefix("fd00:1::/64"),
+		DNS: &state.NetDNS{Endpoints: map[netip.Addr]state.DNSEntry{
+			web: webEntry, web6: webEntry,
+			db: {ID: "bbbb", Names: []string{"db"}}, db6: {ID: "bbbb", Names: []string{"db"}},
+			netip.MustParseAddr("10.1.0.4"): {ID: "cccc", Names: []string{"v4only"}},
+		}}})
+	s := NewServer(dir, "dual")
+	a := parse(t, s.Answer(query(t, "web.", dnsmessage.TypeAAAA), db6, false))
+	if len(a.Answers) != 1 || a.RCode != dnsmessage.RCodeSuccess {
+		t.Fatalf("AAAA web from db's IPv6 address: %+v", a)
+	}
+	if r, ok := a.Answers[0].Body.(*dnsmessage.AAAAResource); !ok || r.AAAA != web6.As16() {
+		t.Errorf("AAAA answer %+v", a.Answers[0])
+	}
+	if a := parse(t, s.Answer(query(t, "web.", dnsmessage.TypeA), db6, false)); len(a.Answers) != 1 || a.Answers[0].Body.(*dnsmessage.AResource).A != web.As4() {
+		t.Errorf("A web: %+v", a)
+	}
+	if a := parse(t, s.Answer(query(t, "web.", dnsmessage.TypeALL), db, false)); len(a.Answers) != 2 {
+		t.Errorf("ANY web: %+v", a.Answers)
+	}
+	// A name with only the other family: NOERROR, no answer, the SOA.
+	if a := parse(t, s.Answer(query(t, "v4only.", dnsmessage.TypeAAAA), db, false)); a.RCode != dnsmessage.RCodeSuccess || len(a.Answers) != 0 || len(a.Authorities) != 1 {
+		t.Errorf("AAAA v4only: %+v", a)
+	}
+	rev := "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa."
+	if reverseName(web6) != rev {
+		t.Fatalf("reverse name %s", reverseName(web6))
+	}
+	if got, ok := reverseAddr(rev); !ok || got != web6 {
+		t.Errorf("reverse address %v %v", got, ok)
+	}
+	a = parse(t, s.Answer(query(t, rev, dnsmessage.TypePTR), db6, false))
+	if len(a.Answers) != 1 || a.Answers[0].Body.(*dnsmessage.PTRResource).PTR.String() != "web." {
+		t.Errorf("PTR of web's IPv6 address: %+v", a)
+	}
+	// An address of the IPv6 subnet nobody holds: NXDOMAIN, ours to say.
+	free := "9.9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa."
+	if a := parse(t, s.Answer(query(t, free, dnsmessage.TypePTR), db6, false)); a.RCode != dnsmessage.RCodeNameError {
+		t.Errorf("PTR of a free IPv6 address: %+v", a)
+	}
+	// Strangers are refused, by either family.
+	if a := parse(t, s.Answer(query(t, "web.", dnsmessage.TypeAAAA), netip.MustParseAddr("fd00:1::99"), false)); a.RCode != dnsmessage.RCodeRefused {
+		t.Errorf("stranger: %+v", a)
+	}
+}

@@ -16,12 +16,12 @@ import (
 // tcpIdle is how long a TCP client may stay silent between queries.
 const tcpIdle = 8 * time.Second
 
-// Serve answers on the given sockets until the network has no container
-// left, or SIGTERM/SIGINT. The sockets were bound by the hook that started
-// this process, so queries sent before it runs wait in them. Nothing a
-// client does ends it: errors reading or accepting (a descriptor limit
-// reached, say) are retried after a pause.
-func Serve(ctx context.Context, stateDir, network string, udp net.PacketConn, tcp net.Listener) error {
+// Serve answers on the given sockets (the gateway's, one pair per family)
+// until the network has no container left, or SIGTERM/SIGINT. The sockets
+// were bound by the hook that started this process, so queries sent before
+// it runs wait in them. Nothing a client does ends it: errors reading or
+// accepting (a descriptor limit reached, say) are retried after a pause.
+func Serve(ctx context.Context, stateDir, network string, udps []net.PacketConn, tcps []net.Listener) error {
 	s := NewServer(stateDir, network)
 	if _, err := s.current(); err != nil {
 		return err
@@ -29,9 +29,14 @@ func Serve(ctx context.Context, stateDir, network string, udp net.PacketConn, tc
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); s.serveUDP(ctx, udp) }()
-	go func() { defer wg.Done(); s.serveTCP(ctx, tcp) }()
+	for _, udp := range udps {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.serveUDP(ctx, udp) }()
+	}
+	for _, tcp := range tcps {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.serveTCP(ctx, tcp) }()
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	tick := time.NewTicker(time.Second)
@@ -50,8 +55,12 @@ loop:
 		}
 	}
 	cancel()
-	udp.Close()
-	tcp.Close()
+	for _, udp := range udps {
+		udp.Close()
+	}
+	for _, tcp := range tcps {
+		tcp.Close()
+	}
 	wg.Wait()
 	return nil
 }

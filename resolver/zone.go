@@ -23,6 +23,7 @@ type zone struct {
 type netZone struct {
 	name      string
 	subnet    netip.Prefix
+	subnet6   netip.Prefix
 	endpoints map[netip.Addr]state.DNSEntry
 	names     map[string][]netip.Addr // lower-case FQDN -> addresses on this network
 	ptr       map[string]string       // reverse name -> FQDN
@@ -55,7 +56,7 @@ func loadZone(dir string) (*zone, error) {
 		if n.DNS == nil {
 			continue
 		}
-		nz := &netZone{name: name, subnet: n.Subnet, endpoints: n.DNS.Endpoints, names: map[string][]netip.Addr{},
+		nz := &netZone{name: name, subnet: n.Subnet, subnet6: n.Subnet6, endpoints: n.DNS.Endpoints, names: map[string][]netip.Addr{},
 			ptr: map[string]string{}, ids: map[string]bool{}, upstreams: n.DNS.Upstreams, internal: n.DNS.Internal}
 		addrs := make([]netip.Addr, 0, len(n.DNS.Endpoints))
 		for a := range n.DNS.Endpoints {
@@ -141,7 +142,7 @@ func (v *view) ptrTarget(name string) (target string, ours bool) {
 		if t, ok := n.ptr[name]; ok {
 			return t, true
 		}
-		if isRev && n.subnet.Contains(addr) {
+		if isRev && (n.subnet.Contains(addr) || n.subnet6.Contains(addr)) {
 			ours = true
 		}
 	}
@@ -157,14 +158,39 @@ func (z *zone) empty(network string) bool {
 	return n == nil || len(n.endpoints) == 0
 }
 
-// reverseName is the in-addr.arpa name of an IPv4 address.
+// reverseName is the in-addr.arpa name of an IPv4 address, or the
+// ip6.arpa one (a label per nibble, lowest first) of an IPv6 one.
 func reverseName(a netip.Addr) string {
+	if a.Is6() {
+		var b strings.Builder
+		s := a.As16()
+		for i := 15; i >= 0; i-- {
+			fmt.Fprintf(&b, "%x.%x.", s[i]&0xf, s[i]>>4)
+		}
+		return b.String() + "ip6.arpa."
+	}
 	b := a.As4()
 	return fmt.Sprintf("%d.%d.%d.%d.in-addr.arpa.", b[3], b[2], b[1], b[0])
 }
 
-// reverseAddr is the address of an in-addr.arpa name of four labels.
+// reverseAddr is the address of an in-addr.arpa name of four labels, or of
+// an ip6.arpa name of 32 nibbles.
 func reverseAddr(name string) (netip.Addr, bool) {
+	if rest, ok := strings.CutSuffix(name, ".ip6.arpa."); ok {
+		labels := strings.Split(rest, ".")
+		if len(labels) != 32 {
+			return netip.Addr{}, false
+		}
+		var b [16]byte
+		for i, l := range labels {
+			v, err := strconv.ParseUint(l, 16, 4)
+			if err != nil || len(l) != 1 {
+				return netip.Addr{}, false
+			}
+			b[15-i/2] |= byte(v) << (4 * (i % 2))
+		}
+		return netip.AddrFrom16(b), true
+	}
 	rest, ok := strings.CutSuffix(name, ".in-addr.arpa.")
 	if !ok {
 		return netip.Addr{}, false

@@ -78,6 +78,18 @@ subnet = "10.40.0.0/24"
 			a.mustExec("ping", "-6", "-c1", "-W2", "fd00:60::99")
 			b.mustExec("ping", "-6", "-c1", "-W2", "fd00:60::2")
 			b.mustExec("ping", "-6", "-c1", "-W2", "fd00:60::1")
+			// By name: AAAA, from the responder on either gateway, and PTR
+			// in ip6.arpa.
+			a.mustExec("ping", "-6", "-c1", "-W2", "b")
+			if out := a.mustExec("nslookup", "-type=aaaa", "b"); !strings.Contains(out, "fd00:60::99") {
+				t.Errorf("AAAA of b:\n%s", out)
+			}
+			if out := b.mustExec("nslookup", "-type=aaaa", "a", "fd00:60::1"); !strings.Contains(out, "fd00:60::2") {
+				t.Errorf("AAAA of a from the responder's IPv6 address:\n%s", out)
+			}
+			if out := a.mustExec("nslookup", "fd00:60::99"); !strings.Contains(out, "name = b") {
+				t.Errorf("PTR of b's IPv6 address:\n%s", out)
+			}
 			// Out through masquerade: the upstream has no route back to
 			// fd00:60::/64, and sees the uplink's address.
 			if src := masqueradedFrom(t, a, up, "8006"); src != "2001:db8:1::1" {
