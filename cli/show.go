@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"text/tabwriter"
 
@@ -93,8 +94,9 @@ func endpointOf(r *state.Record) Endpoint {
 			}
 		}
 		for _, p := range a.Ports {
-			ip, port := reachedAt(a, p)
-			e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: ip, HostPort: port})
+			for _, at := range reachedAt(a, p) {
+				e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: at.Addr().String(), HostPort: int(at.Port())})
+			}
 		}
 	}
 	for _, l := range r.Links {
@@ -120,14 +122,26 @@ type PortJSON struct {
 	HostPort      int    `json:"HostPort"`
 }
 
-// reachedAt is where published port p of attachment a answers: its host
-// address and port, or on a routed network (no host port) the container's
-// own.
-func reachedAt(a *state.Attachment, p state.Port) (string, int) {
-	if p.HostPort == 0 {
-		return a.Addr().String(), p.ContainerPort
+// reachedAt is where published port p of attachment a answers, one line
+// per family as Docker lists them: its host address and port (0.0.0.0 and
+// [::] for every address of a family), or on a routed network (no host
+// port) the container's own addresses.
+func reachedAt(a *state.Attachment, p state.Port) []netip.AddrPort {
+	var out []netip.AddrPort
+	switch {
+	case p.HostPort == 0:
+		for _, ip := range a.Addrs {
+			out = append(out, netip.AddrPortFrom(ip.Addr(), uint16(p.ContainerPort)))
+		}
+	case p.HostIP.IsValid():
+		out = append(out, netip.AddrPortFrom(p.HostIP, uint16(p.HostPort)))
+	default:
+		out = append(out, netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p.HostPort)))
+		if a.Addr6().IsValid() {
+			out = append(out, netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(p.HostPort)))
+		}
 	}
-	return p.HostIPString(), p.HostPort
+	return out
 }
 
 // ports are r's published ports, each with its attachment.
@@ -150,8 +164,9 @@ func ports(r *state.Record) (out []struct {
 func psPorts(r *state.Record) string {
 	var parts []string
 	for _, ap := range ports(r) {
-		ip, port := reachedAt(ap.a, ap.p)
-		parts = append(parts, fmt.Sprintf("%s:%d->%d/%s", ip, port, ap.p.ContainerPort, ap.p.Proto))
+		for _, at := range reachedAt(ap.a, ap.p) {
+			parts = append(parts, fmt.Sprintf("%s->%d/%s", at, ap.p.ContainerPort, ap.p.Proto))
+		}
 	}
 	return strings.Join(parts, ", ")
 }
@@ -160,7 +175,7 @@ func portCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "port ID-or-NAME [PORT[/PROTO]]",
 		Short: "List a container's published ports, as docker port does",
-		Example: `  netshim port web          # 80/tcp -> 0.0.0.0:32768
+		Example: `  netshim port web          # 80/tcp -> 0.0.0.0:32768 (and 80/tcp -> [::]:32768 on a dual-stack network)
   netshim port web 80/tcp   # 0.0.0.0:32768`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -176,8 +191,9 @@ func portCmd(g *globals) *cobra.Command {
 				found := false
 				for _, ap := range ports(r) {
 					if fmt.Sprint(ap.p.ContainerPort) == want && ap.p.Proto == proto {
-						ip, port := reachedAt(ap.a, ap.p)
-						fmt.Fprintf(g.stdout, "%s:%d\n", ip, port)
+						for _, at := range reachedAt(ap.a, ap.p) {
+							fmt.Fprintln(g.stdout, at)
+						}
 						found = true
 					}
 				}
@@ -187,8 +203,9 @@ func portCmd(g *globals) *cobra.Command {
 				return nil
 			}
 			for _, ap := range ports(r) {
-				ip, port := reachedAt(ap.a, ap.p)
-				fmt.Fprintf(g.stdout, "%d/%s -> %s:%d\n", ap.p.ContainerPort, ap.p.Proto, ip, port)
+				for _, at := range reachedAt(ap.a, ap.p) {
+					fmt.Fprintf(g.stdout, "%d/%s -> %s\n", ap.p.ContainerPort, ap.p.Proto, at)
+				}
 			}
 			return nil
 		},

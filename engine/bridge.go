@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -103,6 +104,8 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 				kind = "isolated"
 			}
 			return &FieldError{Field: FieldPorts, Reason: "network " + def.Name + " is " + kind + ": ports cannot be published"}
+		case !def.IPv6 && slices.ContainsFunc(req.Ports, func(p PortRequest) bool { return p.HostIP.Is6() }):
+			return &FieldError{Field: FieldPorts, Reason: "network " + def.Name + " has no IPv6: ports cannot be published on an IPv6 host address"}
 		case def.GatewayMode == config.GatewayRouted:
 			// Opened on the container's own address: no host port.
 			a.Ports = routedPorts(req.Ports)
@@ -281,7 +284,7 @@ func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *Contain
 		if err != nil {
 			return err
 		}
-		if err := fw.AddPorts(firewall.PortRules{Bridge: a.Bridge, IP: a.Addr().As4(), Ports: a.Ports}); err != nil {
+		if err := fw.AddPorts(portRules(*a)); err != nil {
 			return err
 		}
 	}

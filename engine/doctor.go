@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/firewall"
 	"github.com/netshim/netshim/netsetup"
 )
@@ -37,6 +39,15 @@ func (e *Engine) Doctor() []Check {
 	fwd := sysctlValue("net.ipv4.ip_forward")
 	out = append(out, Check{"ip_forward", true, map[bool]string{true: "net.ipv4.ip_forward = 1",
 		false: "net.ipv4.ip_forward = " + fwd + " (netshim sets it to 1 at the first bridge setup)"}[fwd == "1"]})
+	fwd6 := sysctlValue("net.ipv6.conf.all.forwarding")
+	switch {
+	case fwd6 == "":
+		out = append(out, Check{"ipv6 forwarding", true, "the kernel has no IPv6: dual-stack networks cannot be used"})
+	case fwd6 == "1":
+		out = append(out, Check{"ipv6 forwarding", true, "net.ipv6.conf.all.forwarding = 1 (host interfaces take router advertisements only where accept_ra = 2)"})
+	default:
+		out = append(out, Check{"ipv6 forwarding", true, "net.ipv6.conf.all.forwarding = " + fwd6 + " (netshim sets it to 1 at a dual-stack network's first setup, as Docker does)"})
+	}
 	brnf := sysctlValue("net.bridge.bridge-nf-call-iptables")
 	switch brnf {
 	case "":
@@ -82,22 +93,38 @@ func (e *Engine) Doctor() []Check {
 		return append(out, Check{"networks", false, err.Error()})
 	}
 	bridges := []string{e.Config.Bridge.Bridge}
-	subnets := map[string]netip.Prefix{}
-	if s, err := e.Store.GetNet(e.Config.Bridge.Name); err == nil && s != nil && s.Subnet.IsValid() {
-		subnets["bridge"] = s.Subnet
-	} else if e.Config.Bridge.Subnet.IsValid() {
-		subnets["bridge"] = e.Config.Bridge.Subnet
+	// Each network's subnets, as configured or as chosen at first use.
+	var subnets []struct {
+		name string
+		p    netip.Prefix
 	}
-	for _, n := range nets {
+	for _, n := range append([]config.Network{e.Config.Bridge}, nets...) {
 		bridges = append(bridges, n.Bridge)
-		subnets[n.Name] = n.Subnet
+		sub, sub6 := n.Subnet, n.Subnet6
+		if s, err := e.Store.GetNet(n.Name); err == nil && s != nil {
+			sub, sub6 = cmp.Or(sub, s.Subnet), cmp.Or(sub6, s.Subnet6)
+		}
+		for _, p := range []netip.Prefix{sub, sub6} {
+			if p.IsValid() {
+				subnets = append(subnets, struct {
+					name string
+					p    netip.Prefix
+				}{n.Name, p})
+			}
+		}
 	}
 	host, err := netsetup.HostPrefixes(h, unix.AF_INET, bridges...)
+	if err == nil {
+		var host6 []netip.Prefix
+		host6, err = netsetup.HostPrefixes(h, unix.AF_INET6, bridges...)
+		host = append(host, host6...)
+	}
 	if err != nil {
 		return append(out, Check{"host routes", false, err.Error()})
 	}
 	clash := false
-	for name, p := range subnets {
+	for _, s := range subnets {
+		name, p := s.name, s.p
 		for _, hp := range host {
 			if hp.Overlaps(p) {
 				clash = true

@@ -90,11 +90,11 @@ func routedPorts(reqs []PortRequest) []state.Port {
 	return out
 }
 
-// needsRouteLocalnet reports whether a port is published on a loopback
-// address: explicitly, or as every local address.
+// needsRouteLocalnet reports whether a port is published on an IPv4
+// loopback address: explicitly, or as every local address.
 func needsRouteLocalnet(ports []state.Port) bool {
 	for _, p := range ports {
-		if p.HostPort > 0 && (!p.HostIP.IsValid() || p.HostIP.IsLoopback()) {
+		if p.HostPort > 0 && (!p.HostIP.IsValid() || p.HostIP.Is4() && (p.HostIP.IsUnspecified() || p.HostIP.IsLoopback())) {
 			return true
 		}
 	}
@@ -112,7 +112,7 @@ func (e *Engine) releasePorts(rec *state.Record, a state.Attachment, r *Reclaim)
 	if err != nil {
 		return err
 	}
-	if err := fw.RemovePorts(firewall.PortRules{Bridge: a.Bridge, IP: a.Addr().As4(), Ports: a.Ports}); err != nil {
+	if err := fw.RemovePorts(portRules(a)); err != nil {
 		return err
 	}
 	var held []state.Port
@@ -133,4 +133,10 @@ func (e *Engine) releasePorts(rec *state.Record, a state.Attachment, r *Reclaim)
 		return err
 	}
 	return e.Store.PutPorts(idx)
+}
+
+// portRules is what an attachment's published ports need from the
+// firewall.
+func portRules(a state.Attachment) firewall.PortRules {
+	return firewall.PortRules{Bridge: a.Bridge, IP: a.Addr(), IP6: a.Addr6(), Ports: a.Ports}
 }

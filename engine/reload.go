@@ -52,7 +52,7 @@ func (e *Engine) recordedRules() (map[string]*firewall.Ruleset, map[string]*stat
 		for _, a := range r.Attachments {
 			if len(a.Ports) > 0 && a.Addr().IsValid() {
 				rs := set(a.Firewall)
-				rs.Ports = append(rs.Ports, firewall.PortRules{Bridge: a.Bridge, IP: a.Addr().As4(), Ports: a.Ports})
+				rs.Ports = append(rs.Ports, portRules(a))
 			}
 		}
 	}

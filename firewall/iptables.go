@@ -226,10 +226,10 @@ func iptFamilyRules(n NetRules, f family) []iptRule {
 	return out
 }
 
-// iptPortRules is the data of a container's published ports: a DNAT from
-// its host port (none in routed mode), and an accept of the container port.
-func iptPortRules(p PortRules) []iptRule {
-	ip := netip.AddrFrom4(p.IP).String()
+// iptPortRules is the data of a container's published ports in one
+// family (ip6tables' with v6): a DNAT from its host port (none in routed
+// mode), and an accept of the container port.
+func iptPortRules(p PortRules, v6 bool) []iptRule {
 	var out []iptRule
 	seen := map[string]bool{}
 	add := func(r iptRule) {
@@ -241,17 +241,23 @@ func iptPortRules(p PortRules) []iptRule {
 		}
 	}
 	for _, port := range p.Ports {
-		if port.HostPort > 0 {
-			var args []string
-			if port.HostIP.IsValid() {
-				args = append(args, "-d", port.HostIP.String()+"/32")
+		for _, ip := range p.targets(port) {
+			if ip.Is6() != v6 {
+				continue
 			}
-			args = append(args, "-p", port.Proto, "-m", port.Proto, "--dport", strconv.Itoa(port.HostPort), "-j", "DNAT",
-				"--to-destination", ip+":"+strconv.Itoa(port.ContainerPort))
-			add(iptRule{"nat", iptChainNAT, args})
+			host := netip.PrefixFrom(ip, ip.BitLen()).String()
+			if port.HostPort > 0 {
+				var args []string
+				if port.HostIP.IsValid() && !port.HostIP.IsUnspecified() {
+					args = append(args, "-d", netip.PrefixFrom(port.HostIP, port.HostIP.BitLen()).String())
+				}
+				args = append(args, "-p", port.Proto, "-m", port.Proto, "--dport", strconv.Itoa(port.HostPort), "-j", "DNAT",
+					"--to-destination", netip.AddrPortFrom(ip, uint16(port.ContainerPort)).String())
+				add(iptRule{"nat", iptChainNAT, args})
+			}
+			add(iptRule{"filter", iptChainPorts, []string{"-d", host, "-o", p.Bridge, "-p", port.Proto, "-m", port.Proto,
+				"--dport", strconv.Itoa(port.ContainerPort), "-j", "ACCEPT"}})
 		}
-		add(iptRule{"filter", iptChainPorts, []string{"-d", ip + "/32", "-o", p.Bridge, "-p", port.Proto, "-m", port.Proto,
-			"--dport", strconv.Itoa(port.ContainerPort), "-j", "ACCEPT"}})
 	}
 	return out
 }
@@ -476,40 +482,53 @@ func (b *Iptables) removeFamily(v6 bool, installed []string, last bool) error {
 	return nil
 }
 
-// AddPorts implements Firewall: one iptables-restore appends every rule.
-// Our chains and the jumps to them came with the network's rules, which
-// setup ensures first. A setup that dies after this is undone by a
-// teardown from its record, so the rules are never appended twice.
+// AddPorts implements Firewall: one iptables-restore per family appends
+// every rule. Our chains and the jumps to them came with the network's
+// rules, which setup ensures first. A setup that dies after this is undone
+// by a teardown from its record, so the rules are never appended twice.
 func (b *Iptables) AddPorts(p PortRules) error {
-	if _, err := b.run("iptables-restore", iptRestoreInput(nil, iptOps("-A", iptPortRules(p)))); err != nil {
-		return fmt.Errorf("add the published ports of %s: %w", netip.AddrFrom4(p.IP), err)
+	for _, v6 := range []bool{false, true} {
+		rules := iptPortRules(p, v6)
+		if len(rules) == 0 {
+			continue
+		}
+		if _, err := b.run(tool("iptables-restore", v6), iptRestoreInput(nil, iptOps("-A", rules))); err != nil {
+			return fmt.Errorf("add the published ports of %s: %w", p.IP, err)
+		}
 	}
 	return nil
 }
 
-// RemovePorts implements Firewall: one iptables-restore deletes every
-// rule; when that fails because some are gone already (a flush, a setup
-// that died half way), an iptables-save says which are left to delete.
+// RemovePorts implements Firewall: per family, one iptables-restore
+// deletes every rule; when that fails because some are gone already (a
+// flush, a setup that died half way), an iptables-save says which are left
+// to delete.
 func (b *Iptables) RemovePorts(p PortRules) error {
-	rules := iptPortRules(p)
-	if _, err := b.run("iptables-restore", iptRestoreInput(nil, iptOps("-D", rules))); err == nil {
-		return nil
-	}
-	have, err := b.save(false)
-	if err != nil {
-		return err
-	}
-	var left []iptRule
-	for _, r := range rules {
-		if have.has(r) {
-			left = append(left, r)
+	for _, v6 := range []bool{false, true} {
+		rules := iptPortRules(p, v6)
+		if len(rules) == 0 {
+			continue
 		}
-	}
-	if len(left) == 0 {
-		return nil
-	}
-	if _, err := b.run("iptables-restore", iptRestoreInput(nil, iptOps("-D", left))); err != nil {
-		return fmt.Errorf("remove the published ports of %s: %w", netip.AddrFrom4(p.IP), err)
+		restore := tool("iptables-restore", v6)
+		if _, err := b.run(restore, iptRestoreInput(nil, iptOps("-D", rules))); err == nil {
+			continue
+		}
+		have, err := b.save(v6)
+		if err != nil {
+			return err
+		}
+		var left []iptRule
+		for _, r := range rules {
+			if have.has(r) {
+				left = append(left, r)
+			}
+		}
+		if len(left) == 0 {
+			continue
+		}
+		if _, err := b.run(restore, iptRestoreInput(nil, iptOps("-D", left))); err != nil {
+			return fmt.Errorf("remove the published ports of %s: %w", p.IP, err)
+		}
 	}
 	return nil
 }
@@ -677,10 +696,8 @@ func iptRuleset(s Ruleset, v6 bool) []iptRule {
 			rules = append(rules, iptNetworkRules(nw.Rules)...)
 		}
 	}
-	if !v6 {
-		for _, p := range s.Ports {
-			rules = append(rules, iptPortRules(p)...)
-		}
+	for _, p := range s.Ports {
+		rules = append(rules, iptPortRules(p, v6)...)
 	}
 	return rules
 }

@@ -32,7 +32,7 @@ func TestIptablesApplied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
+	p := PortRules{Bridge: "netshim0", IP: netip.MustParseAddr("172.17.0.2"), Ports: []state.Port{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
 	dnat := "-A NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
 	accept := "-A NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT"
 	save := func() string {
@@ -145,10 +145,15 @@ func TestIptablesCanonical(t *testing.T) {
 		n.Gateway6 = n.Subnet6.Addr().Next()
 		nets = append(nets, n)
 	}
-	ports := []PortRules{{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
+	ports := []PortRules{{Bridge: "netshim0", IP: netip.MustParseAddr("172.17.0.2"), Ports: []state.Port{
 		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
 		{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, ContainerPort: 53},
-	}}, {Bridge: "br-r", IP: [4]byte{198, 18, 2, 2}, Ports: []state.Port{{Proto: "tcp", ContainerPort: 80}}}}
+	}}, {Bridge: "br-r", IP: netip.MustParseAddr("198.18.2.2"), Ports: []state.Port{{Proto: "tcp", ContainerPort: 80}}},
+		// A dual-stack container's ports, in both families.
+		{Bridge: "netshim06", IP: netip.MustParseAddr("172.17.0.3"), IP6: netip.MustParseAddr("fd00:0::3"), Ports: []state.Port{
+			{Proto: "tcp", HostPort: 8090, ContainerPort: 80},
+			{Proto: "udp", HostIP: netip.MustParseAddr("2001:db8::2"), HostPort: 8091, ContainerPort: 81},
+		}}}
 	var rs Ruleset
 	for _, n := range nets {
 		installed, err := b.EnsureNetwork(n, nil)

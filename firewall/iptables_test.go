@@ -55,12 +55,12 @@ func TestIptablesRulesData(t *testing.T) {
 		t.Errorf("isolated:\n%s", got)
 	}
 
-	ports := iptPortRules(PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
+	ports := iptPortRules(PortRules{Bridge: "netshim0", IP: netip.MustParseAddr("172.17.0.2"), Ports: []state.Port{
 		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
 		{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, ContainerPort: 53},
 		{Proto: "tcp", ContainerPort: 443},                                                          // routed: no host port
 		{Proto: "tcp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 9090, ContainerPort: 80}, // the same accept
-	}})
+	}}, false)
 	want := []string{
 		"nat NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
 		"filter NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT",
@@ -94,9 +94,9 @@ func TestIptablesRulesData(t *testing.T) {
 // A container's rules go in and out in one iptables-restore, table by
 // table, never flushing a chain.
 func TestIptablesRestoreInput(t *testing.T) {
-	rules := iptPortRules(PortRules{Bridge: "netshim0", IP: [4]byte{172, 17, 0, 2}, Ports: []state.Port{
+	rules := iptPortRules(PortRules{Bridge: "netshim0", IP: netip.MustParseAddr("172.17.0.2"), Ports: []state.Port{
 		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
-	}})
+	}}, false)
 	want := "*nat\n-D NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80\nCOMMIT\n" +
 		"*filter\n-D NETSHIM-PORTS -d 172.17.0.2/32 -o netshim0 -p tcp -m tcp --dport 80 -j ACCEPT\nCOMMIT\n"
 	if got := string(iptRestoreInput(nil, iptOps("-D", rules))); got != want {

@@ -407,9 +407,11 @@ func ourChains(c *nftables.Conn) (map[string]bool, error) {
 // elements of each family's sets and maps.
 func wanted(s Ruleset) ([]nftChain, map[nftables.TableFamily]map[string][]nftables.SetElement) {
 	chains := []nftChain{loopbackChain()}
-	elems := map[nftables.TableFamily]map[string][]nftables.SetElement{
-		nftables.TableFamilyIPv4: portElements(s.Ports),
-		nftables.TableFamilyIPv6: {},
+	elems := portElements(s.Ports)
+	for _, f := range ipFamilies {
+		if elems[f] == nil {
+			elems[f] = map[string][]nftables.SetElement{}
+		}
 	}
 	for _, nw := range s.Networks {
 		chains = append(chains, networkChains(nw.Rules)...)
@@ -417,8 +419,10 @@ func wanted(s Ruleset) ([]nftChain, map[nftables.TableFamily]map[string][]nftabl
 			elems[f.table][setBridges] = append(elems[f.table][setBridges], nftables.SetElement{Key: ifname(nw.Rules.Bridge)})
 		}
 	}
-	if v4 := elems[nftables.TableFamilyIPv4]; len(v4[mapAny])+len(v4[mapByIP]) > 0 {
-		chains = append(chains, publishChains()...)
+	for _, f := range ipFamilies {
+		if len(elems[f][mapAny])+len(elems[f][mapByIP]) > 0 {
+			chains = append(chains, publishChains(f)...)
+		}
 	}
 	return chains, elems
 }
@@ -453,11 +457,8 @@ func (*Nftables) Reload(s Ruleset) (map[string][]string, error) {
 			continue // no dual-stack network, and no table to clean
 		}
 		t := c.AddTable(table(f))
-		sets[f] = map[string]*nftables.Set{setBridges: bridgesSet(t), setPublished: publishedSet(t)}
-		if f == nftables.TableFamilyIPv4 {
-			sets[f] = publishSets(t)
-			sets[f][setBridges] = bridgesSet(t)
-		}
+		sets[f] = publishSets(t)
+		sets[f][setBridges] = bridgesSet(t)
 		for _, set := range sets[f] {
 			// A set whose properties are set here cannot be refused.
 			c.AddSet(set, nil)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/state"
@@ -159,7 +160,7 @@ func TestLoopbackChain(t *testing.T) {
 }
 
 func TestPortElements(t *testing.T) {
-	ip := [4]byte{172, 17, 0, 2}
+	ip := netip.MustParseAddr("172.17.0.2")
 	m, e := portElement(ip, state.Port{Proto: "tcp", HostPort: 8080, ContainerPort: 80})
 	// As nft --debug=netlink shows `tcp . 8080 : 172.17.0.2 . 80`.
 	if m != mapAny || !reflect.DeepEqual(e.Key, []byte{6, 0, 0, 0, 0x1f, 0x90, 0, 0}) || !reflect.DeepEqual(e.Val, []byte{172, 17, 0, 2, 0, 80, 0, 0}) {
@@ -179,13 +180,14 @@ func TestPortElements(t *testing.T) {
 		{Proto: "tcp", HostPort: 8081, ContainerPort: 80},
 		{Proto: "udp", ContainerPort: 53},
 	}}})
-	if len(elems[mapAny]) != 2 || len(elems[setPublished]) != 2 {
+	v4 := elems[nftables.TableFamilyIPv4]
+	if len(v4[mapAny]) != 2 || len(v4[setPublished]) != 2 || len(elems) != 1 {
 		t.Errorf("elements %v", elems)
 	}
-	if got := elems[setPublished][1].Key; !reflect.DeepEqual(got, []byte{172, 17, 0, 2, 17, 0, 0, 0, 0, 53, 0, 0}) {
+	if got := v4[setPublished][1].Key; !reflect.DeepEqual(got, []byte{172, 17, 0, 2, 17, 0, 0, 0, 0, 53, 0, 0}) {
 		t.Errorf("published element %v", got)
 	}
-	chains := publishChains()
+	chains := publishChains(nftables.TableFamilyIPv4)
 	if len(chains) != 3 || len(chains[0].Rules) != 2 || chains[1].Hook != nftables.ChainHookPrerouting || chains[2].Hook != nftables.ChainHookOutput {
 		t.Errorf("publish chains %+v", chains)
 	}
@@ -238,5 +240,49 @@ func TestNetworkChains6(t *testing.T) {
 	}
 	if s := publishedSet(table(nftables.TableFamilyIPv6)); s.KeyType.Bytes != 24 {
 		t.Errorf("ip6 published set key: %+v", s.KeyType)
+	}
+}
+
+// A dual-stack container's port published on no address in particular
+// goes in both families' maps; one on an address of one family, in that
+// family's only; the IPv6 elements carry 16-byte addresses.
+func TestPortElements6(t *testing.T) {
+	ip6 := netip.MustParseAddr("fd00:60::2")
+	elems := portElements([]PortRules{{IP: netip.MustParseAddr("10.60.0.2"), IP6: ip6, Ports: []state.Port{
+		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
+		{Proto: "tcp", HostIP: netip.MustParseAddr("0.0.0.0"), HostPort: 8081, ContainerPort: 81},
+		{Proto: "tcp", HostIP: netip.MustParseAddr("2001:db8::2"), HostPort: 8082, ContainerPort: 82},
+		{Proto: "tcp", HostIP: netip.MustParseAddr("::"), HostPort: 8083, ContainerPort: 83},
+	}}})
+	v4, v6 := elems[nftables.TableFamilyIPv4], elems[nftables.TableFamilyIPv6]
+	if len(v4[mapAny]) != 2 || len(v4[mapByIP]) != 0 || len(v6[mapAny]) != 2 || len(v6[mapByIP]) != 1 || len(v6[setPublished]) != 3 {
+		t.Fatalf("IPv4 %v\nIPv6 %v", v4, v6)
+	}
+	want := append(append([]byte{6, 0, 0, 0}, netip.MustParseAddr("2001:db8::2").AsSlice()...), 0x1f, 0x92, 0, 0)
+	if e := v6[mapByIP][0]; !reflect.DeepEqual(e.Key, want) || !reflect.DeepEqual(e.Val, append(ip6.AsSlice(), 0, 82, 0, 0)) {
+		t.Errorf("by IPv6 address: %v %v", e.Key, e.Val)
+	}
+	if keyByIP6.Bytes != 24 || dataTo6.Bytes != 20 {
+		t.Errorf("key sizes %d %d", keyByIP6.Bytes, dataTo6.Bytes)
+	}
+	dnat := publishChains(nftables.TableFamilyIPv6)[0].Rules[0]
+	if n := dnat[len(dnat)-1].(*expr.NAT); n.Family != unix.NFPROTO_IPV6 || n.RegProtoMin != 12 {
+		t.Errorf("IPv6 dnat %+v", n)
+	}
+	rules := iptPortRules(PortRules{Bridge: "br-d", IP: netip.MustParseAddr("10.60.0.2"), IP6: ip6, Ports: []state.Port{
+		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
+		{Proto: "tcp", HostIP: netip.MustParseAddr("2001:db8::2"), HostPort: 8082, ContainerPort: 82},
+	}}, true)
+	var got []string
+	for _, r := range rules {
+		got = append(got, r.object())
+	}
+	if !reflect.DeepEqual(got, []string{
+		"nat NETSHIM -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:60::2]:80",
+		"filter NETSHIM-PORTS -d fd00:60::2/128 -o br-d -p tcp -m tcp --dport 80 -j ACCEPT",
+		"nat NETSHIM -d 2001:db8::2/128 -p tcp -m tcp --dport 8082 -j DNAT --to-destination [fd00:60::2]:82",
+		"filter NETSHIM-PORTS -d fd00:60::2/128 -o br-d -p tcp -m tcp --dport 82 -j ACCEPT",
+	}) {
+		t.Errorf("ip6tables port rules:\n%s", strings.Join(got, "\n"))
 	}
 }

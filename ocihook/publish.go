@@ -64,29 +64,38 @@ func ParsePublish(spec string) ([]PortRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%q: %w", spec, err)
 	}
-	if strings.HasPrefix(body, "[") {
-		return nil, fmt.Errorf("%q: IPv6 host addresses are not supported", spec)
-	}
-	parts := strings.Split(body, ":")
 	var hostIPStr, hostStr, ctrStr string
-	switch len(parts) {
-	case 1:
-		ctrStr = parts[0]
-	case 2:
-		hostStr, ctrStr = parts[0], parts[1]
-	case 3:
-		hostIPStr, hostStr, ctrStr = parts[0], parts[1], parts[2]
-	default:
-		return nil, fmt.Errorf("%q: want [hostIP:][hostPort:]containerPort[/proto]", spec)
+	if v6, rest, ok := strings.Cut(strings.TrimPrefix(body, "["), "]:"); ok && strings.HasPrefix(body, "[") {
+		// [IPv6]:hostPort:containerPort, as Docker writes it.
+		hostIPStr, body = v6, rest
+		if hostStr, ctrStr, ok = strings.Cut(body, ":"); !ok || strings.Contains(ctrStr, ":") {
+			return nil, fmt.Errorf("%q: want [IPv6]:[hostPort]:containerPort[/proto]", spec)
+		}
+	} else {
+		parts := strings.Split(body, ":")
+		switch len(parts) {
+		case 1:
+			ctrStr = parts[0]
+		case 2:
+			hostStr, ctrStr = parts[0], parts[1]
+		case 3:
+			hostIPStr, hostStr, ctrStr = parts[0], parts[1], parts[2]
+		default:
+			return nil, fmt.Errorf("%q: want [hostIP:][hostPort:]containerPort[/proto], an IPv6 host address in brackets", spec)
+		}
 	}
+	// No host address: every address of both families the container has;
+	// 0.0.0.0 or [::]: every address of that family only.
 	var hostIP netip.Addr
 	if hostIPStr != "" {
 		hostIP, err = netip.ParseAddr(hostIPStr)
-		if err != nil || !hostIP.Is4() {
-			return nil, fmt.Errorf("%q: host address %q is not an IPv4 address", spec, hostIPStr)
-		}
-		if hostIP.IsUnspecified() {
-			hostIP = netip.Addr{}
+		switch {
+		case err != nil || hostIP.Zone() != "":
+			return nil, fmt.Errorf("%q: host address %q is not an IP address", spec, hostIPStr)
+		case hostIP.Is4In6():
+			hostIP = hostIP.Unmap()
+		case hostIP.Is6() && hostIP.IsLoopback():
+			return nil, fmt.Errorf("%q: cannot publish on [::1]: the kernel does not forward what arrives on IPv6 loopback to a container; publish on [::] or another host address", spec)
 		}
 	}
 	clo, chi, err := parseRange(ctrStr, "container port")

@@ -12,20 +12,14 @@ import (
 )
 
 // Port is one published port as installed: traffic to HostIP:HostPort
-// (HostIP unspecified: any local address) goes to the container's port.
+// goes to the container's port. An invalid HostIP stands for every local
+// address of both families (of those the container has an address of),
+// 0.0.0.0 or :: for every one of that family.
 type Port struct {
 	Proto         string     `json:"proto"`
 	HostIP        netip.Addr `json:"host_ip,omitzero"`
 	HostPort      int        `json:"host_port"`
 	ContainerPort int        `json:"container_port"`
-}
-
-// HostIPString is the host address as Docker prints it.
-func (p Port) HostIPString() string {
-	if !p.HostIP.IsValid() {
-		return "0.0.0.0"
-	}
-	return p.HostIP.String()
 }
 
 // Reservation is a host port held by a container.
@@ -117,8 +111,8 @@ func (s *Store) PutPorts(p *Ports) error {
 	return nil
 }
 
-// Holder returns who holds proto/port on an address overlapping ip (an
-// unspecified address overlaps every address), other than id.
+// Holder returns who holds proto/port on an address overlapping ip (see
+// Overlap), other than id.
 func (p *Ports) Holder(proto string, port int, ip netip.Addr, id string) (Reservation, bool, error) {
 	k := portKey(proto, port)
 	if err := p.load(k); err != nil {
@@ -128,11 +122,24 @@ func (p *Ports) Holder(proto string, port int, ip netip.Addr, id string) (Reserv
 		if r.ID == id {
 			continue
 		}
-		if !r.HostIP.IsValid() || !ip.IsValid() || r.HostIP == ip {
+		if Overlap(r.HostIP, ip) {
 			return r, true, nil
 		}
 	}
 	return Reservation{}, false, nil
+}
+
+// Overlap reports whether host addresses a and b of published ports share
+// an address: no address is every one of both families, 0.0.0.0 and ::
+// every one of theirs.
+func Overlap(a, b netip.Addr) bool {
+	switch {
+	case !a.IsValid() || !b.IsValid():
+		return true
+	case a.Is4() != b.Is4():
+		return false
+	}
+	return a.IsUnspecified() || b.IsUnspecified() || a == b
 }
 
 // Reserve records that container id (named name) holds the port.

@@ -360,3 +360,19 @@ func TestAllocate6(t *testing.T) {
 		t.Errorf("range: %v", r)
 	}
 }
+
+func TestPortOverlap(t *testing.T) {
+	a := netip.MustParseAddr
+	for _, c := range []struct {
+		x, y netip.Addr
+		want bool
+	}{
+		{netip.Addr{}, a("::"), true}, {netip.Addr{}, a("127.0.0.1"), true},
+		{a("0.0.0.0"), a("127.0.0.1"), true}, {a("0.0.0.0"), a("::"), false}, {a("0.0.0.0"), a("2001:db8::2"), false},
+		{a("::"), a("2001:db8::2"), true}, {a("2001:db8::2"), a("2001:db8::3"), false}, {a("127.0.0.1"), a("127.0.0.1"), true},
+	} {
+		if got := Overlap(c.x, c.y); got != c.want || Overlap(c.y, c.x) != c.want {
+			t.Errorf("Overlap(%v, %v) = %v", c.x, c.y, got)
+		}
+	}
+}

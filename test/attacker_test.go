@@ -129,7 +129,7 @@ type dialResult struct {
 func fetch(nsPath, addr string, timeout time.Duration) dialResult {
 	var c net.Conn
 	dial := func() (err error) {
-		c, err = net.DialTimeout("tcp4", addr, timeout)
+		c, err = net.DialTimeout("tcp", addr, timeout)
 		return err
 	}
 	var err error

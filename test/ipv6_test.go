@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,6 +131,8 @@ subnet = "10.40.0.0/24"
 				}
 			}
 
+			testPorts6(t, h, up)
+
 			// IPv4 only: no global IPv6 on eth0, ::1 on lo and in /etc/hosts.
 			v4 := h.newBundle(uniqueID(t, "v4"), sleeper, "--network", "v4").mustStart()
 			if out := v4.mustExec("cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"); strings.TrimSpace(out) != "1" {
@@ -183,5 +186,74 @@ subnet = "10.40.0.0/24"
 				t.Errorf("IPv6 rules left:\n%s", out)
 			}
 		}
+	}
+}
+
+// testPorts6 publishes ports of containers on the dual-stack network v6:
+// with no host address on both families, one port for both with -P, on one
+// family with 0.0.0.0, [::] or an IPv6 host address; conflicts on either
+// family, [::1], and an IPv6 host address on an IPv4-only network refused.
+func testPorts6(t *testing.T, h *host, up string) {
+	t.Helper()
+	web := h.webBundle("web6", "--network", "v6", "-p", "8080:80", "-p", "[2001:db8:1::1]:8081:80", "-p", "0.0.0.0:8082:80").mustStart().waitHTTP()
+	answers := func(from, addr string) bool {
+		return strings.Contains(fetch(from, addr, 2*time.Second).body, "hello from web6")
+	}
+	for _, c := range []struct {
+		from, addr string
+		want       bool
+	}{
+		{up, "198.51.100.1:8080", true}, {up, "[2001:db8:1::1]:8080", true}, // both families
+		{"", "[2001:db8:1::1]:8080", true},                                   // from the host, not on [::1]
+		{up, "[2001:db8:1::1]:8081", true}, {up, "198.51.100.1:8081", false}, // IPv6 only
+		{up, "198.51.100.1:8082", true}, {up, "[2001:db8:1::1]:8082", false}, // IPv4 only
+	} {
+		if got := answers(c.from, c.addr); got != c.want {
+			t.Errorf("%s from %q: answered %v, want %v", c.addr, c.from, got, c.want)
+		}
+	}
+	if out := h.mustNetshim("port", "web6"); out != "80/tcp -> 0.0.0.0:8080\n80/tcp -> [::]:8080\n80/tcp -> [2001:db8:1::1]:8081\n80/tcp -> 0.0.0.0:8082\n" {
+		t.Errorf("port web6:\n%s", out)
+	}
+	// [::]:8082 is free: 0.0.0.0:8082 holds IPv4 only.
+	other := h.webBundle("other6", "--network", "v6", "-p", "[::]:8082:80").mustStart().waitHTTP()
+	if body := fetch(up, "[2001:db8:1::1]:8082", 2*time.Second).body; !strings.Contains(body, "hello from other6") {
+		t.Errorf("[::]:8082 reached %q", body)
+	}
+	// -P: one port, free in both families, answering on both.
+	all := h.webBundle("all6", "--network", "v6", "--expose", "80", "-P").mustStart().waitHTTP()
+	lines := strings.Split(strings.TrimSpace(h.mustNetshim("port", "all6", "80")), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "0.0.0.0:") || !strings.HasPrefix(lines[1], "[::]:") ||
+		strings.TrimPrefix(lines[0], "0.0.0.0:") != strings.TrimPrefix(lines[1], "[::]:") {
+		t.Fatalf("port all6 80: %q", lines)
+	}
+	port := strings.TrimPrefix(lines[0], "0.0.0.0:")
+	for _, addr := range []string{"198.51.100.1:" + port, "[2001:db8:1::1]:" + port} {
+		if body := fetch(up, addr, 2*time.Second).body; !strings.Contains(body, "hello from all6") {
+			t.Errorf("-P port %s: %q", addr, body)
+		}
+	}
+	// Refused, with one line naming the cause.
+	for _, bad := range []struct{ network, publish, want string }{
+		{"v6", "[::]:8080:80", "port 8080/tcp is already allocated by web6"},
+		{"v6", "0.0.0.0:8080:80", "port 8080/tcp is already allocated by web6"},
+		{"v6", "[2001:db8:1::1]:8081:80", "port 8081/tcp is already allocated by web6"},
+		{"v6", "[::1]:8083:80", "cannot publish on [::1]"},
+		{"v4", "[2001:db8:1::1]:8084:80", "network v4 has no IPv6"},
+	} {
+		// `netshim bundle` refuses what it can tell; the hook the rest.
+		c := h.newBundle(uniqueID(t, "bad"), sleeper, "--network", bad.network)
+		_, errOut, err := h.netshim("", "bundle", c.bundle, "--network", bad.network, "-p", bad.publish)
+		if err == nil {
+			err = c.start()
+		} else {
+			err = errors.New(errOut)
+		}
+		if err == nil || !strings.Contains(err.Error(), bad.want) || strings.Count(strings.TrimSpace(err.Error()), "\n") > 0 {
+			t.Errorf("-p %s on %s: %v", bad.publish, bad.network, err)
+		}
+	}
+	for _, c := range []*container{web, other, all} {
+		c.stop()
 	}
 }
