@@ -654,13 +654,22 @@ func (s iptSaved) missingShared(v6 bool) (declare []iptRule, cmds []iptCmd) {
 }
 
 // Present implements Firewall: the built-in chains' jumps into ours are in
-// one iptables-save (a flush of a table takes them out).
-func (b *Iptables) Present(NetRules) (bool, error) {
-	have, err := b.save(false)
-	if err != nil {
-		return false, err
+// one iptables-save (a flush of a table takes them out), and in one
+// ip6tables-save for a dual-stack network.
+func (b *Iptables) Present(n NetRules) (bool, error) {
+	for _, v6 := range []bool{false, true} {
+		if v6 && !n.Subnet6.IsValid() {
+			break
+		}
+		have, err := b.save(v6)
+		if err != nil {
+			return false, err
+		}
+		if len(have.missingJumps()) > 0 {
+			return false, nil
+		}
 	}
-	return len(have.missingJumps()) == 0, nil
+	return true, nil
 }
 
 // run runs the iptables tool name (iptables-save, iptables-restore) of the

@@ -370,17 +370,22 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 	return nil
 }
 
-// Present implements Firewall: one look at the network's forward chain,
-// which every network has and a flush of the ruleset or of our table
-// removes. A chain that cannot be looked up counts as gone: the reload
-// that follows fails loudly if the kernel cannot be asked at all.
+// Present implements Firewall: one look at the network's forward chain in
+// each of its families' tables, which every network has and a flush of
+// the ruleset or of a table removes. A chain that cannot be looked up
+// counts as gone: the reload that follows fails loudly if the kernel cannot
+// be asked at all.
 func (*Nftables) Present(n NetRules) (bool, error) {
 	c, err := newNftConn()
 	if err != nil {
 		return false, err
 	}
-	_, err = c.ListChain(table(nftables.TableFamilyIPv4), "fwd-"+n.Name)
-	return err == nil, nil
+	for _, f := range families(n) {
+		if _, err := c.ListChain(table(f.table), "fwd-"+n.Name); err != nil {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // ipFamilies are the families of our tables, ip first.

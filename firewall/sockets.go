@@ -68,9 +68,35 @@ func retain(c *mnl.Conn) error {
 	return nil
 }
 
+// ackRoom is the receive buffer of an nftables connection. The library
+// sends a whole batch, asking an acknowledgement for each message, before
+// it reads one: a reload of a few dual-stack networks is hundreds of
+// messages, whose acknowledgements overflow the default buffer (ENOBUFS).
+const ackRoom = 8 << 20
+
+// roomForAcks gives the socket ackRoom, past net.core.rmem_max (the hook
+// runs with CAP_NET_ADMIN); the kernel takes the memory only as
+// acknowledgements arrive.
+func roomForAcks(c *mnl.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil // not a real socket (tests)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, ackRoom)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("nftables socket receive buffer: %w", serr)
+	}
+	return nil
+}
+
 // newNftConn opens an nftables connection; see RetainSockets.
 func newNftConn() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithSockOptions(retain))
+	c, err := nftables.New(nftables.WithSockOptions(roomForAcks, retain))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}

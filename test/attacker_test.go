@@ -32,6 +32,15 @@ import (
 type probes struct {
 	t     *testing.T
 	rules []probeRule
+	// family is the probe table's: ip (the default) or ip6.
+	family string
+}
+
+func (p *probes) fam() string {
+	if p.family == "" {
+		return "ip"
+	}
+	return p.family
 }
 
 type probeRule struct {
@@ -48,7 +57,7 @@ func (p *probes) add(name, chain, match string) {
 func (p *probes) install() {
 	p.t.Helper()
 	var b strings.Builder
-	b.WriteString("table ip probe\ndelete table ip probe\ntable ip probe {\n")
+	fmt.Fprintf(&b, "table %[1]s probe\ndelete table %[1]s probe\ntable %[1]s probe {\n", p.fam())
 	for _, chain := range []string{"pre", "out"} {
 		hook := map[string]string{"pre": "prerouting", "out": "output"}[chain]
 		fmt.Fprintf(&b, "chain %s {\ntype filter hook %s priority -400; policy accept;\n", chain, hook)
@@ -69,7 +78,7 @@ func (p *probes) install() {
 
 // count is the packets probe name has counted.
 func (p *probes) count(name string) int {
-	out, err := exec.Command("nft", "list", "table", "ip", "probe").CombinedOutput()
+	out, err := exec.Command("nft", "list", "table", p.fam(), "probe").CombinedOutput()
 	if err != nil {
 		p.t.Fatalf("list probes: %v: %s", err, out)
 	}

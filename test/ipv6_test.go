@@ -257,3 +257,55 @@ func testPorts6(t *testing.T, h *host, up string) {
 		c.stop()
 	}
 }
+
+// gc covers IPv6 state: a dual-stack container whose process died without
+// a poststop gives back both its addresses and, as its network's last,
+// the network's IPv6 rules; the network's responder is stopped. And a
+// setup killed after it reserved both addresses is undone by the next
+// hook, for both families.
+func TestDualStackGC(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	sandbox.Uplink(t)
+	h := newHost(t, `[networks.d]
+subnet = "10.70.0.0/24"
+ipv6 = true
+subnet6 = "fd00:70::/64"
+`)
+	ann := map[string]string{"netshim/network": "d"}
+	a := h.newProc("a", ann)
+	a.mustSetup()
+	if out := a.mustIn("ip", "-o", "-6", "addr", "show", "eth0", "scope", "global"); !strings.Contains(out, "fd00:70::2/64") {
+		t.Fatalf("a's eth0:\n%s", out)
+	}
+	addrs, _ := filepath.Glob(filepath.Join(h.stateDir, "networks", "d.addrs", "*"))
+	if len(addrs) != 2 {
+		t.Fatalf("allocations of a: %v", addrs)
+	}
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+	if out := h.mustNetshim("gc"); !strings.Contains(out, "container a (a): its process is gone") {
+		t.Errorf("gc:\n%s", out)
+	}
+	if out := sandbox.Run(t, "nft", "list", "ruleset"); strings.Contains(out, "fd00:70") || strings.Contains(out, "netshim") {
+		t.Errorf("rules left after gc:\n%s", out)
+	}
+	waitFor(2*time.Second, func() bool { return len(responders()) == 0 })
+	if r := responders(); len(r) != 0 {
+		t.Errorf("responder left: %v", r)
+	}
+
+	// Killed after its record (both addresses reserved) was written.
+	b := h.newProc("b", ann)
+	if !b.hookWithFault("createRuntime", "creating", "setup:record") {
+		t.Fatal("the fault point was not reached")
+	}
+	c := h.newProc("c", ann)
+	c.mustSetup()
+	if out := c.mustIn("ip", "-o", "addr", "show", "eth0"); !strings.Contains(out, "10.70.0.2/24") || !strings.Contains(out, "fd00:70::2/64") {
+		t.Errorf("c did not get the addresses b's killed setup held:\n%s", out)
+	}
+	c.mustTeardown()
+	assertClean(t, h)
+}
