@@ -99,10 +99,17 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (netlink.Link, error) {
 		return nil, fmt.Errorf("add address %s to bridge %s: %w", s.Gateway, s.Name, err)
 	}
 	if s.Gateway6.IsValid() {
-		// IPv6 on for the bridge, whatever the host's default; by path,
+		// IPv6 on for the bridge, whatever the host's default, and no
+		// duplicate address detection for its link-local address: the
+		// bridge has no carrier until its first container's veth joins,
+		// and while that address is tentative the host does not resolve
+		// the containers' addresses, so what is forwarded to them waits
+		// a second. The address comes from the bridge's own MAC. By path,
 		// as the name may hold a dot.
-		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+s.Name+"/disable_ipv6", []byte("0"), 0); err != nil {
-			return nil, fmt.Errorf("turn IPv6 on for bridge %s: %w", s.Name, err)
+		for _, set := range [][2]string{{"accept_dad", "0"}, {"disable_ipv6", "0"}} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+s.Name+"/"+set[0], []byte(set[1]), 0); err != nil {
+				return nil, fmt.Errorf("set IPv6 %s of bridge %s: %w", set[0], s.Name, err)
+			}
 		}
 		// Without DAD: the address is ours alone, and usable at once.
 		a := &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(s.Gateway6, s.Subnet6.Bits())), Flags: unix.IFA_F_NODAD}

@@ -72,6 +72,16 @@ subnet = "10.40.0.0/24"
 			if out := a.mustExec("ip", "-6", "route", "show", "default"); !strings.Contains(out, "via fd00:60::1 dev eth0") {
 				t.Errorf("a's IPv6 default route: %q", out)
 			}
+			// The bridge's link-local address is usable at once (no DAD):
+			// while tentative, the host would not resolve the containers'
+			// addresses, and what it forwards to them would wait.
+			var v6net struct{ Bridge string }
+			if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "v6")), &v6net); err != nil {
+				t.Fatal(err)
+			}
+			if out := sandbox.Run(t, "ip", "-6", "addr", "show", "dev", v6net.Bridge); !strings.Contains(out, "scope link") || strings.Contains(out, "tentative") {
+				t.Errorf("the bridge's IPv6 addresses:\n%s", out)
+			}
 			if out := b.mustExec("cat", "/etc/hosts"); !strings.Contains(out, "fd00:60::99\t") || !strings.Contains(out, "::1\tlocalhost") {
 				t.Errorf("b's /etc/hosts:\n%s", out)
 			}
