@@ -275,11 +275,15 @@ type Iptables struct {
 }
 
 // newIptables is the backend with go-iptables made, for the nftables
-// backend's coexistence rules.
-func newIptables() (*Iptables, error) {
-	ipt, err := iptables.New()
+// backend's coexistence rules: of ip6tables with v6.
+func newIptables(v6 bool) (*Iptables, error) {
+	proto := iptables.ProtocolIPv4
+	if v6 {
+		proto = iptables.ProtocolIPv6
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto))
 	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+		return nil, fmt.Errorf("%s: %w", tool("iptables", v6), err)
 	}
 	return &Iptables{ipt: ipt}, nil
 }

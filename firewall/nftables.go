@@ -195,15 +195,32 @@ func addChain(c *nftables.Conn, ch nftChain, all familySets, flush bool) {
 }
 
 // xtPrefix marks, among the nftables backend's objects, the iptables rules
-// it had to add for coexistence (see forwardDrops).
-const xtPrefix = "xt:"
+// it had to add for coexistence (see forwardDrops); xt6Prefix the
+// ip6tables ones.
+const (
+	xtPrefix  = "xt:"
+	xt6Prefix = "xt6:"
+)
 
-// forwardDrops reports whether iptables' filter FORWARD chain (Docker's,
-// firewalld's...) drops by policy. An accept in our own table cannot
-// override a drop in another base chain, so then forwarding for our
-// bridges must be accepted there too.
-func forwardDrops(c *nftables.Conn) bool {
-	ch, err := c.ListChain(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "filter"}, "FORWARD")
+// xtMark is the object prefix of coexistence rules of iptables, or of
+// ip6tables with v6.
+func xtMark(v6 bool) string {
+	if v6 {
+		return xt6Prefix
+	}
+	return xtPrefix
+}
+
+// forwardDrops reports whether iptables' (ip6tables' with v6) filter
+// FORWARD chain (Docker's, firewalld's...) drops by policy. An accept in
+// our own table cannot override a drop in another base chain, so then
+// forwarding for our bridges must be accepted there too.
+func forwardDrops(c *nftables.Conn, v6 bool) bool {
+	f := nftables.TableFamilyIPv4
+	if v6 {
+		f = nftables.TableFamilyIPv6
+	}
+	ch, err := c.ListChain(&nftables.Table{Family: f, Name: "filter"}, "FORWARD")
 	return err == nil && ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop
 }
 
@@ -218,21 +235,35 @@ func coexistRules(n NetRules) []iptRule {
 	}
 }
 
-// ensureCoexist makes iptables accept n's forwarding when its FORWARD chain
-// drops, and removes the coexistence rules of prev no longer wanted. It
-// returns the objects to record.
+// ensureCoexist makes iptables (and ip6tables, for a dual-stack network)
+// accept n's forwarding when its FORWARD chain drops, and removes the
+// coexistence rules of prev no longer wanted. It returns the objects to
+// record.
 func ensureCoexist(c *nftables.Conn, n NetRules, prev []string) ([]string, error) {
+	var out []string
+	for _, v6 := range []bool{false, true} {
+		xt, err := ensureCoexistFamily(c, n, prev, v6)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, xt...)
+	}
+	return out, nil
+}
+
+// ensureCoexistFamily is ensureCoexist in one family.
+func ensureCoexistFamily(c *nftables.Conn, n NetRules, prev []string, v6 bool) ([]string, error) {
 	var xt, xtPrev []string
 	for _, obj := range prev {
-		if o, ok := strings.CutPrefix(obj, xtPrefix); ok {
+		if o, ok := strings.CutPrefix(obj, xtMark(v6)); ok {
 			xtPrev = append(xtPrev, o)
 		}
 	}
-	drops := forwardDrops(c)
+	drops := (!v6 || n.Subnet6.IsValid()) && forwardDrops(c, v6)
 	if !drops && len(xtPrev) == 0 {
 		return nil, nil
 	}
-	ipt, err := newIptables()
+	ipt, err := newIptables(v6)
 	if err != nil {
 		return nil, fmt.Errorf("FORWARD policy is DROP and %w", err)
 	}
@@ -245,7 +276,7 @@ func ensureCoexist(c *nftables.Conn, n NetRules, prev []string) ([]string, error
 			if err := ipt.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
 				return nil, fmt.Errorf("iptables: add %s: %w", r.object(), err)
 			}
-			xt = append(xt, xtPrefix+r.object())
+			xt = append(xt, xtMark(v6)+r.object())
 			keep[r.object()] = true
 		}
 	}
@@ -282,7 +313,7 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 		keep[obj] = true
 	}
 	for _, obj := range prev {
-		if _, _, elem := parseBridgeElem(obj); keep[obj] || elem || strings.HasPrefix(obj, xtPrefix) {
+		if _, _, elem := parseBridgeElem(obj); keep[obj] || elem || strings.HasPrefix(obj, xtPrefix) || strings.HasPrefix(obj, xt6Prefix) {
 			continue
 		}
 		f, name, err := parseObject(obj)
@@ -306,7 +337,8 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 	if err != nil {
 		return err
 	}
-	var own, xt []string
+	var own []string
+	xt := map[bool][]string{}
 	families := map[nftables.TableFamily]bool{nftables.TableFamilyIPv4: true}
 	for _, obj := range installed {
 		if f, bridge, ok := parseBridgeElem(obj); ok {
@@ -327,17 +359,22 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 			continue
 		}
 		if o, ok := strings.CutPrefix(obj, xtPrefix); ok {
-			xt = append(xt, o)
+			xt[false] = append(xt[false], o)
+		} else if o, ok := strings.CutPrefix(obj, xt6Prefix); ok {
+			xt[true] = append(xt[true], o)
 		} else {
 			own = append(own, obj)
 		}
 	}
-	if len(xt) > 0 || (last && forwardDrops(c)) {
-		ipt, err := newIptables()
+	for _, v6 := range []bool{false, true} {
+		if len(xt[v6]) == 0 && !(last && forwardDrops(c, v6)) {
+			continue
+		}
+		ipt, err := newIptables(v6)
 		if err != nil {
 			return err
 		}
-		if err := ipt.deleteObjects(xt, nil); err != nil {
+		if err := ipt.deleteObjects(xt[v6], nil); err != nil {
 			return err
 		}
 		// Our iptables chain goes when no network of ours needs it; the

@@ -306,9 +306,10 @@ func rulesetDump(t *testing.T, backend string) string {
 	return sandbox.Run(t, "nft", "-s", "list", "ruleset")
 }
 
-// With FORWARD's policy DROP (Docker installed, say), published ports and
-// outbound traffic still work, and teardown leaves the host's rules as
-// they were, policy included.
+// With FORWARD's policy DROP in iptables and ip6tables (Docker installed,
+// say), published ports and outbound traffic still work, over IPv4 and
+// IPv6, and teardown leaves the host's rules as they were, policy
+// included.
 func TestForwardDropNftables(t *testing.T) {
 	if !sandbox.Enter(t) {
 		return
@@ -324,22 +325,50 @@ func TestForwardDropIptables(t *testing.T) {
 }
 
 func testForwardDrop(t *testing.T, backend string) {
-	up := sandbox.Uplink(t)
-	sandbox.Run(t, "iptables", "-P", "FORWARD", "DROP")
-	sandbox.Run(t, "iptables", "-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "DROP") // someone else's rule
-	before := rulesetDump(t, "iptables")
-	h := newHost(t, fmt.Sprintf("firewall = %q\n", backend))
+	up := uplink6(t)
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		sandbox.Run(t, tool, "-P", "FORWARD", "DROP")
+	}
+	sandbox.Run(t, "iptables", "-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "DROP")      // someone else's rule
+	sandbox.Run(t, "ip6tables", "-A", "FORWARD", "-s", "2001:db8:99::/64", "-j", "DROP") // and another
+	dump := func() string {
+		// As rulesetDump does for iptables: ip6tables-nft makes its
+		// tables and base chains on first use, and they stay.
+		for _, tc := range [][2]string{{"raw", "PREROUTING"}, {"nat", "PREROUTING"}, {"nat", "OUTPUT"}, {"nat", "POSTROUTING"},
+			{"filter", "FORWARD"}, {"filter", "INPUT"}, {"filter", "OUTPUT"}} {
+			sandbox.Run(t, "ip6tables", "-t", tc[0], "-I", tc[1], "-j", "ACCEPT")
+			sandbox.Run(t, "ip6tables", "-t", tc[0], "-D", tc[1], "-j", "ACCEPT")
+		}
+		return rulesetDump(t, "iptables") + sandbox.Run(t, "ip6tables-save")
+	}
+	before := dump()
+	h := newHost(t, fmt.Sprintf("firewall = %q\n[bridge]\nipv6 = true\nfixed_cidr_v6 = \"fd00:17::/64\"\n", backend))
 	web := h.webBundle("web", "-p", "8080:80").mustStart().waitHTTP()
-	if body, err := httpGet(up, "198.51.100.1:8080"); err != nil || body != "hello from web\n" {
-		t.Errorf("published port under FORWARD DROP: %q %v", body, err)
+	for _, addr := range []string{"198.51.100.1:8080", "[2001:db8:1::1]:8080"} {
+		if body := fetch(up, addr, 2*time.Second).body; body != "hello from web\n" {
+			t.Errorf("published port %s under FORWARD DROP: %q\n%s", addr, body, sandbox.Run(t, "sh", "-c", "ip6tables-save; nft list ruleset; ip -6 route; ip -6 addr"))
+		}
 	}
 	web.mustExec("ping", "-c1", "-W2", "203.0.113.1")
+	web.mustExec("ping", "-6", "-c1", "-W2", "2001:db8:ff::1")
 	if out := sandbox.Run(t, "iptables", "-S", "FORWARD"); !strings.HasPrefix(out, "-P FORWARD DROP\n-A FORWARD -j NETSHIM-FORWARD\n") {
 		t.Errorf("FORWARD:\n%s", out)
 	}
 	web.stop()
 	assertCleanLinks(t, h)
-	if after := rulesetDump(t, "iptables"); after != before {
+	if after := dump(); stripSaveDate(after) != stripSaveDate(before) {
 		t.Errorf("rules after teardown differ:\n--- before\n%s\n--- after\n%s", before, after)
 	}
+}
+
+// stripSaveDate drops the comment lines of iptables-save's output, which
+// carry the time.
+func stripSaveDate(s string) string {
+	var kept []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(l, "#") {
+			kept = append(kept, regexp.MustCompile(`\[\d+:\d+\]`).ReplaceAllString(l, ""))
+		}
+	}
+	return strings.Join(kept, "\n")
 }
