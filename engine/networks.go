@@ -445,16 +445,7 @@ func (e *Engine) InspectNetwork(name string) (*NetworkInfo, error) {
 // pool when none is configured.
 func (e *Engine) chooseSubnet6(def *config.Network, ns *state.Net) error {
 	if def.Subnet6.IsValid() {
-		if ns.Subnet6.IsValid() && (ns.Subnet6 != def.Subnet6 || ns.Gateway6 != def.Gateway6) {
-			if inUse, err := ns.InUse(); err != nil {
-				return err
-			} else if inUse {
-				return fmt.Errorf("network %s: IPv6 subnet changed from %s to %s while containers are attached; stop them first",
-					def.Name, ns.Subnet6, def.Subnet6)
-			}
-		}
-		ns.Subnet6, ns.Gateway6 = def.Subnet6, def.Gateway6
-		return nil
+		return configuredSubnet(def.Name, ns, &ns.Subnet6, &ns.Gateway6, def.Subnet6, def.Gateway6)
 	}
 	if ns.Subnet6.IsValid() {
 		return nil
@@ -510,21 +501,27 @@ func (e *Engine) freeSubnet6(name, bridge string) (netip.Prefix, error) {
 	return p, nil
 }
 
+// configuredSubnet settles a subnet and gateway the network's definition
+// gives into its state (*sub, *gw, of either family), refusing a change
+// while containers are attached.
+func configuredSubnet(name string, ns *state.Net, sub *netip.Prefix, gw *netip.Addr, want netip.Prefix, wantGW netip.Addr) error {
+	if sub.IsValid() && (*sub != want || *gw != wantGW) {
+		if inUse, err := ns.InUse(); err != nil {
+			return err
+		} else if inUse {
+			return fmt.Errorf("network %s: subnet changed from %s to %s while containers are attached; stop them first", name, *sub, want)
+		}
+	}
+	*sub, *gw = want, wantGW
+	return nil
+}
+
 // chooseSubnet settles the network's subnet: the configured one, else the
 // one chosen before (kept stable), else the address already on the bridge,
 // else the first free pool.
 func (e *Engine) chooseSubnet(def *config.Network, ns *state.Net) error {
 	if def.Subnet.IsValid() {
-		if ns.Subnet.IsValid() && (ns.Subnet != def.Subnet || ns.Gateway != def.Gateway) {
-			if inUse, err := ns.InUse(); err != nil {
-				return err
-			} else if inUse {
-				return fmt.Errorf("network %s: subnet changed from %s to %s while containers are attached; stop them first",
-					def.Name, ns.Subnet, def.Subnet)
-			}
-		}
-		ns.Subnet, ns.Gateway = def.Subnet, def.Gateway
-		return nil
+		return configuredSubnet(def.Name, ns, &ns.Subnet, &ns.Gateway, def.Subnet, def.Gateway)
 	}
 	if ns.Subnet.IsValid() {
 		return nil

@@ -196,28 +196,27 @@ func addResource(b *dnsmessage.Builder, r dnsmessage.Resource) error {
 
 // aRecords are A answers for name, from its IPv4 addresses.
 func aRecords(name dnsmessage.Name, addrs []netip.Addr) []dnsmessage.Resource {
-	var out []dnsmessage.Resource
-	for _, a := range addrs {
-		if a.Is4() {
-			out = append(out, dnsmessage.Resource{
-				Header: dnsmessage.ResourceHeader{Name: name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: TTL},
-				Body:   &dnsmessage.AResource{A: a.As4()},
-			})
-		}
-	}
-	return out
+	return addrRecords(name, addrs, false)
 }
 
 // aaaaRecords are AAAA answers for name, from its IPv6 addresses.
 func aaaaRecords(name dnsmessage.Name, addrs []netip.Addr) []dnsmessage.Resource {
+	return addrRecords(name, addrs, true)
+}
+
+func addrRecords(name dnsmessage.Name, addrs []netip.Addr, v6 bool) []dnsmessage.Resource {
 	var out []dnsmessage.Resource
 	for _, a := range addrs {
-		if a.Is6() {
-			out = append(out, dnsmessage.Resource{
-				Header: dnsmessage.ResourceHeader{Name: name, Type: dnsmessage.TypeAAAA, Class: dnsmessage.ClassINET, TTL: TTL},
-				Body:   &dnsmessage.AAAAResource{AAAA: a.As16()},
-			})
+		r := dnsmessage.Resource{Header: dnsmessage.ResourceHeader{Name: name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: TTL}}
+		switch {
+		case a.Is6() != v6:
+			continue
+		case v6:
+			r.Header.Type, r.Body = dnsmessage.TypeAAAA, &dnsmessage.AAAAResource{AAAA: a.As16()}
+		default:
+			r.Body = &dnsmessage.AResource{A: a.As4()}
 		}
+		out = append(out, r)
 	}
 	return out
 }

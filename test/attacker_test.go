@@ -90,6 +90,51 @@ func (p *probes) count(name string) int {
 	return n
 }
 
+// blocked reports whether connection r was blocked: it neither got through
+// nor was refused (a refusal would come from a stack it reached), and
+// probe counted its packets arriving at the host.
+func (p *probes) blocked(probe string, r dialResult) (string, bool) {
+	n := p.count(probe)
+	switch {
+	case r.err == nil:
+		return fmt.Sprintf("got through: %q", r.body), false
+	case r.refused:
+		return "refused by a stack it reached", false
+	case n == 0:
+		return "the probe never reached the host", false
+	}
+	return fmt.Sprintf("blocked (%d packets seen at the host)", n), true
+}
+
+// allowed reports whether connection r got through with body want.
+func allowed(want string, r dialResult) (string, bool) {
+	if r.err != nil || r.body != want {
+		return fmt.Sprintf("did not get through: %q %v", r.body, r.err), false
+	}
+	return "allowed", true
+}
+
+// serveHostService serves "host service" over HTTP on addr in the
+// sandbox, for as long as the test runs: a service of the host that
+// containers must not reach where their network forbids it.
+func serveHostService(t *testing.T, network, addr string) {
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprint(c, "HTTP/1.0 200 OK\r\n\r\nhost service\n")
+			c.Close()
+		}
+	}()
+}
+
 // lan makes a netns standing for a host on a LAN of the sandbox: joined by
 // a veth pair (hostIf in the sandbox with hostAddr, eth0 in the netns with
 // peerAddr, both /24), with routes through the sandbox to each of routes.

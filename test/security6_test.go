@@ -3,7 +3,6 @@ package test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -119,21 +118,7 @@ icc = false
 		}
 		return int(l.Attrs().Statistics.RxPackets)
 	}
-	hostSvc, err := net.Listen("tcp6", "[::]:7777")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostSvc.Close()
-	go func() {
-		for {
-			c, err := hostSvc.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprint(c, "HTTP/1.0 200 OK\r\n\r\nhost service\n")
-			c.Close()
-		}
-	}()
+	serveHostService(t, "tcp6", "[::]:7777")
 
 	p := &probes{t: t, family: "ip6"}
 	p.add("lan-nat", "pre", `iifname "uplink" ip6 daddr fd00:dead:beef::2 tcp dport 80`)
@@ -146,18 +131,7 @@ icc = false
 	p.add("iso-host", "pre", fmt.Sprintf(`iifname %q ip6 daddr fd00:63::1 tcp dport 7777`, isoBr))
 	p.add("int-out", "pre", fmt.Sprintf(`iifname %q ip6 daddr 2001:db8:ff::1`, intBr))
 
-	blocked := func(probe string, r dialResult) (string, bool) {
-		n := p.count(probe)
-		switch {
-		case r.err == nil:
-			return fmt.Sprintf("got through: %q", r.body), false
-		case r.refused:
-			return "refused by a stack it reached", false
-		case n == 0:
-			return "the probe never reached the host", false
-		}
-		return fmt.Sprintf("blocked (%d packets seen at the host)", n), true
-	}
+	blocked := p.blocked
 	// blockedFrom is blocked for a probe sent from inside container c.
 	blockedFrom := func(probe string, c *container, args ...string) (string, bool) {
 		if out, err := c.exec(args...); err == nil {
@@ -168,12 +142,6 @@ icc = false
 		} else {
 			return fmt.Sprintf("blocked (%d packets seen at the host)", n), true
 		}
-	}
-	allowed := func(want string, r dialResult) (string, bool) {
-		if r.err != nil || r.body != want {
-			return fmt.Sprintf("did not get through: %q %v", r.body, r.err), false
-		}
-		return "allowed", true
 	}
 	allowedIn := func(c *container, want string, args ...string) (string, bool) {
 		if out, err := c.exec(args...); err != nil || !strings.Contains(out, want) {

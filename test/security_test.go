@@ -90,21 +90,7 @@ gateway_mode = "isolated"
 	// The isolated container gets a way out added by hand, so its packets
 	// do reach the host (the firewall, not its routes, must stop them).
 	sandbox.Run(t, "nsenter", "-t", fmt.Sprint(iso.pid()), "-n", "ip", "route", "add", "default", "via", "198.18.3.1")
-	hostSvc, err := net.Listen("tcp4", "0.0.0.0:7777")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostSvc.Close()
-	go func() {
-		for {
-			c, err := hostSvc.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprint(c, "HTTP/1.0 200 OK\r\n\r\nhost service\n")
-			c.Close()
-		}
-	}()
+	serveHostService(t, "tcp4", "0.0.0.0:7777")
 	loop, err := net.ListenPacket("udp4", "127.0.0.1:5555")
 	if err != nil {
 		t.Fatal(err)
@@ -135,26 +121,7 @@ gateway_mode = "isolated"
 	p.add("iso-host", "pre", fmt.Sprintf(`iifname %q ip daddr 198.18.3.1 tcp dport 7777`, isoBr))
 
 	const blockWait = 1500 * time.Millisecond
-	// blocked: the connection neither got through nor was refused (a
-	// refusal would come from a stack it reached), and its probe counted.
-	blocked := func(probe string, r dialResult) (string, bool) {
-		n := p.count(probe)
-		switch {
-		case r.err == nil:
-			return fmt.Sprintf("got through: %q", r.body), false
-		case r.refused:
-			return "refused by a stack it reached", false
-		case n == 0:
-			return "the probe never reached the host", false
-		}
-		return fmt.Sprintf("blocked (%d packets seen at the host)", n), true
-	}
-	allowed := func(want string, r dialResult) (string, bool) {
-		if r.err != nil || r.body != want {
-			return fmt.Sprintf("did not get through: %q %v", r.body, r.err), false
-		}
-		return "allowed", true
-	}
+	blocked := p.blocked
 	check := func(title string) {
 		p.install()
 		m := &matrix{t: t}
