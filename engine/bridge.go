@@ -43,6 +43,9 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 	if err := e.chooseSubnet(def, ns); err != nil {
 		return err
 	}
+	if err := e.settleIPv6(def, ns, req); err != nil {
+		return err
+	}
 	ns.Bridge = def.Bridge
 	// The reservations are made in memory first (the network's state and
 	// the port index write them later): nothing is written before the
@@ -60,11 +63,7 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 		return err
 	}
 	var ip6 netip.Addr
-	switch {
-	case def.IPv6:
-		if err := e.chooseSubnet6(def, ns); err != nil {
-			return err
-		}
+	if def.IPv6 {
 		if ip6, err = ns.Allocate6(rec.ID, req.IP6, def.IPRange6); err != nil {
 			var ae *state.AddressError
 			if errors.As(err, &ae) && req.IP6.IsValid() {
@@ -72,8 +71,6 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 			}
 			return err
 		}
-	case req.IP6.IsValid():
-		return &FieldError{Field: FieldIP6, Reason: "network " + def.Name + " has no IPv6 subnet"}
 	}
 	fw, err := firewall.New(e.Config.Firewall)
 	if err != nil {
@@ -173,6 +170,25 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 			return err
 		}
 		fault("setup:responder")
+	}
+	return nil
+}
+
+// settleIPv6 settles the IPv6 subnet of a dual-stack network, before any
+// address is taken; on a network without IPv6 it refuses --ip6, and
+// forgets an IPv6 subnet left from when the network had IPv6 once no
+// container holds an address of it.
+func (e *Engine) settleIPv6(def *config.Network, ns *state.Net, req *Request) error {
+	switch {
+	case def.IPv6:
+		return e.chooseSubnet6(def, ns)
+	case req.IP6.IsValid():
+		return &FieldError{Field: FieldIP6, Reason: "network " + def.Name + " has no IPv6 subnet"}
+	case ns.Subnet6.IsValid():
+		if inUse, err := ns.InUse(); err != nil || inUse {
+			return err
+		}
+		ns.Subnet6, ns.Gateway6, ns.Low6 = netip.Prefix{}, netip.Addr{}, netip.Addr{}
 	}
 	return nil
 }

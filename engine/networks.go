@@ -444,6 +444,15 @@ func (e *Engine) InspectNetwork(name string) (*NetworkInfo, error) {
 // chooseSubnet does the IPv4 one: from the IPv6 pools, or the host's ULA
 // pool when none is configured.
 func (e *Engine) chooseSubnet6(def *config.Network, ns *state.Net) error {
+	if !ns.Subnet6.IsValid() {
+		// IPv6 turned on for the network: its rules, installed by its
+		// first container, know nothing of it yet.
+		if inUse, err := ns.InUse(); err != nil {
+			return err
+		} else if inUse {
+			return fmt.Errorf("network %s: IPv6 turned on while containers are attached; stop them first", def.Name)
+		}
+	}
 	if def.Subnet6.IsValid() {
 		return configuredSubnet(def.Name, ns, &ns.Subnet6, &ns.Gateway6, def.Subnet6, def.Gateway6)
 	}

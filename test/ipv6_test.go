@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -315,6 +316,47 @@ subnet6 = "fd00:70::/64"
 	c.mustSetup()
 	if out := c.mustIn("ip", "-o", "addr", "show", "eth0"); !strings.Contains(out, "10.70.0.2/24") || !strings.Contains(out, "fd00:70::2/64") {
 		t.Errorf("c did not get the addresses b's killed setup held:\n%s", out)
+	}
+	c.mustTeardown()
+	assertClean(t, h)
+}
+
+// IPv6 turned on for a network in the config while containers are
+// attached is refused (their network's rules know nothing of IPv6), with
+// one line and nothing left of the refused setup; once they are gone the
+// next container gets both families. Turned off again, the network
+// forgets its IPv6 subnet.
+func TestDualStackTurnedOn(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	sandbox.Uplink(t)
+	h := newHost(t, "[networks.d]\nsubnet = \"10.71.0.0/24\"\n")
+	ann := map[string]string{"netshim/network": "d"}
+	a := h.newProc("a", ann)
+	a.mustSetup()
+	writeFile(t, h.config, "[networks.d]\nsubnet = \"10.71.0.0/24\"\nipv6 = true\nsubnet6 = \"fd00:71::/64\"\n")
+	b := h.newProc("b", ann)
+	if out, err := b.hook("createRuntime", "creating"); err == nil || !strings.Contains(out, "network d: IPv6 turned on while containers are attached; stop them first") {
+		t.Errorf("IPv6 turned on under a running container: %v %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(h.stateDir, "containers", "b.json")); err == nil {
+		t.Error("the refused setup left a record")
+	}
+	a.mustTeardown()
+	b.mustSetup()
+	if out := b.mustIn("ip", "-o", "addr", "show", "eth0"); !strings.Contains(out, "10.71.0.2/24") || !strings.Contains(out, "fd00:71::2/64") {
+		t.Errorf("b's eth0:\n%s", out)
+	}
+	b.mustTeardown()
+	writeFile(t, h.config, "[networks.d]\nsubnet = \"10.71.0.0/24\"\n")
+	c := h.newProc("c", ann)
+	c.mustSetup()
+	if out := sandbox.Run(t, "cat", filepath.Join(h.stateDir, "networks", "d.json")); strings.Contains(out, "fd00:71") {
+		t.Errorf("the network kept its IPv6 subnet:\n%s", out)
+	}
+	if out := sandbox.Run(t, "nft", "list", "ruleset"); strings.Contains(out, "ip6") {
+		t.Errorf("IPv6 rules for an IPv4-only network:\n%s", out)
 	}
 	c.mustTeardown()
 	assertClean(t, h)
