@@ -28,7 +28,7 @@ var (
 	flagNetshim = flag.String("netshim", "bin/netshim", "netshim binary")
 	flagCNI     = flag.String("cni", "bench/out/bin", "directory of the CNI plugins and cnitool")
 	flagRuns    = flag.Int("runc-runs", 20, "runc run repetitions")
-	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,cni,netavark", "tools to measure")
+	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,netshim-nftables-ipv6,cni,netavark", "tools to measure")
 	flagSamples = flag.Int("min-samples", 100, "repeat a measurement at small N until it has this many samples")
 	flagNoop    = flag.String("noop", "bench/out/noop", "a Go program that does nothing, built as netshim is")
 	flagDNS     = flag.Int("dns", 2000, "DNS responder queries of each kind (local, forwarded); 0 skips them")
@@ -227,16 +227,26 @@ func main() {
 	all := map[string]tool{
 		"netshim-nftables": &netshimTool{bin: netshim, backend: "nftables"},
 		"netshim-iptables": &netshimTool{bin: netshim, backend: "iptables"},
-		"cni":              &cniTool{dir: cniDir},
-		"netavark":         &netavarkTool{},
+		// The default network dual stack: an address and the published
+		// port in both families.
+		"netshim-nftables-ipv6": &netshimTool{bin: netshim, backend: "nftables", label: "netshim-nftables-ipv6", ipv6: true},
+		"cni":                   &cniTool{dir: cniDir},
+		"netavark":              &netavarkTool{},
 	}
 	if *flagBase != "" {
 		base, _ := filepath.Abs(*flagBase)
 		all["baseline-nftables"] = &netshimTool{bin: base, backend: "nftables", label: "baseline-nftables"}
 		all["baseline-iptables"] = &netshimTool{bin: base, backend: "iptables", label: "baseline-iptables"}
 		if !strings.Contains(*flagTools, "baseline-") {
-			*flagTools = "netshim-nftables,baseline-nftables,netshim-iptables,baseline-iptables," + strings.TrimPrefix(
-				strings.ReplaceAll(strings.ReplaceAll(*flagTools, "netshim-nftables", ""), "netshim-iptables", ""), ",")
+			// Each backend's row followed by the baseline's.
+			var tools []string
+			for _, name := range strings.Split(*flagTools, ",") {
+				tools = append(tools, name)
+				if b, ok := strings.CutPrefix(name, "netshim-"); ok && all["baseline-"+b] != nil {
+					tools = append(tools, "baseline-"+b)
+				}
+			}
+			*flagTools = strings.Join(tools, ",")
 		}
 	}
 	var ns []int

@@ -15,8 +15,11 @@ import (
 type netshimTool struct {
 	bin, backend  string
 	config, state string
-	// label names a build other than the one under test (-baseline).
+	// label names a build other than the one under test (-baseline), or
+	// a configuration other than the default one.
 	label string
+	// ipv6 makes the default network dual stack.
+	ipv6 bool
 }
 
 func (t *netshimTool) name() string {
@@ -42,7 +45,11 @@ func (t *netshimTool) prepare(work string) error {
 	t.config = filepath.Join(work, "netshim.toml")
 	// The state dir is on tmpfs, as the default /run/netshim is.
 	t.state = filepath.Join("/run", "netshim-bench-"+filepath.Base(work))
-	return os.WriteFile(t.config, []byte(fmt.Sprintf("firewall = %q\n", t.backend)), 0o644)
+	config := fmt.Sprintf("firewall = %q\n", t.backend)
+	if t.ipv6 {
+		config += "[bridge]\nipv6 = true\nfixed_cidr_v6 = \"fd00:b0::/64\"\n"
+	}
+	return os.WriteFile(t.config, []byte(config), 0o644)
 }
 
 func (t *netshimTool) hook(c *container, stage, status string) error {
