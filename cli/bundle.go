@@ -13,7 +13,8 @@ import (
 )
 
 type bundleFlags struct {
-	name, network, ip, ip6       string
+	name, ip, ip6, mac           string
+	networks                     []string
 	links, aliases, dns, addHost []string
 	dnsSearch, dnsOption, capAdd []string
 	publish, expose              []string
@@ -42,7 +43,9 @@ Other fields are kept as they are.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.name, "name", "", "container name for links and DNS (default: the container id)")
-	fl.StringVar(&f.network, "network", "bridge", "bridge, none, host, or a user-defined network")
+	fl.StringArrayVar(&f.networks, "network", nil, "bridge (default), none, host, or a user-defined network; repeatable, in the order of eth0, eth1, …, "+
+		"each NAME or name=NAME[,alias=A][,ip=IP][,ip6=IP6][,mac-address=MAC][,gw-priority=N]")
+	fl.StringVar(&f.mac, "mac-address", "", "MAC address of the container's interface on its first network")
 	fl.StringVar(&f.ip, "ip", "", "static IPv4 address in the network's subnet")
 	fl.StringVar(&f.ip6, "ip6", "", "static IPv6 address in the network's IPv6 subnet")
 	fl.StringArrayVar(&f.links, "link", nil, "link to a container: NAME[:ALIAS] (repeatable)")
@@ -67,11 +70,13 @@ func (f *bundleFlags) annotations() (map[string]string, error) {
 			ann[key] = strings.Join(vals, ",")
 		}
 	}
-	network, err := ocihook.ParseNetwork(f.network)
+	networks, err := networkAnnotations(f.networks, ann)
 	if err != nil {
-		return nil, fmt.Errorf("--network %q: %w", f.network, err)
+		return nil, err
 	}
-	ann[ocihook.AnnNetwork] = network
+	if f.mac != "" {
+		ann[ocihook.PerNetworkKey(networks[0], ocihook.FieldMAC)] = f.mac
+	}
 	if f.name != "" {
 		ann[ocihook.AnnName] = f.name
 	}
@@ -109,6 +114,17 @@ func flagError(err error) error {
 	if ae, ok := err.(*ocihook.AnnotationError); ok {
 		if fl, ok := flags[ae.Key]; ok {
 			return fmt.Errorf("%s %q: %s", fl, ae.Value, ae.Reason)
+		}
+		if rest, ok := strings.CutPrefix(ae.Key, ocihook.AnnNetwork+"."); ok {
+			// A per-network option, from --network's name=NET,… or
+			// --mac-address.
+			i := strings.LastIndexByte(rest, '.')
+			network, field := rest[:i], rest[i+1:]
+			option := map[string]string{ocihook.FieldAliases: "alias", ocihook.FieldMAC: "mac-address"}[field]
+			if option == "" {
+				option = field
+			}
+			return fmt.Errorf("--network name=%s,%s=%s: %s", network, option, ae.Value, ae.Reason)
 		}
 	}
 	return err
@@ -301,4 +317,55 @@ func isOurHook(h map[string]any) bool {
 	}
 	args, _ := h["args"].([]any)
 	return len(args) > 0 && args[0] == "netshim"
+}
+
+// networkAnnotations turns the --network flags into netshim/network and the
+// per-network annotations, as Docker's `--network name=NET,alias=A,ip=…`
+// advanced syntax. It returns the networks in order.
+func networkAnnotations(flags []string, ann map[string]string) ([]string, error) {
+	if len(flags) == 0 {
+		flags = []string{ocihook.ModeBridge}
+	}
+	fields := map[string]string{"alias": ocihook.FieldAliases, "ip": ocihook.FieldIP, "ip6": ocihook.FieldIP6,
+		"mac-address": ocihook.FieldMAC, "gw-priority": ocihook.FieldGwPriority}
+	var names []string
+	for _, flag := range flags {
+		if !strings.Contains(flag, "=") {
+			names = append(names, flag)
+			continue
+		}
+		opts := map[string][]string{}
+		name := ""
+		for _, kv := range strings.Split(flag, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			switch {
+			case k == "name":
+				name = v
+			case fields[k] != "":
+				opts[fields[k]] = append(opts[fields[k]], v)
+			default:
+				return nil, fmt.Errorf("--network %q: unknown option %q (name, alias, ip, ip6, mac-address, gw-priority)", flag, k)
+			}
+		}
+		if name == "" {
+			return nil, fmt.Errorf("--network %q: no name=NETWORK", flag)
+		}
+		n, err := ocihook.ParseNetwork(name)
+		if err != nil {
+			return nil, fmt.Errorf("--network %q: %w", flag, err)
+		}
+		names = append(names, n)
+		for field, vals := range opts {
+			if len(vals) > 1 && field != ocihook.FieldAliases {
+				return nil, fmt.Errorf("--network %q: %s given twice", flag, field)
+			}
+			ann[ocihook.PerNetworkKey(n, field)] = strings.Join(vals, ",")
+		}
+	}
+	networks, err := ocihook.ParseNetworks(strings.Join(names, ","))
+	if err != nil {
+		return nil, fmt.Errorf("--network %q: %w", strings.Join(flags, " --network "), err)
+	}
+	ann[ocihook.AnnNetwork] = strings.Join(networks, ",")
+	return networks, nil
 }

@@ -29,15 +29,21 @@ func psCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "CONTAINER\tNAME\tNETWORK\tIP\tMAC\tPORTS")
 			for _, r := range recs {
 				network, ip, mac := r.Mode, "-", "-"
-				if len(r.Attachments) > 0 {
-					network = r.Attachments[0].Network
-				}
-				if a := r.Bridged(); a != nil {
-					var addrs []string
+				var networks, addrs, macs []string
+				for _, a := range r.Attachments {
+					networks = append(networks, a.Network)
 					for _, p := range a.Addrs {
 						addrs = append(addrs, p.String())
 					}
-					network, ip, mac = a.Network, strings.Join(addrs, ","), a.MAC
+					if a.MAC != "" {
+						macs = append(macs, a.MAC)
+					}
+				}
+				if len(networks) > 0 {
+					network = strings.Join(networks, ",")
+				}
+				if len(addrs) > 0 {
+					ip, mac = strings.Join(addrs, ","), strings.Join(macs, ",")
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", engine.ShortID(r.ID), r.Name, network, ip, mac, psPorts(r))
 			}
@@ -69,9 +75,28 @@ type Endpoint struct {
 	ContainerVeth       string     `json:"ContainerVeth,omitempty"`
 	Links               []string   `json:"Links,omitempty"`
 	Ports               []PortJSON `json:"Ports"`
-	Pid                 int        `json:"Pid,omitempty"`
-	State               string     `json:"State"`
-	Created             string     `json:"Created"`
+	// Networks is every network of the container, as Docker's
+	// NetworkSettings.Networks; the fields above are its first one's.
+	Networks map[string]NetworkJSON `json:"Networks,omitempty"`
+	Pid      int                    `json:"Pid,omitempty"`
+	State    string                 `json:"State"`
+	Created  string                 `json:"Created"`
+}
+
+// NetworkJSON is a container's place on one network, with Docker's names.
+type NetworkJSON struct {
+	Interface           string   `json:"Interface"`
+	IPAddress           string   `json:"IPAddress,omitempty"`
+	IPPrefixLen         int      `json:"IPPrefixLen,omitempty"`
+	Gateway             string   `json:"Gateway,omitempty"`
+	GlobalIPv6Address   string   `json:"GlobalIPv6Address,omitempty"`
+	GlobalIPv6PrefixLen int      `json:"GlobalIPv6PrefixLen,omitempty"`
+	IPv6Gateway         string   `json:"IPv6Gateway,omitempty"`
+	MacAddress          string   `json:"MacAddress,omitempty"`
+	DNSNames            []string `json:"DNSNames,omitempty"`
+	// DefaultRoute says the container's IPv4 default route goes
+	// through this network.
+	DefaultRoute bool `json:"DefaultRoute"`
 }
 
 func endpointOf(r *state.Record) Endpoint {
@@ -101,6 +126,23 @@ func endpointOf(r *state.Record) Endpoint {
 	}
 	for _, l := range r.Links {
 		e.Links = append(e.Links, fmt.Sprintf("%s:%s", l.Name, l.Alias))
+	}
+	for _, a := range r.Attachments {
+		if a.Interface == "" {
+			continue
+		}
+		if e.Networks == nil {
+			e.Networks = map[string]NetworkJSON{}
+		}
+		n := NetworkJSON{Interface: a.Interface, MacAddress: a.MAC, DNSNames: a.Names, DefaultRoute: a.Route.IsValid()}
+		for _, p := range a.Addrs {
+			if p.Addr().Is4() {
+				n.IPAddress, n.IPPrefixLen, n.Gateway = p.Addr().String(), p.Bits(), a.Gateway.String()
+			} else {
+				n.GlobalIPv6Address, n.GlobalIPv6PrefixLen, n.IPv6Gateway = p.Addr().String(), p.Bits(), a.Gateway6.String()
+			}
+		}
+		e.Networks[a.Network] = n
 	}
 	return e
 }

@@ -27,9 +27,9 @@ type bridgeDriver struct{ e *Engine }
 func vethAlias(id string) string { return "netshim:" + id }
 
 // Reserve implements Driver.
-func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, save func() error) error {
+func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, ep *Endpoint, save func() error) error {
 	e := b.e
-	def, err := e.network(network)
+	def, err := e.network(ep.Network)
 	if err != nil {
 		return err
 	}
@@ -43,7 +43,7 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 	if err := e.chooseSubnet(def, ns); err != nil {
 		return err
 	}
-	if err := e.settleIPv6(def, ns, req); err != nil {
+	if err := e.settleIPv6(def, ns, ep); err != nil {
 		return err
 	}
 	ns.Bridge = def.Bridge
@@ -54,20 +54,20 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 	if def.DefaultGateway.IsValid() {
 		reserved = append(reserved, def.DefaultGateway)
 	}
-	ip, err := ns.Allocate(rec.ID, req.IP, def.IPRange, reserved...)
+	ip, err := ns.Allocate(rec.ID, ep.IP, def.IPRange, reserved...)
 	if err != nil {
 		var ae *state.AddressError
-		if errors.As(err, &ae) && req.IP.IsValid() {
-			return &FieldError{Field: FieldIP, Reason: err.Error()}
+		if errors.As(err, &ae) && ep.IP.IsValid() {
+			return &FieldError{Field: FieldIP, Network: ep.Network, Reason: err.Error()}
 		}
 		return err
 	}
 	var ip6 netip.Addr
 	if def.IPv6 {
-		if ip6, err = ns.Allocate6(rec.ID, req.IP6, def.IPRange6); err != nil {
+		if ip6, err = ns.Allocate6(rec.ID, ep.IP6, def.IPRange6); err != nil {
 			var ae *state.AddressError
-			if errors.As(err, &ae) && req.IP6.IsValid() {
-				return &FieldError{Field: FieldIP6, Reason: err.Error()}
+			if errors.As(err, &ae) && ep.IP6.IsValid() {
+				return &FieldError{Field: FieldIP6, Network: ep.Network, Reason: err.Error()}
 			}
 			return err
 		}
@@ -76,9 +76,13 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 	if err != nil {
 		return err
 	}
+	mac := ep.MAC
+	if mac == nil {
+		mac = netsetup.MACFor(ip)
+	}
 	a := state.Attachment{
-		Network: def.Name, Driver: ModeBridge, Interface: netsetup.ContainerIfName,
-		Bridge: def.Bridge, HostVeth: netsetup.RandomVethName(), MAC: netsetup.MACFor(ip).String(),
+		Network: def.Name, Driver: ModeBridge, Interface: ep.iface,
+		Bridge: def.Bridge, HostVeth: netsetup.RandomVethName(), MAC: mac.String(),
 		Addrs: []netip.Prefix{netip.PrefixFrom(ip, ns.Subnet.Bits())}, Gateway: ns.Gateway, Route: ns.Gateway,
 		MTU: def.MTU, Isolated: !def.ICC, Firewall: fw.Name(),
 	}
@@ -89,11 +93,14 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 		a.Addrs = append(a.Addrs, netip.PrefixFrom(ip6, ns.Subnet6.Bits()))
 		a.Gateway6, a.Route6 = ns.Gateway6, ns.Gateway6
 	}
-	if def.Internal {
-		a.Route, a.Route6 = netip.Addr{}, netip.Addr{} // no way out
+	if def.Internal || !ep.route4 {
+		a.Route = netip.Addr{} // no way out, or another network's
+	}
+	if def.Internal || !ep.route6 {
+		a.Route6 = netip.Addr{}
 	}
 	var ports *state.Ports
-	if len(req.Ports) > 0 {
+	if len(req.Ports) > 0 && ep.ports {
 		switch {
 		case def.Internal:
 			kind := "internal"
@@ -116,7 +123,7 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 		}
 	}
 	if !def.Default {
-		a.Names = dnsNames(rec, req)
+		a.Names = dnsNames(rec, ep)
 	}
 	installRules := !ns.RulesInstalled()
 	if installRules {
@@ -178,12 +185,12 @@ func (b *bridgeDriver) Reserve(rec *state.Record, req *Request, network string, 
 // address is taken; on a network without IPv6 it refuses --ip6, and
 // forgets an IPv6 subnet left from when the network had IPv6 once no
 // container holds an address of it.
-func (e *Engine) settleIPv6(def *config.Network, ns *state.Net, req *Request) error {
+func (e *Engine) settleIPv6(def *config.Network, ns *state.Net, ep *Endpoint) error {
 	switch {
 	case def.IPv6:
 		return e.chooseSubnet6(def, ns)
-	case req.IP6.IsValid():
-		return &FieldError{Field: FieldIP6, Reason: "network " + def.Name + " has no IPv6 subnet"}
+	case ep.IP6.IsValid():
+		return &FieldError{Field: FieldIP6, Network: ep.Network, Reason: "network " + def.Name + " has no IPv6 subnet"}
 	case ns.Subnet6.IsValid():
 		if inUse, err := ns.InUse(); err != nil || inUse {
 			return err
@@ -193,13 +200,13 @@ func (e *Engine) settleIPv6(def *config.Network, ns *state.Net, req *Request) er
 	return nil
 }
 
-// dnsNames are a container's names in its network's DNS: its name, its
-// aliases and its short id, the ones DNS can carry (a name from a long
-// container id may not be).
-func dnsNames(rec *state.Record, req *Request) []string {
+// dnsNames are a container's names in a network's DNS: its name, its
+// aliases on that network and its short id, the ones DNS can carry (a name
+// from a long container id may not be).
+func dnsNames(rec *state.Record, ep *Endpoint) []string {
 	var out []string
 	seen := map[string]bool{}
-	for _, n := range append(append([]string{rec.Name}, req.Aliases...), ShortID(rec.ID)) {
+	for _, n := range append(append([]string{rec.Name}, ep.Aliases...), ShortID(rec.ID)) {
 		if !seen[n] && DNSName(n) == nil {
 			seen[n] = true
 			out = append(out, n)
@@ -271,7 +278,7 @@ func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *Contain
 	if err != nil {
 		return err
 	}
-	spec := netsetup.PairSpec{HostName: a.HostVeth, Alias: vethAlias(rec.ID), Bridge: bridge, MTU: a.MTU, MAC: mac, Isolated: a.Isolated}
+	spec := netsetup.PairSpec{HostName: a.HostVeth, PeerName: a.Interface, Alias: vethAlias(rec.ID), Bridge: bridge, MTU: a.MTU, MAC: mac, Isolated: a.Isolated}
 	for attempt := 0; ; attempt++ {
 		err := netsetup.CreatePair(c.NS, spec)
 		if err == nil {

@@ -22,7 +22,7 @@ type Driver interface {
 	// written with save before it writes or creates anything else, so
 	// that a hook killed at any point leaves a record naming what may
 	// exist. What it reserved before a failure is given back by Detach.
-	Reserve(rec *state.Record, req *Request, network string, save func() error) error
+	Reserve(rec *state.Record, req *Request, ep *Endpoint, save func() error) error
 	// Attach creates what attachment a names in the kernel: the
 	// container's interface in its network namespace, its published
 	// ports. It may change a (a host name found taken) and then saves
@@ -96,7 +96,7 @@ func (c *ContainerNS) Close() {
 // noneDriver gives a container its own network namespace with lo only.
 type noneDriver struct{}
 
-func (noneDriver) Reserve(rec *state.Record, _ *Request, _ string, save func() error) error {
+func (noneDriver) Reserve(rec *state.Record, _ *Request, _ *Endpoint, save func() error) error {
 	rec.Attachments = append(rec.Attachments, state.Attachment{Network: ModeNone, Driver: ModeNone})
 	return save()
 }
@@ -111,7 +111,7 @@ func (noneDriver) Detach(*state.Record, state.Attachment, *Reclaim) error { retu
 // setup checks it shares.
 type hostDriver struct{}
 
-func (hostDriver) Reserve(rec *state.Record, _ *Request, _ string, save func() error) error {
+func (hostDriver) Reserve(rec *state.Record, _ *Request, _ *Endpoint, save func() error) error {
 	rec.Attachments = append(rec.Attachments, state.Attachment{Network: ModeHost, Driver: ModeHost})
 	return save()
 }

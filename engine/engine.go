@@ -8,6 +8,7 @@ package engine
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -64,12 +65,10 @@ type Request struct {
 	// for the bind mounts of /etc/hosts and /etc/resolv.conf.
 	Rootfs string
 	Mounts []netsetup.Mount
-	// Network is bridge (the default network), none, host, or a user
-	// network's name.
-	Network    string
-	IP         netip.Addr
-	IP6        netip.Addr
-	Aliases    []string
+	// Endpoints are the container's networks, in the order of its
+	// interfaces (eth0, eth1, …): bridge (the default network) or user
+	// networks, or none or host alone.
+	Endpoints  []Endpoint
 	Links      []LinkRequest
 	DNS        []netip.Addr
 	DNSSearch  []string
@@ -80,6 +79,31 @@ type Request struct {
 	// lo, once the runtime applies them (after the hooks).
 	LoopbackIPv6Off bool
 }
+
+// Endpoint is the container's place on one of its networks, as asked:
+// the network and the container's options there.
+type Endpoint struct {
+	Network string
+	IP, IP6 netip.Addr
+	Aliases []string
+	// MAC is the container interface's (default: Docker's, from the IPv4
+	// address).
+	MAC net.HardwareAddr
+	// GwPriority chooses the network of the default route (Docker 28's
+	// gw-priority): the highest wins, the first of equals.
+	GwPriority int
+
+	// What setup makes of it: the container's interface on the network,
+	// whether its default routes of each family go through it, and
+	// whether the published ports are mapped to its addresses (the
+	// IPv4 gateway's, as in Docker).
+	iface          string
+	route4, route6 bool
+	ports          bool
+}
+
+// Mode is the request's kind of network: host, none or bridge.
+func (r *Request) Mode() string { return driverKind(r.Endpoints[0].Network) }
 
 // LinkRequest is one --link: a container name and the alias it is known by.
 type LinkRequest struct {
@@ -114,11 +138,13 @@ const (
 	FieldPorts    = "ports"
 )
 
-// FieldError refuses a request for one of its fields: the boundary says
-// which annotation or flag set it.
+// FieldError refuses a request for one of its fields (of its endpoint on
+// Network, for per-network fields): the boundary says which annotation or
+// flag set it.
 type FieldError struct {
-	Field  string
-	Reason string
+	Field   string
+	Network string
+	Reason  string
 }
 
 func (e *FieldError) Error() string { return e.Reason }

@@ -33,7 +33,12 @@ func (e *Engine) writeFiles(req *Request, rec *state.Record, loopback6 bool) ([]
 		hosts = netsetup.HostsSpec{Base: base}
 		resolv = netsetup.ResolvSpec{Host: hostResolv, KeepLoopback: true}
 	case a != nil:
-		hosts = netsetup.HostsSpec{IP: a.Addr(), IP6: a.Addr6(), Links: rec.Links}
+		hosts = netsetup.HostsSpec{Links: rec.Links}
+		for _, at := range rec.Attachments {
+			for _, p := range at.Addrs {
+				hosts.Addrs = append(hosts.Addrs, p.Addr())
+			}
+		}
 		resolv.Host = containerResolvBase(hostResolv)
 	default:
 		resolv.Host = containerResolvBase(hostResolv)
@@ -57,9 +62,13 @@ func (e *Engine) writeFiles(req *Request, rec *state.Record, loopback6 bool) ([]
 		if err != nil {
 			return nil, err
 		}
-		if len(a.Names) > 0 {
-			// The network's responder answers (and forwards --dns).
-			resolv.Nameservers = []netip.Addr{a.Gateway}
+		for _, at := range rec.Attachments {
+			if len(at.Names) > 0 {
+				// The first user network's responder answers, for
+				// every network of the container (and forwards --dns).
+				resolv.Nameservers = []netip.Addr{at.Gateway}
+				break
+			}
 		}
 		if len(resolv.Nameservers) == 0 {
 			resolv.Nameservers = def.DNS

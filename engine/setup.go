@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -64,10 +65,10 @@ func checkNetns(req *Request, c state.Container) error {
 	}
 	shared := c.NetnsDev == host.Dev && c.NetnsIno == host.Ino
 	switch {
-	case req.Network == ModeHost && !shared:
+	case req.Mode() == ModeHost && !shared:
 		return fmt.Errorf("network host: container %s has its own network namespace; remove the network namespace from config.json (netshim bundle --network host does)", req.ID)
-	case req.Network != ModeHost && shared:
-		return fmt.Errorf("network %s: container %s shares the host's network namespace; add a network namespace to config.json (netshim bundle does)", req.Network, req.ID)
+	case req.Mode() != ModeHost && shared:
+		return fmt.Errorf("network %s: container %s shares the host's network namespace; add a network namespace to config.json (netshim bundle does)", req.Endpoints[0].Network, req.ID)
 	}
 	return nil
 }
@@ -107,7 +108,7 @@ func (e *Engine) reserve(req *Request, c state.Container, me state.Process) (*st
 	}
 
 	owner := me
-	rec := &state.Record{ID: req.ID, Name: req.Name, Mode: driverKind(req.Network), Phase: state.PhaseCreating,
+	rec := &state.Record{ID: req.ID, Name: req.Name, Mode: req.Mode(), Phase: state.PhaseCreating,
 		Created: time.Now().UTC(), Bundle: req.Bundle, Owner: &owner, Container: c}
 	saved := false
 	save := func() error {
@@ -120,7 +121,14 @@ func (e *Engine) reserve(req *Request, c state.Container, me state.Process) (*st
 		}
 		return nil
 	}
-	err = e.driver(driverKind(req.Network)).Reserve(rec, req, req.Network, save)
+	err = e.planEndpoints(req)
+	for i := range req.Endpoints {
+		if err != nil {
+			break
+		}
+		ep := &req.Endpoints[i]
+		err = e.driver(driverKind(ep.Network)).Reserve(rec, req, ep, save)
+	}
 	if err == nil {
 		err = e.resolveLinks(rec, req)
 	}
@@ -177,30 +185,100 @@ func (e *Engine) undoCrashed() error {
 	return nil
 }
 
+// planEndpoints names each endpoint's interface (eth0, eth1, … in order)
+// and chooses those of the default routes, each family on its own as in
+// Docker 28: the highest gw-priority among the networks that have a way
+// out (not internal) and an address of the family, the first of equals.
+// The published ports go with the IPv4 route. A request of one network
+// needs no definition read: its only endpoint has both routes, which an
+// internal network drops.
+func (e *Engine) planEndpoints(req *Request) error {
+	eps := req.Endpoints
+	for i := range eps {
+		eps[i].iface = netsetup.ContainerIfName(i)
+		eps[i].route4, eps[i].route6, eps[i].ports = len(eps) == 1, len(eps) == 1, len(eps) == 1
+	}
+	if len(eps) == 1 {
+		return nil
+	}
+	best4, best6 := -1, -1
+	for i, ep := range eps {
+		if driverKind(ep.Network) != ModeBridge {
+			return fmt.Errorf("network %s: a container on several networks can only be on bridge networks", ep.Network)
+		}
+		def, err := e.network(ep.Network)
+		if err != nil {
+			return err
+		}
+		if def.Internal {
+			continue
+		}
+		if best4 < 0 || ep.GwPriority > eps[best4].GwPriority {
+			best4 = i
+		}
+		if def.IPv6 && (best6 < 0 || ep.GwPriority > eps[best6].GwPriority) {
+			best6 = i
+		}
+	}
+	if best4 >= 0 {
+		eps[best4].route4, eps[best4].ports = true, true
+	} else {
+		eps[0].ports = true // refused by the driver: internal
+	}
+	if best6 >= 0 {
+		eps[best6].route6 = true
+	}
+	return nil
+}
+
 // resolveLinks resolves the request's --links to the addresses of running
-// containers on the same network, for /etc/hosts.
+// containers on a network the container is on, for /etc/hosts.
 func (e *Engine) resolveLinks(rec *state.Record, req *Request) error {
-	a := rec.Bridged()
 	for _, l := range req.Links {
 		target, ok, err := e.Store.NameOwner(l.Name)
 		if err != nil {
 			return err
 		}
-		var ta *state.Attachment
+		var ip netip.Addr
 		if ok && target.Phase == state.PhaseReady {
-			ta = target.Bridged()
+			ip = sharedAddr(rec, target)
 		}
-		if a == nil || ta == nil || ta.Network != a.Network {
-			return &FieldError{Field: FieldLinks, Reason: fmt.Sprintf("link %s:%s: no running container named %q on network %s", l.Name, l.Alias, l.Name, req.Network)}
+		if !ip.IsValid() {
+			return &FieldError{Field: FieldLinks, Reason: fmt.Sprintf("link %s:%s: no running container named %q on network %s", l.Name, l.Alias, l.Name, req.Endpoints[0].Network)}
 		}
-		rec.Links = append(rec.Links, state.Link{Name: target.Name, Alias: l.Alias, IP: ta.Addr()})
+		rec.Links = append(rec.Links, state.Link{Name: target.Name, Alias: l.Alias, IP: ip})
 	}
 	return nil
+}
+
+// sharedAddr is target's IPv4 address on the first of rec's networks it is
+// on too.
+func sharedAddr(rec, target *state.Record) netip.Addr {
+	for _, a := range rec.Attachments {
+		for _, ta := range target.Attachments {
+			if ta.Network == a.Network && ta.Addr().IsValid() {
+				return ta.Addr()
+			}
+		}
+	}
+	return netip.Addr{}
 }
 
 // wire is setup's second step, without the lock: each attachment made in
 // the kernel by its driver, then the container's files.
 func (e *Engine) wire(req *Request, rec *state.Record, c *ContainerNS) error {
+	if rec.Mode != ModeHost {
+		// The container's interfaces start with IPv6 on if one of its
+		// networks has it (then an IPv4-only network's interface has a
+		// link-local address too).
+		ipv6 := false
+		for _, a := range rec.Attachments {
+			ipv6 = ipv6 || a.Addr6().IsValid()
+		}
+		if err := c.Prepare(ipv6); err != nil {
+			return err
+		}
+	}
 	for i := range rec.Attachments {
 		a := &rec.Attachments[i]
 		if err := e.driver(a.Driver).Attach(rec, a, c); err != nil {

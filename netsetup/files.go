@@ -31,8 +31,9 @@ type HostsSpec struct {
 	// Loopback6 lists ::1 and the other IPv6 lines: only where lo has
 	// ::1, or "localhost" would name an address nothing can bind.
 	Loopback6 bool
-	// IP and IP6 are the container's own addresses.
-	IP, IP6  netip.Addr
+	// Addrs are the container's own addresses, each listed with its
+	// names.
+	Addrs    []netip.Addr
 	Hostname string
 	Name     string
 	Links    []state.Link
@@ -83,8 +84,8 @@ func BuildHosts(s HostsSpec) []byte {
 	if s.Name != "" && s.Name != s.Hostname {
 		names = append(names, s.Name)
 	}
-	for _, ip := range []netip.Addr{s.IP, s.IP6} {
-		if ip.IsValid() && len(names) > 0 {
+	for _, ip := range s.Addrs {
+		if len(names) > 0 {
 			fmt.Fprintf(&b, "%s\t%s\n", ip, strings.Join(names, " "))
 		}
 	}

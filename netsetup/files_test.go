@@ -15,7 +15,7 @@ import (
 
 func TestBuildHosts(t *testing.T) {
 	got := string(BuildHosts(HostsSpec{
-		IP: netip.MustParseAddr("172.17.0.3"), Hostname: "c961d4e7a9ca", Name: "wordpress",
+		Addrs: []netip.Addr{netip.MustParseAddr("172.17.0.3")}, Hostname: "c961d4e7a9ca", Name: "wordpress",
 		Links: []state.Link{{Name: "db_wordpress", Alias: "db", IP: netip.MustParseAddr("172.17.0.2")}, {Name: "cache", IP: netip.MustParseAddr("172.17.0.4")}},
 		Extra: []HostEntry{{Name: "gw", IP: netip.MustParseAddr("172.17.0.1")}},
 	}))

@@ -17,8 +17,9 @@ import (
 	"github.com/netshim/netshim/internal/cidr"
 )
 
-// ContainerIfName is the container end of the veth pair, as in Docker.
-const ContainerIfName = "eth0"
+// ContainerIfName is the container end of the veth pair of its n-th
+// network, as in Docker: eth0, eth1, …
+func ContainerIfName(n int) string { return fmt.Sprintf("eth%d", n) }
 
 // MACFor is Docker's MAC for an IPv4 address: 02:42 and the four bytes.
 func MACFor(ip netip.Addr) net.HardwareAddr {
@@ -156,8 +157,10 @@ func mcastSnoopingOff(br netlink.Link) error {
 
 // PairSpec is a container's veth pair.
 type PairSpec struct {
-	// HostName names the host end; Alias marks it as ours (IFLA_IFALIAS).
+	// HostName names the host end, PeerName the container end (eth0);
+	// Alias marks the host end as ours (IFLA_IFALIAS).
 	HostName string
+	PeerName string
 	Alias    string
 	// Bridge is the bridge's ifindex.
 	Bridge int
@@ -195,7 +198,7 @@ func CreatePair(ns netns.NsHandle, s PairSpec) error {
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
 	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
 	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
-	for _, a := range vethAttrs(ContainerIfName, s.MTU) {
+	for _, a := range vethAttrs(s.PeerName, s.MTU) {
 		peer.AddChild(a)
 	}
 	peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC))

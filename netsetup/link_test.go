@@ -32,7 +32,7 @@ func TestCreatePair(t *testing.T) {
 	defer ctr.Close()
 
 	mac := net.HardwareAddr{0x02, 0x42, 192, 0, 2, 9}
-	spec := PairSpec{HostName: "vethtest", Alias: "netshim:c1", Bridge: br.Index, MTU: 1400, MAC: mac, Isolated: true}
+	spec := PairSpec{HostName: "vethtest", PeerName: "eth0", Alias: "netshim:c1", Bridge: br.Index, MTU: 1400, MAC: mac, Isolated: true}
 	if err := CreatePair(ns, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestCreatePair(t *testing.T) {
 	if p, err := h.LinkGetProtinfo(host); err != nil || !p.Hairpin || !p.Isolated {
 		t.Errorf("host end's port flags: %v %+v, want hairpin and isolated", err, p)
 	}
-	peer, err := ctr.LinkByName(ContainerIfName)
+	peer, err := ctr.LinkByName("eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestCreatePair(t *testing.T) {
 
 	// The same host name again: EEXIST, and the existing pair untouched.
 	ns2 := newNetns(t, nil)
-	err = CreatePair(ns2, PairSpec{HostName: "vethtest", Alias: "netshim:c2", Bridge: br.Index, MTU: 1400, MAC: mac})
+	err = CreatePair(ns2, PairSpec{HostName: "vethtest", PeerName: "eth0", Alias: "netshim:c2", Bridge: br.Index, MTU: 1400, MAC: mac})
 	if !errors.Is(err, unix.EEXIST) {
 		t.Errorf("second pair named vethtest: %v, want EEXIST", err)
 	}
@@ -74,7 +74,7 @@ func TestCreatePair(t *testing.T) {
 		t.Errorf("existing host end after a refused pair: %v %+v", err, l)
 	}
 	// A bridge that is not there: nothing is left of the pair.
-	if err := CreatePair(ns2, PairSpec{HostName: "vethnobr", Alias: "x", Bridge: 9999, MTU: 1500, MAC: mac}); err == nil {
+	if err := CreatePair(ns2, PairSpec{HostName: "vethnobr", PeerName: "eth0", Alias: "x", Bridge: 9999, MTU: 1500, MAC: mac}); err == nil {
 		t.Error("pair on a missing bridge: no error")
 	}
 	if _, err := h.LinkByName("vethnobr"); err == nil {

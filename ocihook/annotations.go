@@ -2,8 +2,11 @@ package ocihook
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/netshim/netshim/config"
@@ -43,6 +46,11 @@ type AddHost = engine.AddHost
 
 // Options are a container's network options, from its annotations.
 type Options struct {
+	// Networks are the container's networks, in the order of its
+	// interfaces; Network is the first. IP, IP6 and Aliases are for the
+	// first, PerNetwork has every network's own options.
+	Networks   []string
+	PerNetwork map[string]*NetworkOptions
 	Network    string
 	Name       string
 	IP         netip.Addr
@@ -57,6 +65,27 @@ type Options struct {
 	Expose     []ExposedPort
 	PublishAll bool
 }
+
+// NetworkOptions are a container's options on one of its networks, from
+// the netshim/network.NAME.FIELD annotations.
+type NetworkOptions struct {
+	IP, IP6    netip.Addr
+	Aliases    []string
+	MAC        net.HardwareAddr
+	GwPriority int
+}
+
+// Per-network annotation fields: netshim/network.NAME.FIELD.
+const (
+	FieldIP         = "ip"
+	FieldIP6        = "ip6"
+	FieldAliases    = "aliases"
+	FieldMAC        = "mac"
+	FieldGwPriority = "gw-priority"
+)
+
+// PerNetworkKey is the annotation of a per-network option.
+func PerNetworkKey(network, field string) string { return AnnNetwork + "." + network + "." + field }
 
 // Ports is what to publish: -p, plus every exposed port with -P.
 func (o *Options) Ports() []PortRequest {
@@ -87,16 +116,25 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	var perNetwork []string
 	for _, k := range keys {
-		if strings.HasPrefix(k, "netshim/") && !known[k] {
+		if strings.HasPrefix(k, AnnNetwork+".") {
+			perNetwork = append(perNetwork, k)
+		} else if strings.HasPrefix(k, "netshim/") && !known[k] {
 			return nil, &AnnotationError{Key: k, Value: ann[k], Reason: "unknown netshim annotation"}
 		}
 	}
-	o := &Options{Network: ModeBridge}
+	o := &Options{Network: ModeBridge, Networks: []string{ModeBridge}, PerNetwork: map[string]*NetworkOptions{}}
 	var err error
 	if v, ok := ann[AnnNetwork]; ok {
-		if o.Network, err = ParseNetwork(v); err != nil {
+		if o.Networks, err = ParseNetworks(v); err != nil {
 			return nil, &AnnotationError{Key: AnnNetwork, Value: v, Reason: err.Error()}
+		}
+		o.Network = o.Networks[0]
+	}
+	for _, k := range perNetwork {
+		if err := o.parsePerNetwork(k, ann[k]); err != nil {
+			return nil, err
 		}
 	}
 	if v, ok := ann[AnnName]; ok {
@@ -213,6 +251,123 @@ func CheckName(s string) error {
 		return fmt.Errorf("invalid name %q: %w", s, err)
 	}
 	return nil
+}
+
+// ParseNetworks parses netshim/network: a network mode, or networks in the
+// order of the container's interfaces, comma-separated. host and none stand
+// alone.
+func ParseNetworks(s string) ([]string, error) {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		n, err := ParseNetwork(strings.TrimSpace(item))
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(out, n) {
+			return nil, fmt.Errorf("network %s is given twice", n)
+		}
+		out = append(out, n)
+	}
+	if len(out) > 1 && (slices.Contains(out, ModeHost) || slices.Contains(out, ModeNone)) {
+		return nil, fmt.Errorf("host and none cannot be combined with other networks")
+	}
+	return out, nil
+}
+
+// parsePerNetwork reads one netshim/network.NAME.FIELD annotation.
+func (o *Options) parsePerNetwork(key, v string) error {
+	rest := strings.TrimPrefix(key, AnnNetwork+".")
+	i := strings.LastIndexByte(rest, '.')
+	if i < 0 {
+		return &AnnotationError{Key: key, Value: v, Reason: "unknown netshim annotation (want netshim/network.NAME.FIELD)"}
+	}
+	network, field := rest[:i], rest[i+1:]
+	if !slices.Contains(o.Networks, network) {
+		return &AnnotationError{Key: key, Value: v, Reason: "network " + network + " is not one of the container's networks (" + AnnNetwork + ")"}
+	}
+	if network == ModeHost || network == ModeNone {
+		return &AnnotationError{Key: key, Value: v, Reason: "needs a bridge network, not " + network}
+	}
+	n := o.PerNetwork[network]
+	if n == nil {
+		n = &NetworkOptions{}
+		o.PerNetwork[network] = n
+	}
+	var err error
+	switch field {
+	case FieldIP:
+		n.IP, err = ParseIP(v)
+	case FieldIP6:
+		n.IP6, err = ParseIP6(v)
+	case FieldAliases:
+		for _, item := range splitList(v) {
+			if err = CheckName(item); err != nil {
+				break
+			}
+			n.Aliases = append(n.Aliases, item)
+		}
+	case FieldMAC:
+		n.MAC, err = ParseMAC(v)
+	case FieldGwPriority:
+		if n.GwPriority, err = strconv.Atoi(v); err != nil {
+			err = fmt.Errorf("%q is not an integer", v)
+		}
+	default:
+		return &AnnotationError{Key: key, Value: v, Reason: "unknown netshim annotation (fields: ip, ip6, aliases, mac, gw-priority)"}
+	}
+	if err != nil {
+		return &AnnotationError{Key: key, Value: v, Reason: err.Error()}
+	}
+	return nil
+}
+
+// ParseMAC parses a unicast MAC address for a container's interface.
+func ParseMAC(s string) (net.HardwareAddr, error) {
+	mac, err := net.ParseMAC(s)
+	if err != nil || len(mac) != 6 {
+		return nil, fmt.Errorf("%q is not a MAC address", s)
+	}
+	if mac[0]&1 != 0 {
+		return nil, fmt.Errorf("%q is a multicast MAC address", s)
+	}
+	return mac, nil
+}
+
+// Endpoints are the container's endpoint requests: its networks in order,
+// the first with IP, IP6 and Aliases, each with its own options. An option
+// set both ways for the first network is refused.
+func (o *Options) Endpoints() ([]engine.Endpoint, error) {
+	var out []engine.Endpoint
+	for i, name := range o.Networks {
+		ep := engine.Endpoint{Network: name}
+		n := o.PerNetwork[name]
+		if n == nil {
+			n = &NetworkOptions{}
+		}
+		ep.IP, ep.IP6, ep.Aliases, ep.MAC, ep.GwPriority = n.IP, n.IP6, n.Aliases, n.MAC, n.GwPriority
+		if i == 0 {
+			for _, c := range []struct {
+				global, per       bool
+				key, field, value string
+			}{{o.IP.IsValid(), n.IP.IsValid(), AnnIP, FieldIP, o.IP.String()}, {o.IP6.IsValid(), n.IP6.IsValid(), AnnIP6, FieldIP6, o.IP6.String()},
+				{len(o.Aliases) > 0, len(n.Aliases) > 0, AnnAliases, FieldAliases, strings.Join(o.Aliases, ",")}} {
+				if c.global && c.per {
+					return nil, &AnnotationError{Key: c.key, Value: c.value, Reason: "set for network " + name + " in " + PerNetworkKey(name, c.field) + " too: set it once"}
+				}
+			}
+			if o.IP.IsValid() {
+				ep.IP = o.IP
+			}
+			if o.IP6.IsValid() {
+				ep.IP6 = o.IP6
+			}
+			if len(o.Aliases) > 0 {
+				ep.Aliases = o.Aliases
+			}
+		}
+		out = append(out, ep)
+	}
+	return out, nil
 }
 
 // ParseNetwork validates a network mode or user network name.

@@ -106,3 +106,45 @@ func TestRequestLoopbackIPv6Off(t *testing.T) {
 		}
 	}
 }
+
+// netshim/network takes several networks, in the order of the container's
+// interfaces; per-network options go in netshim/network.NAME.FIELD; the
+// first network also takes netshim/ip, ip6 and aliases.
+func TestSeveralNetworks(t *testing.T) {
+	o, err := ParseAnnotations(map[string]string{
+		AnnNetwork: "front,back.end", AnnIP: "10.1.0.5", AnnAliases: "www",
+		"netshim/network.back.end.ip":          "10.2.0.5",
+		"netshim/network.back.end.aliases":     "api,db",
+		"netshim/network.back.end.mac":         "02:00:00:00:00:09",
+		"netshim/network.back.end.gw-priority": "10",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := o.Endpoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(eps) != 2 || eps[0].Network != "front" || eps[0].IP.String() != "10.1.0.5" || eps[0].Aliases[0] != "www" ||
+		eps[1].Network != "back.end" || eps[1].IP.String() != "10.2.0.5" || len(eps[1].Aliases) != 2 || eps[1].MAC.String() != "02:00:00:00:00:09" ||
+		eps[1].GwPriority != 10 {
+		t.Errorf("endpoints %+v", eps)
+	}
+	for ann, want := range map[string]map[string]string{
+		"network front is given twice":              {AnnNetwork: "front,front"},
+		"host and none cannot be combined":          {AnnNetwork: "host,front"},
+		"is not one of the container's networks":    {AnnNetwork: "front", "netshim/network.back.ip": "10.2.0.5"},
+		"unknown netshim annotation (fields":        {AnnNetwork: "front", "netshim/network.front.colour": "blue"},
+		`"x" is not an integer`:                     {AnnNetwork: "front", "netshim/network.front.gw-priority": "x"},
+		"is a multicast MAC address":                {AnnNetwork: "front", "netshim/network.front.mac": "01:00:00:00:00:01"},
+		"netshim/network.front.ip too: set it once": {AnnNetwork: "front", AnnIP: "10.1.0.5", "netshim/network.front.ip": "10.1.0.6"},
+	} {
+		o, err := ParseAnnotations(want)
+		if err == nil {
+			_, err = o.Endpoints()
+		}
+		if err == nil || !strings.Contains(err.Error(), ann) {
+			t.Errorf("%v: %v, want %q", want, err, ann)
+		}
+	}
+}

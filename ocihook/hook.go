@@ -154,9 +154,13 @@ func Request(st *specs.State) (*engine.Request, map[string]string, error) {
 	if !filepath.IsAbs(rootfs) {
 		rootfs = filepath.Join(st.Bundle, rootfs)
 	}
+	endpoints, err := opts.Endpoints()
+	if err != nil {
+		return nil, nil, err
+	}
 	req := &engine.Request{
 		ID: st.ID, Name: opts.Name, Hostname: spec.Hostname, PID: st.Pid, Bundle: st.Bundle, Rootfs: rootfs,
-		Network: opts.Network, IP: opts.IP, IP6: opts.IP6, Aliases: opts.Aliases, Links: opts.Links,
+		Endpoints: endpoints, Links: opts.Links,
 		DNS: opts.DNS, DNSSearch: opts.DNSSearch, DNSOptions: opts.DNSOptions, AddHosts: opts.AddHosts, Ports: opts.Ports(),
 		LoopbackIPv6Off: spec.loopbackIPv6Off(),
 	}
@@ -210,7 +214,11 @@ func Run(eng *engine.Engine, stdin io.Reader, stage string) (err error) {
 	err = eng.Setup(req)
 	var fe *engine.FieldError
 	if errors.As(err, &fe) {
-		if key := annotationOf[fe.Field]; key != "" {
+		key := annotationOf[fe.Field]
+		if k := PerNetworkKey(fe.Network, fe.Field); fe.Network != "" && ann[k] != "" {
+			key = k // the network's own option, not the first network's
+		}
+		if key != "" {
 			return &AnnotationError{Key: key, Value: ann[key], Reason: fe.Reason}
 		}
 	}

@@ -1,0 +1,161 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netshim/netshim/internal/sandbox"
+)
+
+func TestMultiNetworkNftables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testMultiNetwork(t, "nftables")
+}
+
+func TestMultiNetworkIptables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testMultiNetwork(t, "iptables")
+}
+
+// testMultiNetwork: a container on frontend and backend (interfaces eth0
+// and eth1, in that order) reaches a frontend-only and a backend-only
+// container by name, each network's names answering with the address on
+// the network the query came from, aliases per network; the two others do
+// not reach each other; the default route goes where gw-priority, or the
+// order, says; teardown leaves nothing.
+func testMultiNetwork(t *testing.T, backend string) {
+	sandbox.Uplink(t)
+	h := newHost(t, fmt.Sprintf(`firewall = %q
+data_dir = %q
+[networks.frontend]
+subnet = "10.81.0.0/24"
+[networks.backend]
+subnet = "10.82.0.0/24"
+`, backend, filepath.Join(t.TempDir(), "data")))
+	web := h.newBundle(uniqueID(t, "web"), sleeper, "--name", "web", "--network", "frontend",
+		"--network", "name=backend,alias=api,ip=10.82.0.50").mustStart()
+	fonly := h.newBundle(uniqueID(t, "fonly"), sleeper, "--name", "fonly", "--network", "frontend").mustStart()
+	bonly := h.newBundle(uniqueID(t, "bonly"), sleeper, "--name", "bonly", "--network", "backend").mustStart()
+	prio := h.newBundle(uniqueID(t, "prio"), sleeper, "--name", "prio", "--network", "frontend",
+		"--network", "name=backend,gw-priority=10").mustStart()
+
+	if out := web.mustExec("ip", "-o", "-4", "addr"); !strings.Contains(out, "eth0    inet 10.81.0.2/24") || !strings.Contains(out, "eth1    inet 10.82.0.50/24") {
+		t.Errorf("web's interfaces:\n%s", out)
+	}
+	for c, want := range map[*container]string{web: "default via 10.81.0.1 dev eth0", prio: "default via 10.82.0.1 dev eth1"} {
+		if out := c.mustExec("ip", "route"); !strings.Contains(out, want+" ") || strings.Count(out, "default") != 1 {
+			t.Errorf("%s's default route: %q, want %q", c.id, out, want)
+		}
+	}
+	// By name, from each side; the answer is the address on the asker's
+	// network; an alias is of its own network only.
+	web.mustExec("ping", "-c1", "-W2", "fonly")
+	web.mustExec("ping", "-c1", "-W2", "bonly")
+	fonly.mustExec("ping", "-c1", "-W2", "web")
+	bonly.mustExec("ping", "-c1", "-W2", "api")
+	for _, c := range []struct {
+		from       *container
+		name, want string
+	}{{fonly, "web", "10.81.0.2"}, {bonly, "web", "10.82.0.50"}, {bonly, "api", "10.82.0.50"}, {web, "bonly", "10.82.0.2"}} {
+		if out := c.from.mustExec("nslookup", c.name); !strings.Contains(out, "Address: "+c.want) || strings.Count(out, "Address: 10.8") != 1 {
+			t.Errorf("%s resolving %s:\n%s", c.from.id, c.name, out)
+		}
+	}
+	if out, err := fonly.exec("nslookup", "api"); err == nil && strings.Contains(out, "10.82.0.50") {
+		t.Errorf("frontend resolves backend's alias:\n%s", out)
+	}
+	if out, err := fonly.exec("nslookup", "bonly"); err == nil && strings.Contains(out, "10.82") {
+		t.Errorf("frontend resolves a backend-only name:\n%s", out)
+	}
+
+	// The frontend-only container does not reach the backend-only one;
+	// the probe proves its packets reached the host.
+	var front struct{ Bridge string }
+	if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "frontend")), &front); err != nil {
+		t.Fatal(err)
+	}
+	sandbox.Run(t, "nsenter", "-t", fmt.Sprint(fonly.pid()), "-n", "ip", "route", "add", "10.82.0.0/24", "via", "10.81.0.1")
+	p := &probes{t: t}
+	p.add("front-to-back", "pre", fmt.Sprintf(`iifname %q ip daddr 10.82.0.2`, front.Bridge))
+	p.install()
+	if out, err := fonly.exec("ping", "-c1", "-W1", "10.82.0.2"); err == nil {
+		t.Errorf("frontend reached backend:\n%s", out)
+	} else if n := p.count("front-to-back"); n == 0 {
+		t.Error("frontend -> backend: the probe never reached the host")
+	}
+	sandbox.Run(t, "nft", "delete", "table", "ip", "probe")
+
+	var ep struct {
+		Networks map[string]struct {
+			Interface, IPAddress, MacAddress string
+			DNSNames                         []string
+			DefaultRoute                     bool
+		}
+	}
+	if err := json.Unmarshal([]byte(h.mustNetshim("inspect", "web")), &ep); err != nil {
+		t.Fatal(err)
+	}
+	if f, b := ep.Networks["frontend"], ep.Networks["backend"]; f.Interface != "eth0" || f.IPAddress != "10.81.0.2" || !f.DefaultRoute ||
+		b.Interface != "eth1" || b.IPAddress != "10.82.0.50" || b.DefaultRoute || !strings.Contains(strings.Join(b.DNSNames, ","), "api") ||
+		strings.Contains(strings.Join(f.DNSNames, ","), "api") || f.MacAddress == b.MacAddress {
+		t.Errorf("inspect web: %+v", ep.Networks)
+	}
+	if out := h.mustNetshim("ps"); !strings.Contains(out, "frontend,backend") || !strings.Contains(out, "10.81.0.2/24,10.82.0.50/24") {
+		t.Errorf("ps:\n%s", out)
+	}
+	if out := web.mustExec("cat", "/etc/hosts"); !strings.Contains(out, "10.81.0.2\t") || !strings.Contains(out, "10.82.0.50\t") {
+		t.Errorf("web's /etc/hosts:\n%s", out)
+	}
+	for _, name := range []string{"frontend", "backend"} {
+		var info struct {
+			Containers map[string]struct{ Name string }
+		}
+		if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", name)), &info); err != nil || info.Containers[web.id].Name != "web" {
+			t.Errorf("network inspect %s: %+v %v", name, info, err)
+		}
+	}
+
+	// Refused with one line, nothing left.
+	for _, bad := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--network", "frontend", "--network", "frontend"}, "network frontend is given twice"},
+		{[]string{"--network", "host", "--network", "frontend"}, "host and none cannot be combined"},
+		{[]string{"--network", "name=backend,colour=blue"}, `unknown option "colour"`},
+		{[]string{"--network", "frontend", "--network", "name=backend,ip=10.82.0.50"}, "10.82.0.50"},
+	} {
+		c := h.newBundle(uniqueID(t, "bad"), sleeper, "--network", "frontend")
+		_, errOut, err := h.netshim("", append([]string{"bundle", c.bundle}, bad.flags...)...)
+		if err == nil {
+			err = c.start()
+		} else {
+			err = fmt.Errorf("%s", errOut)
+		}
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%v: %v", bad.flags, err)
+		}
+	}
+	// The taken address was refused after the first network was reserved:
+	// nothing of it is left.
+	if out := h.mustNetshim("ps"); strings.Count(out, "\n") != 5 {
+		t.Errorf("ps after refusals:\n%s", out)
+	}
+
+	for _, c := range []*container{web, fonly, bonly, prio} {
+		c.stop()
+	}
+	waitFor(2*time.Second, func() bool { return len(responders()) == 0 })
+	assertClean(t, h)
+	if r := responders(); len(r) != 0 {
+		t.Errorf("responders left: %v", r)
+	}
+}
