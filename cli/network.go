@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/engine"
+	"github.com/netshim/netshim/ocihook"
 )
 
 func networkCmd(g *globals) *cobra.Command {
@@ -28,7 +30,7 @@ networks can also be defined in the config file under [networks.NAME].`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(networkCreateCmd(g), networkLsCmd(g), networkInspectCmd(g), networkRmCmd(g))
+	cmd.AddCommand(networkCreateCmd(g), networkLsCmd(g), networkInspectCmd(g), networkRmCmd(g), networkConnectCmd(g), networkDisconnectCmd(g))
 	return cmd
 }
 
@@ -177,4 +179,75 @@ func byFamily(flag string, in []string, v4, v6 *string) error {
 		*out = s
 	}
 	return nil
+}
+
+func networkConnectCmd(g *globals) *cobra.Command {
+	var ip, ip6, mac string
+	var aliases []string
+	cmd := &cobra.Command{
+		Use:   "connect [OPTIONS] NETWORK CONTAINER",
+		Short: "Connect a running container to a network",
+		Long: `Attach a running container (id, id prefix or name) to a bridge network, as docker network
+connect: a new interface (the first free ethN) with its address, its names in the network's DNS.
+The container's default route stays where it is, unless it had none.`,
+		Example: `  netshim network connect backend web
+  netshim network connect --alias api --ip 10.82.0.50 backend web`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ep := engine.Endpoint{Network: args[0], Aliases: aliases}
+			var err error
+			if ip != "" {
+				if ep.IP, err = ocihook.ParseIP(ip); err != nil {
+					return fmt.Errorf("--ip: %w", err)
+				}
+			}
+			if ip6 != "" {
+				if ep.IP6, err = ocihook.ParseIP6(ip6); err != nil {
+					return fmt.Errorf("--ip6: %w", err)
+				}
+			}
+			if mac != "" {
+				if ep.MAC, err = ocihook.ParseMAC(mac); err != nil {
+					return fmt.Errorf("--mac-address: %w", err)
+				}
+			}
+			for _, a := range aliases {
+				if err := ocihook.CheckName(a); err != nil {
+					return fmt.Errorf("--alias: %w", err)
+				}
+			}
+			eng, err := g.engine()
+			if err != nil {
+				return err
+			}
+			err = eng.Connect(args[1], ep)
+			var fe *engine.FieldError
+			if errors.As(err, &fe) {
+				return fmt.Errorf("--%s: %s", fe.Field, fe.Reason)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&ip, "ip", "", "static IPv4 address on the network")
+	f.StringVar(&ip6, "ip6", "", "static IPv6 address on a dual-stack network")
+	f.StringArrayVar(&aliases, "alias", nil, "extra name in the network's DNS (repeatable)")
+	f.StringVar(&mac, "mac-address", "", "MAC address of the new interface")
+	return cmd
+}
+
+func networkDisconnectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "disconnect NETWORK CONTAINER",
+		Short:   "Disconnect a running container from a network",
+		Example: "  netshim network disconnect backend web",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			eng, err := g.engine()
+			if err != nil {
+				return err
+			}
+			return eng.Disconnect(args[1], args[0])
+		},
+	}
 }

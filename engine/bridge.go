@@ -359,10 +359,11 @@ func (b *bridgeDriver) Detach(rec *state.Record, a state.Attachment, r *Reclaim)
 		return fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	// A setup killed between making the veth and marking it leaves it
-	// without its alias: for a record still being created, the recorded
-	// (random) name is enough.
-	aside, err := netsetup.SetAside(h, a.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady)
+	// A setup (or connect) killed between making the veth and marking it
+	// leaves it without its alias: for a record still being created, or
+	// an attachment still being connected, the recorded (random) name is
+	// enough.
+	aside, err := netsetup.SetAside(h, a.HostVeth, vethAlias(rec.ID), rec.Phase != state.PhaseReady || a.Connecting != nil)
 	if err != nil {
 		return err
 	}

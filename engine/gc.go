@@ -44,6 +44,11 @@ func (e *Engine) GC() ([]string, error) {
 	for _, r := range recs {
 		if live(r) {
 			keep[r.ID] = true
+			lines, err := e.undoConnects(r)
+			report = append(report, lines...)
+			if err != nil {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		why := "its process is gone"

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -167,6 +168,11 @@ func (e *Engine) undoCrashed() error {
 		case ok && rec.Phase == state.PhaseCreating:
 			if err := e.teardownNow(rec); err != nil {
 				return fmt.Errorf("clean up the crashed setup of %s: %w", id, err)
+			}
+		case ok && rec.Phase == state.PhaseReady && slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Connecting != nil }):
+			// A network connect: in flight, or killed.
+			if _, err := e.undoConnects(rec); err != nil {
+				return err
 			}
 		default: // killed after the record was ready, or before it existed
 			if err := e.Store.UnmarkCreating(id); err != nil {

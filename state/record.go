@@ -91,6 +91,10 @@ type Attachment struct {
 	// Ports are the published ports, reserved in the port index and
 	// installed in the firewall.
 	Ports []Port `json:"ports,omitempty"`
+	// Connecting is the `netshim network connect` making this
+	// attachment of a running container, until it is done: if it dies
+	// first, the next hook or gc takes the attachment out again.
+	Connecting *Process `json:"connecting,omitempty"`
 }
 
 // Addr is the attachment's IPv4 address, if it has one.

@@ -3,6 +3,8 @@ package test
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -158,4 +160,131 @@ subnet = "10.82.0.0/24"
 	if r := responders(); len(r) != 0 {
 		t.Errorf("responders left: %v", r)
 	}
+}
+
+func TestNetworkConnectNftables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testNetworkConnect(t, "nftables")
+}
+
+func TestNetworkConnectIptables(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	testNetworkConnect(t, "iptables")
+}
+
+// testNetworkConnect: `network connect` attaches a running container to
+// another network, whose containers then resolve and reach it by name (and
+// it them) at once; `disconnect` takes it off, name, interface, address and
+// all, its other network untouched; bad cases change nothing; a connect
+// killed at each step is taken back by gc; poststop after a live connect
+// leaves nothing.
+func testNetworkConnect(t *testing.T, backend string) {
+	sandbox.Uplink(t)
+	h := newHost(t, fmt.Sprintf(`firewall = %q
+data_dir = %q
+[networks.a]
+subnet = "10.83.0.0/24"
+[networks.b]
+subnet = "10.84.0.0/24"
+`, backend, filepath.Join(t.TempDir(), "data")))
+	c1 := h.newBundle(uniqueID(t, "c1"), sleeper, "--name", "c1", "--network", "a").mustStart()
+	c2 := h.newBundle(uniqueID(t, "c2"), sleeper, "--name", "c2", "--network", "b").mustStart()
+	if _, err := c2.exec("nslookup", "c1"); err == nil {
+		t.Fatal("c1 resolves on b before it is connected")
+	}
+
+	h.mustNetshim("network", "connect", "--alias", "one", "b", "c1")
+	// At once: the command has returned, the names answer and the
+	// interface carries traffic.
+	c2.mustExec("ping", "-c1", "-W1", "c1")
+	c2.mustExec("ping", "-c1", "-W1", "one")
+	c1.mustExec("ping", "-c1", "-W1", "c2")
+	if out := c1.mustExec("ip", "-o", "-4", "addr"); !strings.Contains(out, "eth0    inet 10.83.0.2/24") || !strings.Contains(out, "eth1    inet 10.84.0.3/24") {
+		t.Errorf("c1 after connect:\n%s", out)
+	}
+	if out := c1.mustExec("ip", "route"); !strings.Contains(out, "default via 10.83.0.1 dev eth0") || strings.Count(out, "default") != 1 {
+		t.Errorf("c1's routes after connect (the default route stays):\n%s", out)
+	}
+	var info struct {
+		Containers map[string]struct{ Name, IPv4Address string }
+	}
+	if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "b")), &info); err != nil || info.Containers[c1.id].IPv4Address != "10.84.0.3/24" {
+		t.Errorf("network inspect b: %+v %v", info, err)
+	}
+
+	// Bad cases: one line each, nothing changed.
+	before := h.mustNetshim("ps")
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"connect", "b", "c1"}, "container c1 is already attached to network b"},
+		{[]string{"connect", "nonet", "c1"}, "network nonet not found"},
+		{[]string{"connect", "a", "nobody"}, "no such container: nobody"},
+		{[]string{"connect", "--ip", "10.83.0.2", "a", "c2"}, "address 10.83.0.2 on network a: address already in use by container"},
+		{[]string{"disconnect", "a", "c2"}, "container c2 is not connected to network a"},
+		{[]string{"connect", "--ip", "10.0.0.1/24", "a", "c2"}, `--ip: "10.0.0.1/24" is not an IPv4 address`},
+	} {
+		_, errOut, err := h.netshim("", append([]string{"network"}, bad.args...)...)
+		if err == nil || !strings.Contains(errOut, bad.want) || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
+			t.Errorf("network %v: %v %q", bad.args, err, errOut)
+		}
+	}
+	if after := h.mustNetshim("ps"); after != before {
+		t.Errorf("a refused command changed things:\n%s\n%s", before, after)
+	}
+
+	h.mustNetshim("network", "disconnect", "b", "c1")
+	if out, err := c2.exec("nslookup", "c1"); err == nil {
+		t.Errorf("c1 still resolves on b:\n%s", out)
+	}
+	if out := c1.mustExec("ip", "-o", "link"); strings.Contains(out, "eth1") {
+		t.Errorf("c1 keeps eth1:\n%s", out)
+	}
+	c1.mustExec("ping", "-c1", "-W1", "10.83.0.1") // a untouched
+	if out := sandbox.Run(t, "ls", filepath.Join(h.stateDir, "networks", "b.addrs")); strings.Contains(out, "10.84.0.3") {
+		t.Errorf("c1's address on b is still held: %s", out)
+	}
+	// Off its last network, a container keeps lo only.
+	h.mustNetshim("network", "disconnect", "a", "c1")
+	if out := c1.mustExec("ip", "-o", "link"); strings.Contains(out, "eth") {
+		t.Errorf("c1 off every network:\n%s", out)
+	}
+	h.mustNetshim("network", "connect", "a", "c1")
+	if out := c1.mustExec("ip", "route"); !strings.Contains(out, "default via 10.83.0.1 dev eth0") {
+		t.Errorf("c1 connected again, with no default route before:\n%s", out)
+	}
+
+	// Killed at each step, then gc: nothing half-attached.
+	for _, point := range []string{"connect:record", "setup:veth", "connect:attached"} {
+		cmd := exec.Command(netshimBin, "--config", h.config, "--state-dir", h.stateDir, "network", "connect", "b", "c1")
+		cmd.Env = append(os.Environ(), "NETSHIM_FAULT="+point)
+		if err := cmd.Run(); err == nil {
+			t.Fatalf("connect with fault %s was not killed", point)
+		}
+		out := h.mustNetshim("gc")
+		if !strings.Contains(out, "its connect to network b was killed; taken back") {
+			t.Errorf("gc after a connect killed at %s:\n%s", point, out)
+		}
+		if out := c1.mustExec("ip", "-o", "link"); strings.Contains(out, "eth1") {
+			t.Errorf("after a connect killed at %s and gc: c1 has\n%s", point, out)
+		}
+		if out := sandbox.Run(t, "ls", filepath.Join(h.stateDir, "networks", "b.addrs")); strings.TrimSpace(out) != "10.84.0.2" { // c2's only
+			t.Errorf("after a connect killed at %s and gc: b's allocations %s", point, out)
+		}
+		if _, err := c2.exec("nslookup", "c1"); err == nil {
+			t.Errorf("after a connect killed at %s and gc: c1 resolves on b", point)
+		}
+	}
+
+	// Poststop after a live connect leaves nothing.
+	h.mustNetshim("network", "connect", "b", "c1")
+	c1.stop()
+	c2.stop()
+	waitFor(2*time.Second, func() bool { return len(responders()) == 0 })
+	assertClean(t, h)
 }
