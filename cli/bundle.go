@@ -331,7 +331,11 @@ func networkAnnotations(flags []string, ann map[string]string) ([]string, error)
 	var names []string
 	for _, flag := range flags {
 		if !strings.Contains(flag, "=") {
-			names = append(names, flag)
+			n, err := ocihook.ParseNetwork(flag)
+			if err != nil {
+				return nil, fmt.Errorf("--network %q: %w", flag, err)
+			}
+			names = append(names, n)
 			continue
 		}
 		opts := map[string][]string{}

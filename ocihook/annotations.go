@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/engine"
@@ -230,14 +231,11 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 	return o, nil
 }
 
+// splitList splits a list annotation at commas or spaces: Podman's
+// --annotation splits its value at commas itself, so there a list is
+// written with spaces. No item of any list holds either.
 func splitList(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
-		}
-	}
-	return out
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 }
 
 // CheckName validates a container name or alias as Docker does
@@ -254,12 +252,16 @@ func CheckName(s string) error {
 }
 
 // ParseNetworks parses netshim/network: a network mode, or networks in the
-// order of the container's interfaces, comma-separated. host and none stand
-// alone.
+// order of the container's interfaces, separated by commas or spaces. host
+// and none stand alone.
 func ParseNetworks(s string) ([]string, error) {
+	items := splitList(s)
+	if len(items) == 0 {
+		items = []string{""} // the default network
+	}
 	var out []string
-	for _, item := range strings.Split(s, ",") {
-		n, err := ParseNetwork(strings.TrimSpace(item))
+	for _, item := range items {
+		n, err := ParseNetwork(item)
 		if err != nil {
 			return nil, err
 		}

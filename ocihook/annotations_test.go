@@ -130,6 +130,10 @@ func TestSeveralNetworks(t *testing.T) {
 		eps[1].GwPriority != 10 {
 		t.Errorf("endpoints %+v", eps)
 	}
+	// Podman's --annotation splits at commas: spaces separate too.
+	if n, err := ParseNetworks(" front  back "); err != nil || len(n) != 2 || n[1] != "back" {
+		t.Errorf("space-separated networks: %v %v", n, err)
+	}
 	for ann, want := range map[string]map[string]string{
 		"network front is given twice":              {AnnNetwork: "front,front"},
 		"host and none cannot be combined":          {AnnNetwork: "host,front"},

@@ -88,31 +88,7 @@ func TestPodman(t *testing.T) {
 	}
 	up := sandbox.Uplink(t)
 	h := newHost(t, "")
-	hooks := filepath.Join(h.dir, "hooks.d")
-	os.MkdirAll(hooks, 0o755)
-	hookFile := map[string]any{
-		"version": "1.0.0",
-		"hook": map[string]any{
-			"path":    netshimBin,
-			"args":    []string{"netshim", "--config", h.config, "--state-dir", h.stateDir, "hook"},
-			"env":     []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-			"timeout": 30,
-		},
-		"when":   map[string]any{"annotations": map[string]string{"^netshim/network$": ".*"}},
-		"stages": []string{"createRuntime", "poststop"},
-	}
-	data, _ := json.Marshal(hookFile)
-	os.WriteFile(filepath.Join(hooks, "netshim.json"), data, 0o644)
-	rootfs := filepath.Join(h.dir, "rootfs")
-	busyboxRootfs(t, rootfs)
-	os.MkdirAll(filepath.Join(rootfs, "www"), 0o755)
-	os.WriteFile(filepath.Join(rootfs, "www", "index.html"), []byte("hello from podman\n"), 0o644)
-	podman := func(args ...string) (string, error) {
-		base := []string{"--root", filepath.Join(h.dir, "storage"), "--runroot", filepath.Join(h.dir, "runroot"),
-			"--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "none"}
-		out, err := exec.Command("podman", append(base, args...)...).CombinedOutput()
-		return string(out), err
-	}
+	podman, hooks, rootfs := podmanFor(h)
 	out, err := podman("run", "-d", "--name", "pweb", "--hooks-dir", hooks, "--network", "none",
 		"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--cap-add", "NET_RAW",
 		"--annotation", "netshim/network=bridge", "--annotation", "netshim/publish=8080:80",
@@ -140,6 +116,93 @@ func TestPodman(t *testing.T) {
 	}
 	if out, err := podman("rm", "-f", "pweb"); err != nil {
 		t.Fatalf("podman rm: %v\n%s", err, out)
+	}
+	assertClean(t, h)
+}
+
+// podmanFor sets Podman up for host h: a hooks.d with netshim's hook for
+// containers that have a netshim/network annotation, a busybox rootfs
+// serving "hello from podman" in /www, and a podman command with its own
+// storage, under runc.
+func podmanFor(h *host) (podman func(args ...string) (string, error), hooks, rootfs string) {
+	t := h.t
+	hooks = filepath.Join(h.dir, "hooks.d")
+	os.MkdirAll(hooks, 0o755)
+	hookFile := map[string]any{
+		"version": "1.0.0",
+		"hook": map[string]any{
+			"path":    netshimBin,
+			"args":    []string{"netshim", "--config", h.config, "--state-dir", h.stateDir, "hook"},
+			"env":     []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
+			"timeout": 30,
+		},
+		"when":   map[string]any{"annotations": map[string]string{"^netshim/network$": ".*"}},
+		"stages": []string{"createRuntime", "poststop"},
+	}
+	data, _ := json.Marshal(hookFile)
+	os.WriteFile(filepath.Join(hooks, "netshim.json"), data, 0o644)
+	rootfs = filepath.Join(h.dir, "rootfs")
+	busyboxRootfs(t, rootfs)
+	os.MkdirAll(filepath.Join(rootfs, "www"), 0o755)
+	os.WriteFile(filepath.Join(rootfs, "www", "index.html"), []byte("hello from podman\n"), 0o644)
+	podman = func(args ...string) (string, error) {
+		base := []string{"--root", filepath.Join(h.dir, "storage"), "--runroot", filepath.Join(h.dir, "runroot"),
+			"--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "none"}
+		out, err := exec.Command("podman", append(base, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	return podman, hooks, rootfs
+}
+
+// Under Podman's hooks.d too: a container on two networks reaches a
+// container of each by name, those two do not reach each other, and
+// `network connect`/`disconnect` work on a running Podman container by its
+// name; `podman rm` leaves nothing.
+func TestPodmanNets(t *testing.T) {
+	need(t, "podman")
+	if !sandbox.Enter(t) {
+		return
+	}
+	sandbox.Uplink(t)
+	h := newHost(t, "[networks.front]\nsubnet = \"10.85.0.0/24\"\n[networks.back]\nsubnet = \"10.86.0.0/24\"\n")
+	podman, hooks, _ := podmanFor(h)
+	run := func(name, networks string) {
+		// A rootfs each: with --network none Podman mounts no
+		// resolv.conf of its own, and netshim writes the rootfs's.
+		rootfs := filepath.Join(h.dir, "rootfs-"+name)
+		busyboxRootfs(t, rootfs)
+		out, err := podman("run", "-d", "--name", name, "--hooks-dir", hooks, "--network", "none",
+			"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--cap-add", "NET_RAW",
+			"--annotation", "netshim/network="+networks, "--annotation", "netshim/name="+name,
+			"--rootfs", rootfs, "sleep", "3600")
+		if err != nil {
+			t.Fatalf("podman run %s: %v\n%s", name, err, out)
+		}
+		t.Cleanup(func() { podman("rm", "-f", "-t", "0", name) })
+	}
+	run("pboth", "front back") // Podman splits --annotation at commas
+	run("pfront", "front")
+	run("pback", "back")
+	for _, c := range [][2]string{{"pboth", "pfront"}, {"pboth", "pback"}, {"pfront", "pboth"}, {"pback", "pboth"}} {
+		if out, err := podman("exec", c[0], "ping", "-c1", "-W2", c[1]); err != nil {
+			t.Errorf("%s -> %s by name: %v\n%s", c[0], c[1], err, out)
+		}
+	}
+	if out, err := podman("exec", "pfront", "ping", "-c1", "-W1", "10.86.0.2"); err == nil {
+		t.Errorf("front reached back:\n%s", out)
+	}
+	h.mustNetshim("network", "connect", "back", "pfront")
+	if out, err := podman("exec", "pback", "ping", "-c1", "-W1", "pfront"); err != nil {
+		t.Errorf("back -> pfront after connect: %v\n%s", err, out)
+	}
+	h.mustNetshim("network", "disconnect", "back", "pfront")
+	if out, err := podman("exec", "pback", "nslookup", "pfront"); err == nil {
+		t.Errorf("pfront still resolves on back after disconnect:\n%s", out)
+	}
+	for _, name := range []string{"pboth", "pfront", "pback"} {
+		if out, err := podman("rm", "-f", "-t", "0", name); err != nil {
+			t.Fatalf("podman rm %s: %v\n%s", name, err, out)
+		}
 	}
 	assertClean(t, h)
 }
