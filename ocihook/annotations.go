@@ -174,18 +174,9 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 		}
 		o.DNS = append(o.DNS, a)
 	}
-	for _, item := range splitList(ann[AnnDNSSearch]) {
-		if strings.ContainsAny(item, " \t") {
-			return nil, &AnnotationError{Key: AnnDNSSearch, Value: ann[AnnDNSSearch], Reason: fmt.Sprintf("%q is not a domain", item)}
-		}
-		o.DNSSearch = append(o.DNSSearch, item)
-	}
-	for _, item := range splitList(ann[AnnDNSOption]) {
-		if strings.ContainsAny(item, " \t") {
-			return nil, &AnnotationError{Key: AnnDNSOption, Value: ann[AnnDNSOption], Reason: fmt.Sprintf("%q is not a resolver option", item)}
-		}
-		o.DNSOptions = append(o.DNSOptions, item)
-	}
+	// Items never hold spaces: splitList splits at them.
+	o.DNSSearch = splitList(ann[AnnDNSSearch])
+	o.DNSOptions = splitList(ann[AnnDNSOption])
 	for _, item := range splitList(ann[AnnAddHost]) {
 		h, err := ParseAddHost(item)
 		if err != nil {

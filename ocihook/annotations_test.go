@@ -35,10 +35,9 @@ func TestParseAnnotationErrors(t *testing.T) {
 		`annotation netshim/name = "a b"`:                                        {AnnName: "a b"},
 		`annotation netshim/links = "db:a:b"`:                                    {AnnLinks: "db:a:b"},
 		`annotation netshim/add-host = "h:nope"`:                                 {AnnAddHost: "h:nope"},
-		`annotation netshim/aliases = "x y"`:                                     {AnnAliases: "x y"},
+		`annotation netshim/aliases = "x,-y"`:                                    {AnnAliases: "x,-y"},
 		`annotation netshim/ip = "172.17.0.2": needs a bridge network, not none`: {AnnNetwork: "none", AnnIP: "172.17.0.2"},
 		`annotation netshim/links = "db": needs a bridge network, not host`:      {AnnNetwork: "host", AnnLinks: "db"},
-		`annotation netshim/dns-search = "a b": "a b" is not a domain`:           {AnnDNSSearch: "a b"},
 		`annotation netshim/netwrok = "bridge": unknown netshim annotation`:      {"netshim/netwrok": "bridge"},
 	}
 	for want, ann := range cases {

@@ -141,7 +141,7 @@ func TestHookBadInput(t *testing.T) {
 		{name: "ip outside", ann: map[string]string{"netshim/ip": "10.9.9.9"}, want: "address 10.9.9.9 on network bridge: outside subnet 172.17.0.0/16"},
 		{name: "ip taken", ann: map[string]string{"netshim/ip": "172.17.0.2"}, want: "address 172.17.0.2 on network bridge: address already in use by container good"},
 		{name: "unknown network", ann: map[string]string{"netshim/network": "nosuch"}, want: "network nosuch not found"},
-		{name: "bad network name", ann: map[string]string{"netshim/network": "a b"}, want: `annotation netshim/network = "a b"`},
+		{name: "bad network name", ann: map[string]string{"netshim/network": "a/b"}, want: `annotation netshim/network = "a/b"`},
 		{name: "missing link", ann: map[string]string{"netshim/links": "ghost:g"}, want: `link ghost:g: no running container named "ghost" on network bridge`},
 		{name: "bad link", ann: map[string]string{"netshim/links": "-x"}, want: `annotation netshim/links = "-x"`},
 		{name: "unknown annotation", ann: map[string]string{"netshim/colour": "red"}, want: `annotation netshim/colour = "red": unknown netshim annotation`},
