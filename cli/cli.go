@@ -53,7 +53,7 @@ func (g *globals) engine() (*engine.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &engine.Engine{Config: cfg, Store: store, Defs: state.NewDefs(cfg.DataDir)}, nil
+	return &engine.Engine{Config: cfg, Store: store, Defs: state.NewDefs(cfg.DataDir), Reread: ocihook.Reread}, nil
 }
 
 // stateDirOf is the state dir: the flag, the environment, the config's.

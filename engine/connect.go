@@ -27,6 +27,9 @@ func (e *Engine) Connect(ref string, ep Endpoint) error {
 		return e.undoConnect(rec.ID, ep.Network, err)
 	}
 	fault("connect:attached")
+	if err := e.rewriteFiles(rec); err != nil {
+		return e.undoConnect(rec.ID, ep.Network, err)
+	}
 	lock, err := e.lock()
 	if err != nil {
 		return err
@@ -213,7 +216,37 @@ func (e *Engine) Disconnect(ref, network string) error {
 	if !slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Network == network }) {
 		return fmt.Errorf("container %s is not connected to network %s", rec.Name, network)
 	}
-	return e.detachLocked(rec, network, nil)
+	if err := e.detachLocked(rec, network, nil); err != nil {
+		return err
+	}
+	return e.rewriteFiles(rec)
+}
+
+// rewriteFiles writes a running container's /etc/hosts and
+// /etc/resolv.conf again for its networks of now, in place (they are
+// bind-mounted), from its bundle (Reread).
+func (e *Engine) rewriteFiles(rec *state.Record) error {
+	if e.Reread == nil {
+		return nil
+	}
+	req, err := e.Reread(rec.ID, rec.Container.PID, rec.Bundle)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", rec.Name, err)
+	}
+	_, ns, err := container(rec.Container.PID)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	// Whether lo has ::1, as setup found it.
+	c := &ContainerNS{NS: ns}
+	defer c.Close()
+	ipv6 := slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Addr6().IsValid() })
+	if err := c.Prepare(ipv6); err != nil {
+		return err
+	}
+	_, err = e.writeFiles(req, rec, c.Loopback6)
+	return err
 }
 
 // undoConnects takes out the attachments of rec whose connect was killed.

@@ -31,6 +31,11 @@ type Engine struct {
 	Defs   *state.Defs
 	// LockTimeout bounds the wait for the host lock.
 	LockTimeout time.Duration
+	// Reread, when set, reads a running container's request again from
+	// its bundle (the OCI boundary's job), so that `network connect` and
+	// `disconnect` write its /etc/hosts and /etc/resolv.conf as setup
+	// did, for its networks of now.
+	Reread func(id string, pid int, bundle string) (*Request, error)
 }
 
 // DefaultLockTimeout is how long a hook waits for the host lock.

@@ -173,6 +173,13 @@ func Request(st *specs.State) (*engine.Request, map[string]string, error) {
 	return req, spec.Annotations, nil
 }
 
+// Reread reads a running container's request again from its bundle, as
+// setup read it (engine.Engine.Reread).
+func Reread(id string, pid int, bundle string) (*engine.Request, error) {
+	req, _, err := Request(&specs.State{ID: id, Pid: pid, Bundle: bundle})
+	return req, err
+}
+
 // annotationOf is the annotation behind each field of a request.
 var annotationOf = map[string]string{
 	engine.FieldIP: AnnIP, engine.FieldIP6: AnnIP6, engine.FieldLinks: AnnLinks, engine.FieldAddHosts: AnnAddHost, engine.FieldPorts: AnnPublish,

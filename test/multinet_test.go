@@ -215,6 +215,18 @@ subnet = "10.84.0.0/24"
 	if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "b")), &info); err != nil || info.Containers[c1.id].IPv4Address != "10.84.0.3/24" {
 		t.Errorf("network inspect b: %+v %v", info, err)
 	}
+	if out := c1.mustExec("cat", "/etc/hosts"); !strings.Contains(out, "10.83.0.2\t") || !strings.Contains(out, "10.84.0.3\t") {
+		t.Errorf("c1's /etc/hosts after connect:\n%s", out)
+	}
+	// A container of the default network (no DNS there) connected to a
+	// user network: its resolv.conf now names that network's responder.
+	c3 := h.newBundle(uniqueID(t, "c3"), sleeper, "--name", "c3").mustStart()
+	h.mustNetshim("network", "connect", "b", "c3")
+	if out := c3.mustExec("cat", "/etc/resolv.conf"); !strings.Contains(out, "nameserver 10.84.0.1") {
+		t.Errorf("c3's resolv.conf after connect:\n%s", out)
+	}
+	c3.mustExec("ping", "-c1", "-W1", "c2")
+	c3.stop()
 
 	// Bad cases: one line each, nothing changed.
 	before := h.mustNetshim("ps")
@@ -241,6 +253,9 @@ subnet = "10.84.0.0/24"
 	h.mustNetshim("network", "disconnect", "b", "c1")
 	if out, err := c2.exec("nslookup", "c1"); err == nil {
 		t.Errorf("c1 still resolves on b:\n%s", out)
+	}
+	if out := c1.mustExec("cat", "/etc/hosts"); strings.Contains(out, "10.84.0.3") {
+		t.Errorf("c1's /etc/hosts after disconnect:\n%s", out)
 	}
 	if out := c1.mustExec("ip", "-o", "link"); strings.Contains(out, "eth1") {
 		t.Errorf("c1 keeps eth1:\n%s", out)
