@@ -28,6 +28,7 @@ var (
 	flagNetshim = flag.String("netshim", "bin/netshim", "netshim binary")
 	flagCNI     = flag.String("cni", "bench/out/bin", "directory of the CNI plugins and cnitool")
 	flagRuns    = flag.Int("runc-runs", 20, "runc run repetitions")
+	flagConnect = flag.Int("connect-runs", 100, "network connect/disconnect samples (0: none)")
 	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,netshim-nftables-ipv6,cni,netavark", "tools to measure")
 	flagSamples = flag.Int("min-samples", 100, "repeat a measurement at small N until it has this many samples")
 	flagNoop    = flag.String("noop", "bench/out/noop", "a Go program that does nothing, built as netshim is")
@@ -345,6 +346,16 @@ func main() {
 		skipped = append(skipped, "runc run: "+err.Error())
 		rr = nil
 	}
+	connectReport := ""
+	if *flagConnect > 0 {
+		fmt.Println("measuring network connect and disconnect ...")
+		r, err := connectRuns(netshim, work, 20, *flagConnect)
+		if err != nil {
+			skipped = append(skipped, "network connect: "+err.Error())
+		} else {
+			connectReport = connectLine(r, 20)
+		}
+	}
 	var dnsRes []*dnsResult
 	if *flagDNS > 0 {
 		builds := [][2]string{{"netshim", netshim}}
@@ -368,7 +379,7 @@ func main() {
 		}
 		stop()
 	}
-	report := render(samples, rr, skipped, ns, faults, floors) + dnsLines(dnsRes)
+	report := render(samples, rr, skipped, ns, faults, floors) + connectReport + dnsLines(dnsRes)
 	fmt.Print(report)
 	os.MkdirAll(*flagOut, 0o755)
 	if err := os.WriteFile(filepath.Join(*flagOut, "results.md"), []byte(report), 0o644); err != nil {
