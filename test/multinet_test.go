@@ -44,13 +44,16 @@ subnet = "10.82.0.0/24"
 `, backend, filepath.Join(t.TempDir(), "data")))
 	web := h.newBundle(uniqueID(t, "web"), sleeper, "--name", "web", "--network", "frontend",
 		"--network", "name=backend,alias=api,ip=10.82.0.50").mustStart()
-	fonly := h.newBundle(uniqueID(t, "fonly"), sleeper, "--name", "fonly", "--network", "frontend").mustStart()
+	fonly := h.newBundle(uniqueID(t, "fonly"), sleeper, "--name", "fonly", "--network", "frontend", "--mac-address", "02:00:0a:51:00:99").mustStart()
 	bonly := h.newBundle(uniqueID(t, "bonly"), sleeper, "--name", "bonly", "--network", "backend").mustStart()
 	prio := h.newBundle(uniqueID(t, "prio"), sleeper, "--name", "prio", "--network", "frontend",
 		"--network", "name=backend,gw-priority=10").mustStart()
 
 	if out := web.mustExec("ip", "-o", "-4", "addr"); !strings.Contains(out, "eth0    inet 10.81.0.2/24") || !strings.Contains(out, "eth1    inet 10.82.0.50/24") {
 		t.Errorf("web's interfaces:\n%s", out)
+	}
+	if out := fonly.mustExec("ip", "link", "show", "eth0"); !strings.Contains(out, "link/ether 02:00:0a:51:00:99") {
+		t.Errorf("fonly's --mac-address:\n%s", out)
 	}
 	for c, want := range map[*container]string{web: "default via 10.81.0.1 dev eth0", prio: "default via 10.82.0.1 dev eth1"} {
 		if out := c.mustExec("ip", "route"); !strings.Contains(out, want+" ") || strings.Count(out, "default") != 1 {

@@ -154,17 +154,21 @@ func podmanFor(h *host) (podman func(args ...string) (string, error), hooks, roo
 	return podman, hooks, rootfs
 }
 
+func TestPodmanNetsNft(t *testing.T) { testPodmanNets(t, "nftables") }
+
+func TestPodmanNetsIpt(t *testing.T) { testPodmanNets(t, "iptables") }
+
 // Under Podman's hooks.d too: a container on two networks reaches a
 // container of each by name, those two do not reach each other, and
 // `network connect`/`disconnect` work on a running Podman container by its
 // name; `podman rm` leaves nothing.
-func TestPodmanNets(t *testing.T) {
+func testPodmanNets(t *testing.T, backend string) {
 	need(t, "podman")
 	if !sandbox.Enter(t) {
 		return
 	}
 	sandbox.Uplink(t)
-	h := newHost(t, "[networks.front]\nsubnet = \"10.85.0.0/24\"\n[networks.back]\nsubnet = \"10.86.0.0/24\"\n")
+	h := newHost(t, "firewall = \""+backend+"\"\n[networks.front]\nsubnet = \"10.85.0.0/24\"\n[networks.back]\nsubnet = \"10.86.0.0/24\"\n")
 	podman, hooks, _ := podmanFor(h)
 	run := func(name, networks string) {
 		// A rootfs each: with --network none Podman mounts no
