@@ -58,42 +58,60 @@ func psCmd(g *globals) *cobra.Command {
 
 // Endpoint is `netshim inspect`'s view of a container.
 type Endpoint struct {
-	ID          string `json:"Id"`
-	Name        string `json:"Name"`
-	Mode        string `json:"Mode"`
-	Network     string `json:"Network,omitempty"`
-	IPAddress   string `json:"IPAddress,omitempty"`
-	IPPrefixLen int    `json:"IPPrefixLen,omitempty"`
-	Gateway     string `json:"Gateway,omitempty"`
-	// The IPv6 ones of a dual-stack network, by Docker's names.
-	GlobalIPv6Address   string     `json:"GlobalIPv6Address,omitempty"`
-	GlobalIPv6PrefixLen int        `json:"GlobalIPv6PrefixLen,omitempty"`
-	IPv6Gateway         string     `json:"IPv6Gateway,omitempty"`
-	MacAddress          string     `json:"MacAddress,omitempty"`
-	Bridge              string     `json:"Bridge,omitempty"`
-	HostVeth            string     `json:"HostVeth,omitempty"`
-	ContainerVeth       string     `json:"ContainerVeth,omitempty"`
-	Links               []string   `json:"Links,omitempty"`
-	Ports               []PortJSON `json:"Ports"`
+	ID      string `json:"Id"`
+	Name    string `json:"Name"`
+	Mode    string `json:"Mode"`
+	Network string `json:"Network,omitempty"`
+	// The addresses of its first network.
+	Addrs
+	Bridge        string     `json:"Bridge,omitempty"`
+	HostVeth      string     `json:"HostVeth,omitempty"`
+	ContainerVeth string     `json:"ContainerVeth,omitempty"`
+	Links         []string   `json:"Links,omitempty"`
+	Ports         []PortJSON `json:"Ports"`
 	// Networks is every network of the container, as Docker's
-	// NetworkSettings.Networks; the fields above are its first one's.
+	// NetworkSettings.Networks.
 	Networks map[string]NetworkJSON `json:"Networks,omitempty"`
 	Pid      int                    `json:"Pid,omitempty"`
 	State    string                 `json:"State"`
 	Created  string                 `json:"Created"`
 }
 
+// Addrs are a container's addresses on one network and its MAC there,
+// with Docker's names (the IPv6 ones on a dual-stack network).
+type Addrs struct {
+	IPAddress           string `json:"IPAddress,omitempty"`
+	IPPrefixLen         int    `json:"IPPrefixLen,omitempty"`
+	Gateway             string `json:"Gateway,omitempty"`
+	GlobalIPv6Address   string `json:"GlobalIPv6Address,omitempty"`
+	GlobalIPv6PrefixLen int    `json:"GlobalIPv6PrefixLen,omitempty"`
+	IPv6Gateway         string `json:"IPv6Gateway,omitempty"`
+	MacAddress          string `json:"MacAddress,omitempty"`
+}
+
+func addrsOf(a *state.Attachment) Addrs {
+	out := Addrs{MacAddress: a.MAC}
+	for _, p := range a.Addrs {
+		if p.Addr().Is4() {
+			out.IPAddress, out.IPPrefixLen = p.Addr().String(), p.Bits()
+			if a.Gateway.IsValid() {
+				out.Gateway = a.Gateway.String()
+			}
+		} else {
+			out.GlobalIPv6Address, out.GlobalIPv6PrefixLen = p.Addr().String(), p.Bits()
+			if a.Gateway6.IsValid() {
+				out.IPv6Gateway = a.Gateway6.String()
+			}
+		}
+	}
+	return out
+}
+
 // NetworkJSON is a container's place on one network, with Docker's names.
 type NetworkJSON struct {
-	Interface           string   `json:"Interface"`
-	IPAddress           string   `json:"IPAddress,omitempty"`
-	IPPrefixLen         int      `json:"IPPrefixLen,omitempty"`
-	Gateway             string   `json:"Gateway,omitempty"`
-	GlobalIPv6Address   string   `json:"GlobalIPv6Address,omitempty"`
-	GlobalIPv6PrefixLen int      `json:"GlobalIPv6PrefixLen,omitempty"`
-	IPv6Gateway         string   `json:"IPv6Gateway,omitempty"`
-	MacAddress          string   `json:"MacAddress,omitempty"`
-	DNSNames            []string `json:"DNSNames,omitempty"`
+	Interface string `json:"Interface"`
+	Addrs
+	DNSNames []string `json:"DNSNames,omitempty"`
 	// DefaultRoute says the container's IPv4 default route goes
 	// through this network.
 	DefaultRoute bool `json:"DefaultRoute"`
@@ -108,41 +126,24 @@ func endpointOf(r *state.Record) Endpoint {
 		e.Network = r.Attachments[0].Network
 	}
 	if a := r.Bridged(); a != nil {
-		e.Network, e.MacAddress, e.Bridge, e.HostVeth, e.ContainerVeth = a.Network, a.MAC, a.Bridge, a.HostVeth, a.Interface
-		e.IPAddress, e.IPPrefixLen = a.Addr().String(), a.Addrs[0].Bits()
-		if a.Gateway.IsValid() {
-			e.Gateway = a.Gateway.String()
-		}
-		for _, p := range a.Addrs {
-			if p.Addr().Is6() {
-				e.GlobalIPv6Address, e.GlobalIPv6PrefixLen, e.IPv6Gateway = p.Addr().String(), p.Bits(), a.Gateway6.String()
-			}
-		}
-		for _, p := range a.Ports {
-			for _, at := range reachedAt(a, p) {
-				e.Ports = append(e.Ports, PortJSON{ContainerPort: p.ContainerPort, Proto: p.Proto, HostIP: at.Addr().String(), HostPort: int(at.Port())})
-			}
+		e.Network, e.Addrs, e.Bridge, e.HostVeth, e.ContainerVeth = a.Network, addrsOf(a), a.Bridge, a.HostVeth, a.Interface
+	}
+	for _, ap := range ports(r) {
+		for _, at := range reachedAt(ap.a, ap.p) {
+			e.Ports = append(e.Ports, PortJSON{ContainerPort: ap.p.ContainerPort, Proto: ap.p.Proto, HostIP: at.Addr().String(), HostPort: int(at.Port())})
 		}
 	}
 	for _, l := range r.Links {
 		e.Links = append(e.Links, fmt.Sprintf("%s:%s", l.Name, l.Alias))
 	}
-	for _, a := range r.Attachments {
+	for i, a := range r.Attachments {
 		if a.Interface == "" {
 			continue
 		}
 		if e.Networks == nil {
 			e.Networks = map[string]NetworkJSON{}
 		}
-		n := NetworkJSON{Interface: a.Interface, MacAddress: a.MAC, DNSNames: a.Names, DefaultRoute: a.Route.IsValid()}
-		for _, p := range a.Addrs {
-			if p.Addr().Is4() {
-				n.IPAddress, n.IPPrefixLen, n.Gateway = p.Addr().String(), p.Bits(), a.Gateway.String()
-			} else {
-				n.GlobalIPv6Address, n.GlobalIPv6PrefixLen, n.IPv6Gateway = p.Addr().String(), p.Bits(), a.Gateway6.String()
-			}
-		}
-		e.Networks[a.Network] = n
+		e.Networks[a.Network] = NetworkJSON{Interface: a.Interface, Addrs: addrsOf(&r.Attachments[i]), DNSNames: a.Names, DefaultRoute: a.Route.IsValid()}
 	}
 	return e
 }
