@@ -299,6 +299,19 @@ subnet = "10.84.0.0/24"
 		}
 	}
 
+	// A container whose process is gone (its poststop not run yet) is not
+	// running: refused, with one line.
+	c4 := h.newBundle(uniqueID(t, "c4"), sleeper, "--name", "c4", "--network", "a").mustStart()
+	h.runc("kill", c4.id, "KILL")
+	waitFor(2*time.Second, func() bool {
+		out, _ := h.runc("state", c4.id)
+		return !strings.Contains(out, `"running"`)
+	})
+	if _, errOut, err := h.netshim("", "network", "connect", "b", "c4"); err == nil || !strings.Contains(errOut, "container c4 is not running") {
+		t.Errorf("connect of a stopped container: %v %q", err, errOut)
+	}
+	c4.stop()
+
 	// Poststop after a live connect leaves nothing.
 	h.mustNetshim("network", "connect", "b", "c1")
 	c1.stop()
