@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -177,7 +178,7 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 	spec := config.NetworkFile{Subnet: req.Subnet, Gateway: req.Gateway, IPRange: req.IPRange, Internal: req.Internal, MTU: req.MTU, Bridge: req.Bridge,
 		GatewayMode: gatewayMode, IPv6: req.IPv6, Subnet6: req.Subnet6, Gateway6: req.Gateway6, IPRange6: req.IPRange6}
 	if spec.IPv6 && spec.Subnet6 == "" && spec.Gateway6 == "" && spec.IPRange6 == "" {
-		p, err := e.freeSubnet6(req.Name, req.Bridge)
+		p, err := e.freeSubnet6(host, req.Name, req.Bridge)
 		if err != nil {
 			return nil, err
 		}
@@ -217,7 +218,7 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 		}
 	}
 	if n.Subnet6.IsValid() {
-		if err := e.checkSubnet6Free(host, n, nets); err != nil {
+		if err := e.checkSubnet6Free(host, n); err != nil {
 			return nil, err
 		}
 	}
@@ -242,28 +243,55 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 
 // checkSubnet6Free refuses a created network's IPv6 subnet that overlaps
 // another network's or the host's.
-func (e *Engine) checkSubnet6Free(host *netlink.Handle, n config.Network, nets []config.Network) error {
-	for _, o := range append(nets, e.Config.Bridge) {
-		sub := o.Subnet6
-		if ns, err := e.Store.GetNet(o.Name); err != nil {
-			return err
-		} else if !sub.IsValid() && ns != nil {
-			sub = ns.Subnet6
-		}
-		if sub.Overlaps(n.Subnet6) {
-			return fmt.Errorf("--subnet %s overlaps network %s (%s)", n.Subnet6, o.Name, sub)
-		}
-	}
-	used, err := netsetup.HostPrefixes(host, unix.AF_INET6)
+func (e *Engine) checkSubnet6Free(host *netlink.Handle, n config.Network) error {
+	nets, hostUsed, err := e.subnets6InUse(host, n.Name)
 	if err != nil {
 		return err
 	}
-	for _, p := range used {
+	for _, o := range nets {
+		if o.p.Overlaps(n.Subnet6) {
+			return fmt.Errorf("--subnet %s overlaps network %s (%s)", n.Subnet6, o.name, o.p)
+		}
+	}
+	for _, p := range hostUsed {
 		if p.Overlaps(n.Subnet6) {
 			return fmt.Errorf("--subnet %s overlaps %s, an address or route of the host", n.Subnet6, p)
 		}
 	}
 	return nil
+}
+
+// namedPrefix is a network's subnet.
+type namedPrefix struct {
+	name string
+	p    netip.Prefix
+}
+
+// subnets6InUse lists the IPv6 subnets of every network of ours but
+// except (as defined, else as chosen at first use), and the host's IPv6
+// prefixes but those of except's bridge.
+func (e *Engine) subnets6InUse(host *netlink.Handle, except string, exceptBridge ...string) ([]namedPrefix, []netip.Prefix, error) {
+	nets, err := e.UserNetworks()
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []namedPrefix
+	for _, n := range append(nets, e.Config.Bridge) {
+		if n.Name == except {
+			continue
+		}
+		sub := n.Subnet6
+		if ns, err := e.Store.GetNet(n.Name); err != nil {
+			return nil, nil, err
+		} else if ns != nil {
+			sub = cmp.Or(sub, ns.Subnet6)
+		}
+		if sub.IsValid() {
+			out = append(out, namedPrefix{n.Name, sub})
+		}
+	}
+	hostUsed, err := netsetup.HostPrefixes(host, unix.AF_INET6, exceptBridge...)
+	return out, hostUsed, err
 }
 
 // settleDefaultSubnet returns the default network's subnet, choosing and
@@ -459,7 +487,12 @@ func (e *Engine) chooseSubnet6(def *config.Network, ns *state.Net) error {
 	if ns.Subnet6.IsValid() {
 		return nil
 	}
-	p, err := e.freeSubnet6(def.Name, def.Bridge)
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer host.Close()
+	p, err := e.freeSubnet6(host, def.Name, def.Bridge)
 	if err != nil {
 		return err
 	}
@@ -469,30 +502,13 @@ func (e *Engine) chooseSubnet6(def *config.Network, ns *state.Net) error {
 
 // freeSubnet6 is the first subnet of the IPv6 pools that no other network
 // of ours, nor the host's addresses and routes, overlap.
-func (e *Engine) freeSubnet6(name, bridge string) (netip.Prefix, error) {
-	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("netlink: %w", err)
-	}
-	defer host.Close()
-	used, err := netsetup.HostPrefixes(host, unix.AF_INET6, bridge)
+func (e *Engine) freeSubnet6(host *netlink.Handle, name, bridge string) (netip.Prefix, error) {
+	nets, used, err := e.subnets6InUse(host, name, bridge)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	nets, err := e.UserNetworks()
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	for _, n := range append(nets, e.Config.Bridge) {
-		if n.Name == name {
-			continue
-		}
-		used = append(used, n.Subnet6)
-		if ns, err := e.Store.GetNet(n.Name); err != nil {
-			return netip.Prefix{}, err
-		} else if ns != nil && ns.Subnet6.IsValid() {
-			used = append(used, ns.Subnet6)
-		}
+	for _, n := range nets {
+		used = append(used, n.p)
 	}
 	pools := e.Config.Pools6
 	if len(pools) == 0 {
