@@ -128,6 +128,14 @@ func byFamily(objs []string) (v4, v6 []string) {
 	return v4, v6
 }
 
+// familyMark starts the state's name of a rule of the family.
+func familyMark(v6 bool) string {
+	if v6 {
+		return ip6Mark
+	}
+	return ""
+}
+
 // tool is the iptables tool name (iptables-save, iptables-restore) of
 // the family.
 func tool(name string, v6 bool) string {
@@ -298,7 +306,7 @@ func (*Iptables) NetworkObjects(n NetRules) []string {
 		out = append(out, r.object())
 	}
 	for _, r := range iptNetworkRules6(n) {
-		out = append(out, ip6Mark+r.object())
+		out = append(out, familyMark(true)+r.object())
 	}
 	return out
 }

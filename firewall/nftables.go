@@ -194,22 +194,11 @@ func addChain(c *nftables.Conn, ch nftChain, all familySets, flush bool) {
 	}
 }
 
-// xtPrefix marks, among the nftables backend's objects, the iptables rules
-// it had to add for coexistence (see forwardDrops); xt6Prefix the
-// ip6tables ones.
-const (
-	xtPrefix  = "xt:"
-	xt6Prefix = "xt6:"
-)
-
-// xtMark is the object prefix of coexistence rules of iptables, or of
-// ip6tables with v6.
-func xtMark(v6 bool) string {
-	if v6 {
-		return xt6Prefix
-	}
-	return xtPrefix
-}
+// xtPrefix marks, among the nftables backend's objects, the iptables and
+// ip6tables rules it had to add for coexistence (see forwardDrops), named
+// after it as the iptables backend names its own ("ip6 " and the rule for
+// ip6tables).
+const xtPrefix = "xt:"
 
 // forwardDrops reports whether iptables' (ip6tables' with v6) filter
 // FORWARD chain (Docker's, firewalld's...) drops by policy. An accept in
@@ -240,25 +229,36 @@ func coexistRules(n NetRules) []iptRule {
 // coexistence rules of prev no longer wanted. It returns the objects to
 // record.
 func ensureCoexist(c *nftables.Conn, n NetRules, prev []string) ([]string, error) {
+	prev4, prev6 := byFamily(coexistObjects(prev))
+	prevOf := map[bool][]string{false: prev4, true: prev6}
 	var out []string
 	for _, v6 := range []bool{false, true} {
-		xt, err := ensureCoexistFamily(c, n, prev, v6)
+		xt, err := ensureCoexistFamily(c, n, prevOf[v6], v6)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, xt...)
+		for _, o := range xt {
+			out = append(out, xtPrefix+familyMark(v6)+o)
+		}
 	}
 	return out, nil
 }
 
-// ensureCoexistFamily is ensureCoexist in one family.
-func ensureCoexistFamily(c *nftables.Conn, n NetRules, prev []string, v6 bool) ([]string, error) {
-	var xt, xtPrev []string
-	for _, obj := range prev {
-		if o, ok := strings.CutPrefix(obj, xtMark(v6)); ok {
-			xtPrev = append(xtPrev, o)
+// coexistObjects are the iptables objects among the nftables backend's.
+func coexistObjects(objs []string) []string {
+	var out []string
+	for _, obj := range objs {
+		if o, ok := strings.CutPrefix(obj, xtPrefix); ok {
+			out = append(out, o)
 		}
 	}
+	return out
+}
+
+// ensureCoexistFamily is ensureCoexist in one family, from and to
+// iptables objects of that family.
+func ensureCoexistFamily(c *nftables.Conn, n NetRules, xtPrev []string, v6 bool) ([]string, error) {
+	var xt []string
 	drops := (!v6 || n.Subnet6.IsValid()) && forwardDrops(c, v6)
 	if !drops && len(xtPrev) == 0 {
 		return nil, nil
@@ -276,7 +276,7 @@ func ensureCoexistFamily(c *nftables.Conn, n NetRules, prev []string, v6 bool) (
 			if err := ipt.ipt.AppendUnique(r.Table, r.Chain, r.Args...); err != nil {
 				return nil, fmt.Errorf("iptables: add %s: %w", r.object(), err)
 			}
-			xt = append(xt, xtMark(v6)+r.object())
+			xt = append(xt, r.object())
 			keep[r.object()] = true
 		}
 	}
@@ -285,7 +285,7 @@ func ensureCoexistFamily(c *nftables.Conn, n NetRules, prev []string, v6 bool) (
 
 // EnsureNetwork implements Firewall. Chains are created, flushed and filled
 // in one transaction, so repeating it never duplicates a rule.
-func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
+func (b *Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 	c, err := newNftConn()
 	if err != nil {
 		return nil, err
@@ -307,13 +307,13 @@ func (*Nftables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 			return nil, fmt.Errorf("nftables: set %s: %w", setBridges, err)
 		}
 	}
-	installed := (&Nftables{}).NetworkObjects(n)
+	installed := b.NetworkObjects(n)
 	keep := map[string]bool{}
 	for _, obj := range installed {
 		keep[obj] = true
 	}
 	for _, obj := range prev {
-		if _, _, elem := parseBridgeElem(obj); keep[obj] || elem || strings.HasPrefix(obj, xtPrefix) || strings.HasPrefix(obj, xt6Prefix) {
+		if _, _, elem := parseBridgeElem(obj); keep[obj] || elem || strings.HasPrefix(obj, xtPrefix) {
 			continue
 		}
 		f, name, err := parseObject(obj)
@@ -338,7 +338,6 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 		return err
 	}
 	var own []string
-	xt := map[bool][]string{}
 	families := map[nftables.TableFamily]bool{nftables.TableFamilyIPv4: true}
 	for _, obj := range installed {
 		if f, bridge, ok := parseBridgeElem(obj); ok {
@@ -358,14 +357,12 @@ func (*Nftables) RemoveNetwork(installed []string, last bool) error {
 			}
 			continue
 		}
-		if o, ok := strings.CutPrefix(obj, xtPrefix); ok {
-			xt[false] = append(xt[false], o)
-		} else if o, ok := strings.CutPrefix(obj, xt6Prefix); ok {
-			xt[true] = append(xt[true], o)
-		} else {
+		if !strings.HasPrefix(obj, xtPrefix) {
 			own = append(own, obj)
 		}
 	}
+	xt4, xt6 := byFamily(coexistObjects(installed))
+	xt := map[bool][]string{false: xt4, true: xt6}
 	for _, v6 := range []bool{false, true} {
 		if len(xt[v6]) == 0 && !(last && forwardDrops(c, v6)) {
 			continue
@@ -475,7 +472,7 @@ func wanted(s Ruleset) ([]nftChain, map[nftables.TableFamily]map[string][]nftabl
 // tables themselves stay, so whatever was flushed, deleted or added by
 // hand in them ends as s says, and a second reload lists the same
 // ruleset.
-func (*Nftables) Reload(s Ruleset) (map[string][]string, error) {
+func (b *Nftables) Reload(s Ruleset) (map[string][]string, error) {
 	c, err := newNftConn()
 	if err != nil {
 		return nil, err
@@ -486,7 +483,7 @@ func (*Nftables) Reload(s Ruleset) (map[string][]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		installed[nw.Rules.Name] = append((&Nftables{}).NetworkObjects(nw.Rules), xt...)
+		installed[nw.Rules.Name] = append(b.NetworkObjects(nw.Rules), xt...)
 	}
 	existing, err := ourChains(c)
 	if err != nil {
