@@ -145,15 +145,14 @@ func tool(name string, v6 bool) string {
 	return name
 }
 
-// iptNetworkRules is the data of a network's IPv4 rules, as networkChains
+// iptNetworkRules is the data of a network's rules in one family
+// (ip6tables' with v6, none for a network without IPv6), as networkChains
 // is for nftables.
-func iptNetworkRules(n NetRules) []iptRule { return iptFamilyRules(n, families(n)[0]) }
-
-// iptNetworkRules6 is the data of a dual-stack network's IPv6 rules, for
-// ip6tables: the same as its IPv4 ones but for the addresses.
-func iptNetworkRules6(n NetRules) []iptRule {
-	if fs := families(n); len(fs) > 1 {
-		return iptFamilyRules(n, fs[1])
+func iptNetworkRules(n NetRules, v6 bool) []iptRule {
+	for _, f := range families(n) {
+		if f.subnet.Addr().Is6() == v6 {
+			return iptFamilyRules(n, f)
+		}
 	}
 	return nil
 }
@@ -302,11 +301,10 @@ func (*Iptables) Name() string { return "iptables" }
 // NetworkObjects implements Firewall.
 func (*Iptables) NetworkObjects(n NetRules) []string {
 	var out []string
-	for _, r := range iptNetworkRules(n) {
-		out = append(out, r.object())
-	}
-	for _, r := range iptNetworkRules6(n) {
-		out = append(out, familyMark(true)+r.object())
+	for _, v6 := range []bool{false, true} {
+		for _, r := range iptNetworkRules(n, v6) {
+			out = append(out, familyMark(v6)+r.object())
+		}
 	}
 	return out
 }
@@ -372,10 +370,10 @@ func (b *Iptables) deleteChain(table, chain string) error {
 // rules) and deletes what of prev n no longer has.
 func (b *Iptables) EnsureNetwork(n NetRules, prev []string) ([]string, error) {
 	prev4, prev6 := byFamily(prev)
-	if err := b.ensureFamily(false, n.Name, iptNetworkRules(n), prev4); err != nil {
+	if err := b.ensureFamily(false, n.Name, iptNetworkRules(n, false), prev4); err != nil {
 		return nil, err
 	}
-	if rules6 := iptNetworkRules6(n); len(rules6)+len(prev6) > 0 {
+	if rules6 := iptNetworkRules(n, true); len(rules6)+len(prev6) > 0 {
 		if err := b.ensureFamily(true, n.Name, rules6, prev6); err != nil {
 			return nil, err
 		}
@@ -711,11 +709,7 @@ func (b *Iptables) run(name string, stdin []byte) ([]byte, error) {
 func iptRuleset(s Ruleset, v6 bool) []iptRule {
 	rules := iptShared(v6)
 	for _, nw := range s.Networks {
-		if v6 {
-			rules = append(rules, iptNetworkRules6(nw.Rules)...)
-		} else {
-			rules = append(rules, iptNetworkRules(nw.Rules)...)
-		}
+		rules = append(rules, iptNetworkRules(nw.Rules, v6)...)
 	}
 	for _, p := range s.Ports {
 		rules = append(rules, iptPortRules(p, v6)...)

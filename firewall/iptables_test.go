@@ -11,7 +11,7 @@ import (
 
 func iptObjects(n NetRules) string {
 	var objs []string
-	for _, r := range iptNetworkRules(n) {
+	for _, r := range iptNetworkRules(n, false) {
 		objs = append(objs, r.object())
 	}
 	return strings.Join(objs, "\n")
