@@ -110,7 +110,8 @@ func (e *Engine) reserveConnect(ref string, ep *Endpoint) (*state.Record, int, e
 }
 
 // runningBridged finds a running container's record, which may be
-// connected to networks. The caller holds the lock.
+// connected to networks, with any connect of it that was killed taken back
+// first. The caller holds the lock.
 func (e *Engine) runningBridged(ref string) (*state.Record, error) {
 	rec, err := e.Store.Find(ref)
 	switch {
@@ -120,7 +121,11 @@ func (e *Engine) runningBridged(ref string) (*state.Record, error) {
 		return nil, fmt.Errorf("container %s is not running", rec.Name)
 	case rec.Mode != ModeBridge:
 		return nil, fmt.Errorf("container %s is in network mode %s: it cannot be connected to or disconnected from networks", rec.Name, rec.Mode)
-	case slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Connecting != nil }):
+	}
+	if _, err := e.undoConnects(rec); err != nil {
+		return nil, err
+	}
+	if slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Connecting != nil }) {
 		return nil, fmt.Errorf("container %s is being connected to a network by another netshim", rec.Name)
 	}
 	return rec, nil

@@ -298,6 +298,18 @@ subnet = "10.84.0.0/24"
 			t.Errorf("after a connect killed at %s and gc: c1 resolves on b", point)
 		}
 	}
+	// Without gc: the next connect takes the killed one back itself.
+	killed := exec.Command(netshimBin, "--config", h.config, "--state-dir", h.stateDir, "network", "connect", "b", "c1")
+	killed.Env = append(os.Environ(), "NETSHIM_FAULT=connect:attached")
+	if err := killed.Run(); err == nil {
+		t.Fatal("connect with a fault was not killed")
+	}
+	h.mustNetshim("network", "connect", "b", "c1")
+	c2.mustExec("ping", "-c1", "-W1", "c1")
+	if out := c1.mustExec("ip", "-o", "link"); strings.Count(out, "eth1") != 1 || strings.Contains(out, "eth2") {
+		t.Errorf("c1 after a killed connect and a connect again:\n%s", out)
+	}
+	h.mustNetshim("network", "disconnect", "b", "c1")
 
 	// A container whose process is gone (its poststop not run yet) is not
 	// running: refused, with one line.
