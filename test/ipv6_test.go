@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,6 +159,14 @@ subnet = "10.40.0.0/24"
 			if out := v4.mustExec("cat", "/etc/hosts"); !strings.Contains(out, "::1\tlocalhost") {
 				t.Errorf("v4's /etc/hosts:\n%s", out)
 			}
+			// Connected live to the dual-stack network with --ip6: its new
+			// interface has that address and answers over IPv6.
+			h.mustNetshim("network", "connect", "--ip6", "fd00:60::77", "v6", v4.id)
+			if out := v4.mustExec("ip", "-o", "-6", "addr", "show", "dev", "eth1", "scope", "global"); !strings.Contains(out, "fd00:60::77/64") {
+				t.Errorf("v4's eth1 after connect --ip6:\n%s", out)
+			}
+			b.mustExec("ping", "-6", "-c1", "-W2", "fd00:60::77")
+			h.mustNetshim("network", "disconnect", "v6", v4.id)
 
 			// A created network takes a /64 of the host's ULA /48.
 			id := strings.TrimSpace(h.mustNetshim("network", "create", "--ipv6", "auto6"))
@@ -168,6 +177,17 @@ subnet = "10.40.0.0/24"
 			if out := sandbox.Run(t, "ip", "-o", "-6", "addr", "show", "br-"+id[:12]); !strings.Contains(out, info.Gateway6+"/64") {
 				t.Errorf("auto6's bridge lacks %s:\n%s", info.Gateway6, out)
 			}
+			// One --subnet per family, as Docker takes them.
+			h.mustNetshim("network", "create", "--ipv6", "--subnet", "10.66.0.0/24", "--subnet", "fd00:66::/64", "--gateway", "fd00:66::fe", "both6")
+			var both struct {
+				EnableIPv6                         bool
+				Subnet, Gateway, Subnet6, Gateway6 string
+			}
+			if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "both6")), &both); err != nil || !both.EnableIPv6 ||
+				both.Subnet != "10.66.0.0/24" || both.Gateway != "10.66.0.1" || both.Subnet6 != "fd00:66::/64" || both.Gateway6 != "fd00:66::fe" {
+				t.Errorf("network inspect both6: %+v %v", both, err)
+			}
+			h.mustNetshim("network", "rm", "both6")
 			if _, errOut, err := h.netshim("", "network", "create", "--ipv6", "--subnet", "fd00:60::/56", "clash6"); err == nil || !strings.Contains(errOut, "overlaps network v6") {
 				t.Errorf("overlapping IPv6 subnet: %v %s", err, errOut)
 			}
@@ -178,10 +198,17 @@ subnet = "10.40.0.0/24"
 			if out := auto.mustExec("ip", "-o", "-6", "addr", "show", "eth0", "scope", "global"); !strings.Contains(out, strings.TrimSuffix(info.Subnet6, "/64")+"2/64") {
 				t.Errorf("auto's eth0:\n%s", out)
 			}
-			// Networks do not reach each other over IPv6 either.
+			// Networks do not reach each other over IPv6 either; the probe
+			// proves the ping reached the host.
+			p := &probes{t: t, family: "ip6"}
+			p.add("auto6-to-v6", "pre", fmt.Sprintf(`iifname %q ip6 daddr fd00:60::2`, "br-"+id[:12]))
+			p.install()
 			if out, err := auto.exec("ping", "-6", "-c1", "-W1", "fd00:60::2"); err == nil {
 				t.Errorf("auto6 reached v6:\n%s", out)
+			} else if p.count("auto6-to-v6") == 0 {
+				t.Error("auto6 -> v6: the probe never reached the host")
 			}
+			sandbox.Run(t, "nft", "delete", "table", "ip6", "probe")
 
 			for _, c := range []*container{a, b, v4, auto} {
 				c.stop()

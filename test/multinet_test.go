@@ -224,11 +224,14 @@ subnet = "10.84.0.0/24"
 	// A container of the default network (no DNS there) connected to a
 	// user network: its resolv.conf now names that network's responder.
 	c3 := h.newBundle(uniqueID(t, "c3"), sleeper, "--name", "c3").mustStart()
-	h.mustNetshim("network", "connect", "b", "c3")
+	h.mustNetshim("network", "connect", "--ip", "10.84.0.77", "b", "c3")
 	if out := c3.mustExec("cat", "/etc/resolv.conf"); !strings.Contains(out, "nameserver 10.84.0.1") {
 		t.Errorf("c3's resolv.conf after connect:\n%s", out)
 	}
 	c3.mustExec("ping", "-c1", "-W1", "c2")
+	if out := c2.mustExec("nslookup", "c3"); !strings.Contains(out, "Address: 10.84.0.77") {
+		t.Errorf("c3 connected with --ip:\n%s", out)
+	}
 	c3.stop()
 
 	// Bad cases: one line each, nothing changed.

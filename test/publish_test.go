@@ -342,8 +342,16 @@ func testForwardDrop(t *testing.T, backend string) {
 		return rulesetDump(t, "iptables") + sandbox.Run(t, "ip6tables-save")
 	}
 	before := dump()
-	h := newHost(t, fmt.Sprintf("firewall = %q\n[bridge]\nipv6 = true\nfixed_cidr_v6 = \"fd00:17::/64\"\n", backend))
+	// bip6 (Docker 28) gives the bridge its address, fixed_cidr_v6 the
+	// range containers' addresses come from.
+	h := newHost(t, fmt.Sprintf("firewall = %q\n[bridge]\nipv6 = true\nbip6 = \"fd00:17::1/64\"\nfixed_cidr_v6 = \"fd00:17::100/120\"\n", backend))
 	web := h.webBundle("web", "-p", "8080:80").mustStart().waitHTTP()
+	if out := web.mustExec("ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"); !strings.Contains(out, "fd00:17::100/64") {
+		t.Errorf("web's IPv6 address from fixed_cidr_v6 inside bip6:\n%s", out)
+	}
+	if out := sandbox.Run(t, "ip", "-o", "-6", "addr", "show", "dev", "netshim0", "scope", "global"); !strings.Contains(out, "fd00:17::1/64") {
+		t.Errorf("netshim0's bip6:\n%s", out)
+	}
 	for _, addr := range []string{"198.51.100.1:8080", "[2001:db8:1::1]:8080"} {
 		if body := fetch(up, addr, 2*time.Second).body; body != "hello from web\n" {
 			t.Errorf("published port %s under FORWARD DROP: %q\n%s", addr, body, sandbox.Run(t, "sh", "-c", "ip6tables-save; nft list ruleset; ip -6 route; ip -6 addr"))
