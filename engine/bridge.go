@@ -270,7 +270,7 @@ func (b *bridgeDriver) Attach(rec *state.Record, a *state.Attachment, c *Contain
 		// the bridge (Docker's userland-proxy=false): only on a bridge
 		// that publishes on loopback, and the firewall's loopback guard
 		// keeps what comes in on it from reaching 127.0.0.0/8.
-		if err := netsetup.EnsureSysctl("net.ipv4.conf."+a.Bridge+".route_localnet", "1"); err != nil {
+		if err := netsetup.EnsureIfSysctl("ipv4", a.Bridge, "route_localnet", "1"); err != nil {
 			return err
 		}
 	}

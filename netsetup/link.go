@@ -105,11 +105,10 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (netlink.Link, error) {
 		// bridge has no carrier until its first container's veth joins,
 		// and while that address is tentative the host does not resolve
 		// the containers' addresses, so what is forwarded to them waits
-		// a second. The address comes from the bridge's own MAC. By path,
-		// as the name may hold a dot.
-		for _, set := range [][2]string{{"accept_dad", "0"}, {"disable_ipv6", "0"}} {
-			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+s.Name+"/"+set[0], []byte(set[1]), 0); err != nil {
-				return nil, fmt.Errorf("set IPv6 %s of bridge %s: %w", set[0], s.Name, err)
+		// a second. The address comes from the bridge's own MAC.
+		for _, key := range []string{"accept_dad", "disable_ipv6"} {
+			if err := EnsureIfSysctl("ipv6", s.Name, key, "0"); err != nil {
+				return nil, fmt.Errorf("bridge %s: %w", s.Name, err)
 			}
 		}
 		// Without DAD: the address is ours alone, and usable at once.

@@ -60,3 +60,11 @@ func TestChoosePool6(t *testing.T) {
 		t.Error("chose a used subnet")
 	}
 }
+
+// An interface's sysctl path keeps a dot in its name (a bridge may be
+// named br.0); a global one's dots are its path.
+func TestSysctlPaths(t *testing.T) {
+	if p := ifSysctlPath("ipv4", "br.0", "route_localnet"); p != "net/ipv4/conf/br.0/route_localnet" {
+		t.Errorf("interface sysctl path %s", p)
+	}
+}

@@ -39,11 +39,17 @@ func testMultiNetwork(t *testing.T, backend string) {
 data_dir = %q
 [networks.frontend]
 subnet = "10.81.0.0/24"
+bridge = "br.front"
 [networks.backend]
 subnet = "10.82.0.0/24"
 `, backend, filepath.Join(t.TempDir(), "data")))
+	// web publishes a port on every address, 127.0.0.1 too: its bridge,
+	// whose name holds a dot, gets route_localnet.
 	web := h.newBundle(uniqueID(t, "web"), sleeper, "--name", "web", "--network", "frontend",
-		"--network", "name=backend,alias=api,ip=10.82.0.50").mustStart()
+		"--network", "name=backend,alias=api,ip=10.82.0.50", "-p", "8080:80").mustStart()
+	if out := sandbox.Run(t, "cat", "/proc/sys/net/ipv4/conf/br.front/route_localnet"); strings.TrimSpace(out) != "1" {
+		t.Errorf("route_localnet of br.front: %s", out)
+	}
 	fonly := h.newBundle(uniqueID(t, "fonly"), sleeper, "--name", "fonly", "--network", "frontend", "--mac-address", "02:00:0a:51:00:99").mustStart()
 	bonly := h.newBundle(uniqueID(t, "bonly"), sleeper, "--name", "bonly", "--network", "backend").mustStart()
 	prio := h.newBundle(uniqueID(t, "prio"), sleeper, "--name", "prio", "--network", "frontend",
