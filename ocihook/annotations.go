@@ -48,11 +48,10 @@ type AddHost = engine.AddHost
 // Options are a container's network options, from its annotations.
 type Options struct {
 	// Networks are the container's networks, in the order of its
-	// interfaces; Network is the first. IP, IP6 and Aliases are for the
-	// first, PerNetwork has every network's own options.
+	// interfaces. IP, IP6 and Aliases are for the first, PerNetwork has
+	// every network's own options.
 	Networks   []string
 	PerNetwork map[string]*NetworkOptions
-	Network    string
 	Name       string
 	IP         netip.Addr
 	IP6        netip.Addr
@@ -125,13 +124,12 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 			return nil, &AnnotationError{Key: k, Value: ann[k], Reason: "unknown netshim annotation"}
 		}
 	}
-	o := &Options{Network: ModeBridge, Networks: []string{ModeBridge}, PerNetwork: map[string]*NetworkOptions{}}
+	o := &Options{Networks: []string{ModeBridge}, PerNetwork: map[string]*NetworkOptions{}}
 	var err error
 	if v, ok := ann[AnnNetwork]; ok {
 		if o.Networks, err = ParseNetworks(v); err != nil {
 			return nil, &AnnotationError{Key: AnnNetwork, Value: v, Reason: err.Error()}
 		}
-		o.Network = o.Networks[0]
 	}
 	for _, k := range perNetwork {
 		if err := o.parsePerNetwork(k, ann[k]); err != nil {
@@ -205,18 +203,18 @@ func ParseAnnotations(ann map[string]string) (*Options, error) {
 	default:
 		return nil, &AnnotationError{Key: AnnPublishAll, Value: v, Reason: "want true or false"}
 	}
-	if o.Network == ModeHost || o.Network == ModeNone {
+	if mode := o.Networks[0]; mode == ModeHost || mode == ModeNone {
 		switch {
 		case o.IP.IsValid():
-			return nil, &AnnotationError{Key: AnnIP, Value: ann[AnnIP], Reason: "needs a bridge network, not " + o.Network}
+			return nil, &AnnotationError{Key: AnnIP, Value: ann[AnnIP], Reason: "needs a bridge network, not " + mode}
 		case o.IP6.IsValid():
-			return nil, &AnnotationError{Key: AnnIP6, Value: ann[AnnIP6], Reason: "needs a bridge network, not " + o.Network}
+			return nil, &AnnotationError{Key: AnnIP6, Value: ann[AnnIP6], Reason: "needs a bridge network, not " + mode}
 		case len(o.Links) > 0:
-			return nil, &AnnotationError{Key: AnnLinks, Value: ann[AnnLinks], Reason: "needs a bridge network, not " + o.Network}
+			return nil, &AnnotationError{Key: AnnLinks, Value: ann[AnnLinks], Reason: "needs a bridge network, not " + mode}
 		case len(o.Publish) > 0:
-			return nil, &AnnotationError{Key: AnnPublish, Value: ann[AnnPublish], Reason: "publishing needs a bridge network, not " + o.Network}
+			return nil, &AnnotationError{Key: AnnPublish, Value: ann[AnnPublish], Reason: "publishing needs a bridge network, not " + mode}
 		case o.PublishAll:
-			return nil, &AnnotationError{Key: AnnPublishAll, Value: ann[AnnPublishAll], Reason: "publishing needs a bridge network, not " + o.Network}
+			return nil, &AnnotationError{Key: AnnPublishAll, Value: ann[AnnPublishAll], Reason: "publishing needs a bridge network, not " + mode}
 		}
 	}
 	return o, nil

@@ -23,8 +23,8 @@ func TestParseAnnotations(t *testing.T) {
 		o.Links[1] != (Link{Name: "cache", Alias: "cache"}) || len(o.DNS) != 1 || !o.AddHosts[0].HostGateway || o.AddHosts[1].IP.String() != "198.51.100.1" {
 		t.Errorf("%+v", o)
 	}
-	if o, _ := ParseAnnotations(nil); o.Network != "bridge" {
-		t.Errorf("default network %q", o.Network)
+	if o, _ := ParseAnnotations(nil); len(o.Networks) != 1 || o.Networks[0] != "bridge" {
+		t.Errorf("default network %q", o.Networks)
 	}
 }
 
