@@ -194,33 +194,25 @@ The container's default route stays where it is, unless it had none.`,
   netshim network connect --alias api --ip 10.82.0.50 backend web`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ep := engine.Endpoint{Network: args[0], Aliases: aliases}
-			var err error
-			if ip != "" {
-				if ep.IP, err = ocihook.ParseIP(ip); err != nil {
-					return fmt.Errorf("--ip: %w", err)
+			// The flags are the per-network annotations' fields, parsed as
+			// the hook parses those.
+			var opts ocihook.NetworkOptions
+			for _, f := range []struct{ flag, field, value string }{
+				{"--ip", ocihook.FieldIP, ip}, {"--ip6", ocihook.FieldIP6, ip6}, {"--mac-address", ocihook.FieldMAC, mac},
+				{"--alias", ocihook.FieldAliases, strings.Join(aliases, ",")},
+			} {
+				if f.value == "" {
+					continue
 				}
-			}
-			if ip6 != "" {
-				if ep.IP6, err = ocihook.ParseIP6(ip6); err != nil {
-					return fmt.Errorf("--ip6: %w", err)
-				}
-			}
-			if mac != "" {
-				if ep.MAC, err = ocihook.ParseMAC(mac); err != nil {
-					return fmt.Errorf("--mac-address: %w", err)
-				}
-			}
-			for _, a := range aliases {
-				if err := ocihook.CheckName(a); err != nil {
-					return fmt.Errorf("--alias: %w", err)
+				if err := opts.Set(f.field, f.value); err != nil {
+					return fmt.Errorf("%s: %w", f.flag, err)
 				}
 			}
 			eng, err := g.engine()
 			if err != nil {
 				return err
 			}
-			err = eng.Connect(args[1], ep)
+			err = eng.Connect(args[1], opts.Endpoint(args[0]))
 			var fe *engine.FieldError
 			if errors.As(err, &fe) {
 				return fmt.Errorf("--%s: %s", fe.Field, fe.Reason)

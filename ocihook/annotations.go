@@ -1,6 +1,7 @@
 package ocihook
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -284,6 +285,20 @@ func (o *Options) parsePerNetwork(key, v string) error {
 		n = &NetworkOptions{}
 		o.PerNetwork[network] = n
 	}
+	if err := n.Set(field, v); err != nil {
+		if errors.Is(err, errUnknownField) {
+			return &AnnotationError{Key: key, Value: v, Reason: "unknown netshim annotation (fields: ip, ip6, aliases, mac, gw-priority)"}
+		}
+		return &AnnotationError{Key: key, Value: v, Reason: err.Error()}
+	}
+	return nil
+}
+
+var errUnknownField = errors.New("unknown per-network field")
+
+// Set parses one per-network option (a Field* name) into n: from an
+// annotation, or a flag of `network connect`.
+func (n *NetworkOptions) Set(field, v string) error {
 	var err error
 	switch field {
 	case FieldIP:
@@ -304,12 +319,14 @@ func (o *Options) parsePerNetwork(key, v string) error {
 			err = fmt.Errorf("%q is not an integer", v)
 		}
 	default:
-		return &AnnotationError{Key: key, Value: v, Reason: "unknown netshim annotation (fields: ip, ip6, aliases, mac, gw-priority)"}
+		err = errUnknownField
 	}
-	if err != nil {
-		return &AnnotationError{Key: key, Value: v, Reason: err.Error()}
-	}
-	return nil
+	return err
+}
+
+// Endpoint is the engine's request for network with these options.
+func (n *NetworkOptions) Endpoint(network string) engine.Endpoint {
+	return engine.Endpoint{Network: network, IP: n.IP, IP6: n.IP6, Aliases: n.Aliases, MAC: n.MAC, GwPriority: n.GwPriority}
 }
 
 // ParseMAC parses a unicast MAC address for a container's interface.
@@ -330,12 +347,11 @@ func ParseMAC(s string) (net.HardwareAddr, error) {
 func (o *Options) Endpoints() ([]engine.Endpoint, error) {
 	var out []engine.Endpoint
 	for i, name := range o.Networks {
-		ep := engine.Endpoint{Network: name}
 		n := o.PerNetwork[name]
 		if n == nil {
 			n = &NetworkOptions{}
 		}
-		ep.IP, ep.IP6, ep.Aliases, ep.MAC, ep.GwPriority = n.IP, n.IP6, n.Aliases, n.MAC, n.GwPriority
+		ep := n.Endpoint(name)
 		if i == 0 {
 			for _, c := range []struct {
 				global, per       bool
