@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,9 +193,20 @@ func testPodmanNets(t *testing.T, backend string) {
 			t.Errorf("%s -> %s by name: %v\n%s", c[0], c[1], err, out)
 		}
 	}
+	// Blocked, and the probe proves the ping reached the host.
+	var front struct{ Bridge string }
+	if err := json.Unmarshal([]byte(h.mustNetshim("network", "inspect", "front")), &front); err != nil {
+		t.Fatal(err)
+	}
+	p := &probes{t: t}
+	p.add("front-to-back", "pre", fmt.Sprintf(`iifname %q ip daddr 10.86.0.2`, front.Bridge))
+	p.install()
 	if out, err := podman("exec", "pfront", "ping", "-c1", "-W1", "10.86.0.2"); err == nil {
 		t.Errorf("front reached back:\n%s", out)
+	} else if p.count("front-to-back") == 0 {
+		t.Error("front -> back: the probe never reached the host")
 	}
+	sandbox.Run(t, "nft", "delete", "table", "ip", "probe")
 	h.mustNetshim("network", "connect", "back", "pfront")
 	if out, err := podman("exec", "pback", "ping", "-c1", "-W1", "pfront"); err != nil {
 		t.Errorf("back -> pfront after connect: %v\n%s", err, out)
