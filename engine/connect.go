@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/netshim/netshim/netsetup"
 	"github.com/netshim/netshim/state"
 )
@@ -23,11 +25,12 @@ func (e *Engine) Connect(ref string, ep Endpoint) error {
 	if err != nil {
 		return err
 	}
-	if err := e.wireConnect(rec, n); err != nil {
+	loopback6, err := e.wireConnect(rec, n)
+	if err != nil {
 		return e.undoConnect(rec.ID, ep.Network, err)
 	}
 	fault("connect:attached")
-	if err := e.rewriteFiles(rec); err != nil {
+	if err := e.rewriteFiles(rec, loopback6); err != nil {
 		return e.undoConnect(rec.ID, ep.Network, err)
 	}
 	lock, err := e.lock()
@@ -143,25 +146,37 @@ func freeIface(rec *state.Record) string {
 
 // wireConnect is Connect's second step, without the lock: the interface
 // made in the container's netns, entered through its recorded process,
-// whose netns must still be the recorded one.
-func (e *Engine) wireConnect(rec *state.Record, n int) error {
-	c, ns, err := container(rec.Container.PID)
+// whose netns must still be the recorded one. It reports whether the
+// container's lo has ::1, for its /etc/hosts.
+func (e *Engine) wireConnect(rec *state.Record, n int) (bool, error) {
+	ns, err := e.recordedNetns(rec)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer ns.Close()
-	if c != rec.Container {
-		return fmt.Errorf("container %s: its process or network namespace is not the recorded one (it was restarted?)", rec.Name)
-	}
 	a := &rec.Attachments[n]
 	cns := &ContainerNS{NS: ns}
 	defer cns.Close()
 	// Interfaces made from now on start with IPv6 on or off as this
 	// network wants; the existing ones keep theirs.
 	if err := cns.Prepare(a.Addr6().IsValid()); err != nil {
-		return err
+		return false, err
 	}
-	return e.driver(a.Driver).Attach(rec, a, cns)
+	return cns.Loopback6, e.driver(a.Driver).Attach(rec, a, cns)
+}
+
+// recordedNetns opens the netns of a running container through its
+// recorded process, and checks it is still the recorded one.
+func (e *Engine) recordedNetns(rec *state.Record) (netns.NsHandle, error) {
+	c, ns, err := container(rec.Container.PID)
+	if err != nil {
+		return ns, err
+	}
+	if c != rec.Container {
+		ns.Close()
+		return ns, fmt.Errorf("container %s: its process or network namespace is not the recorded one (it was restarted?)", rec.Name)
+	}
+	return ns, nil
 }
 
 // undoConnect takes back a connect that failed after its record was
@@ -224,13 +239,22 @@ func (e *Engine) Disconnect(ref, network string) error {
 	if err := e.detachLocked(rec, network, nil); err != nil {
 		return err
 	}
-	return e.rewriteFiles(rec)
+	ns, err := e.recordedNetns(rec)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	loopback6, err := netsetup.Loopback6(ns)
+	if err != nil {
+		return err
+	}
+	return e.rewriteFiles(rec, loopback6)
 }
 
 // rewriteFiles writes a running container's /etc/hosts and
 // /etc/resolv.conf again for its networks of now, in place (they are
-// bind-mounted), from its bundle (Reread).
-func (e *Engine) rewriteFiles(rec *state.Record) error {
+// bind-mounted), from its bundle (Reread); loopback6 says lo has ::1.
+func (e *Engine) rewriteFiles(rec *state.Record, loopback6 bool) error {
 	if e.Reread == nil {
 		return nil
 	}
@@ -238,19 +262,7 @@ func (e *Engine) rewriteFiles(rec *state.Record) error {
 	if err != nil {
 		return fmt.Errorf("container %s: %w", rec.Name, err)
 	}
-	_, ns, err := container(rec.Container.PID)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	// Whether lo has ::1, as setup found it.
-	c := &ContainerNS{NS: ns}
-	defer c.Close()
-	ipv6 := slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Addr6().IsValid() })
-	if err := c.Prepare(ipv6); err != nil {
-		return err
-	}
-	_, err = e.writeFiles(req, rec, c.Loopback6)
+	_, err = e.writeFiles(req, rec, loopback6)
 	return err
 }
 

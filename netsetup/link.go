@@ -314,6 +314,21 @@ func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 	return nil
 }
 
+// loopback6Here reports whether lo has IPv6 in the netns of the calling
+// thread.
+func loopback6Here() bool {
+	off, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+	return err == nil && strings.TrimSpace(string(off)) == "0"
+}
+
+// Loopback6 reports whether lo has IPv6 (::1) in netns ns, as
+// PrepareNetns does, changing nothing.
+func Loopback6(ns netns.NsHandle) (bool, error) {
+	var on bool
+	err := Do(ns, func() error { on = loopback6Here(); return nil })
+	return on, err
+}
+
 // PrepareNetns readies the container's netns ns in one visit: links made
 // in it from now on (eth0) start with IPv6 on only with ipv6, as Docker 27
 // does on a network without IPv6, while lo keeps ::1 (Docker 26 and
@@ -336,8 +351,7 @@ func PrepareNetns(ns netns.NsHandle, ipv6 bool) (ctr *netlink.Handle, loopback6 
 		case err != nil:
 			return fmt.Errorf("set IPv6 for the container's interfaces: %w", err)
 		default:
-			off, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
-			loopback6 = err == nil && strings.TrimSpace(string(off)) == "0"
+			loopback6 = loopback6Here()
 		}
 		// A netlink socket belongs to the netns it was opened in.
 		if ctr, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
