@@ -218,10 +218,8 @@ func dnsNames(rec *state.Record, ep *Endpoint) []string {
 // bridgeSpec is the bridge of an attachment's network.
 func bridgeSpec(a *state.Attachment) netsetup.BridgeSpec {
 	s := netsetup.BridgeSpec{Name: a.Bridge, Subnet: a.Addrs[0].Masked(), Gateway: a.Gateway, MTU: a.MTU}
-	for _, p := range a.Addrs[1:] {
-		if p.Addr().Is6() {
-			s.Subnet6, s.Gateway6 = p.Masked(), a.Gateway6
-		}
+	if a.Subnet6().IsValid() {
+		s.Subnet6, s.Gateway6 = a.Subnet6(), a.Gateway6
 	}
 	return s
 }

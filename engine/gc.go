@@ -163,12 +163,8 @@ func (e *Engine) rebuild(recs []*state.Record) func(map[string]bool) ([]string, 
 					if ns == nil {
 						ns = e.Store.NewNet(a.Network)
 						ns.Bridge, ns.Subnet, ns.Gateway, ns.Firewall = a.Bridge, a.Addrs[0].Masked(), a.Gateway, a.Firewall
-						if a6 := a.Addr6(); a6.IsValid() {
-							for _, p := range a.Addrs {
-								if p.Addr() == a6 {
-									ns.Subnet6, ns.Gateway6 = p.Masked(), a.Gateway6
-								}
-							}
+						if a.Subnet6().IsValid() {
+							ns.Subnet6, ns.Gateway6 = a.Subnet6(), a.Gateway6
 						}
 						// The network's file is lost: its rules are
 						// taken to be what its definition makes today.

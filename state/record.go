@@ -117,6 +117,17 @@ func (a *Attachment) Addr6() netip.Addr {
 	return netip.Addr{}
 }
 
+// Subnet6 is the attachment's network's IPv6 subnet, if it has an IPv6
+// address.
+func (a *Attachment) Subnet6() netip.Prefix {
+	for _, p := range a.Addrs {
+		if p.Addr().Is6() {
+			return p.Masked()
+		}
+	}
+	return netip.Prefix{}
+}
+
 // Bridged returns the record's first attachment with an address, if any:
 // the one /etc/hosts, ps and links use.
 func (r *Record) Bridged() *Attachment {
