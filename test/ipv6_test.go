@@ -348,6 +348,17 @@ subnet6 = "fd00:70::/64"
 	if out := c.mustIn("ip", "-o", "addr", "show", "eth0"); !strings.Contains(out, "10.70.0.2/24") || !strings.Contains(out, "fd00:70::2/64") {
 		t.Errorf("c did not get the addresses b's killed setup held:\n%s", out)
 	}
+	// The network's state lost: gc rebuilds it from c's record, IPv6
+	// subnet and rules included, so c's teardown removes them.
+	if err := os.Remove(filepath.Join(h.stateDir, "networks", "d.json")); err != nil {
+		t.Fatal(err)
+	}
+	if out := h.mustNetshim("gc"); !strings.Contains(out, "state of network d, rebuilt from records") {
+		t.Errorf("gc after the network's state was lost:\n%s", out)
+	}
+	if out := sandbox.Run(t, "cat", filepath.Join(h.stateDir, "networks", "d.json")); !strings.Contains(out, `"subnet6":"fd00:70::/64"`) || !strings.Contains(out, "ip6/fwd-d") {
+		t.Errorf("rebuilt state of d:\n%s", out)
+	}
 	c.mustTeardown()
 	assertClean(t, h)
 }
