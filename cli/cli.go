@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/netshim/netshim/cluster"
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/engine"
 	"github.com/netshim/netshim/ocihook"
@@ -20,7 +23,7 @@ import (
 
 // Env variables for the global flags.
 const (
-	EnvConfig   = "NETSHIM_CONFIG"
+	EnvConfig   = engine.EnvConfig
 	EnvStateDir = "NETSHIM_STATE_DIR"
 )
 
@@ -95,7 +98,7 @@ it runs as a createRuntime and poststop hook.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w (see '%s --help')", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), gcCmd(g), reloadCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
+	root.AddCommand(hookCmd(g), bundleCmd(g), psCmd(g), inspectCmd(g), portCmd(g), networkCmd(g), overlayCmd(g), gcCmd(g), reloadCmd(g), doctorCmd(g), dnsServeCmd(g), reclaimCmd(g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(stderr, "netshim: "+oneLine(err))
 		var ee *exitError
@@ -161,7 +164,17 @@ func dnsServeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			engine.LeaveCgroup("netshim-dns")
-			return resolver.Serve(cmd.Context(), g.stateDir, args[0], udps, tcps)
+			var remote func(string) map[string][]netip.Addr
+			if path, explicit := g.configFile(); explicit {
+				// An overlay network's responder: the other hosts' names
+				// come from etcd.
+				if cfg, err := config.Load(path, true); err == nil && cfg.Cluster.Enabled() {
+					if cl, err := cluster.New(cfg.Cluster); err == nil {
+						remote = cl.NameCache(time.Second)
+					}
+				}
+			}
+			return resolver.Serve(cmd.Context(), g.stateDir, args[0], udps, tcps, remote)
 		},
 	}
 }

@@ -69,7 +69,8 @@ func networkCreateCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&req.Driver, "driver", "d", "bridge", "network driver (only bridge)")
+	f.StringVarP(&req.Driver, "driver", "d", "bridge", "network driver: bridge, or overlay (across the hosts of [cluster])")
+	f.IntVar(&req.HostPrefix, "host-prefix", 0, "overlay: the prefix length of each host's share of --subnet (default 24)")
 	f.StringArrayVar(&subnets, "subnet", nil, "subnet in CIDR form, one per family (default: the next free pool)")
 	f.StringArrayVar(&gateways, "gateway", nil, "gateway address, one per family (default: the subnet's first address)")
 	f.StringArrayVar(&ranges, "ip-range", nil, "hand out container addresses from this range only, one per family")
@@ -106,6 +107,14 @@ func networkLsCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(config.NetworkID("none")), "none", "null", "-")
 			for _, n := range nets {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(n.ID), n.Name, "bridge", n.Subnet)
+			}
+			overlays, err := eng.OverlayNetworks()
+			if err != nil {
+				tw.Flush()
+				return err
+			}
+			for _, n := range overlays {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", engine.ShortID(n.ID), n.Name, "overlay", n.Subnet)
 			}
 			return tw.Flush()
 		},

@@ -74,6 +74,7 @@ type File struct {
 	TrustedHostInterfaces []string                `toml:"trusted_host_interfaces"`
 	Bridge                BridgeFile              `toml:"bridge"`
 	Networks              map[string]*NetworkFile `toml:"networks"`
+	Cluster               ClusterFile             `toml:"cluster"`
 }
 
 // BridgeFile holds daemon.json's bridge keys in snake_case.
@@ -193,6 +194,9 @@ type Config struct {
 	// containers of nat-mode networks directly, by address (Docker's
 	// trusted_host_interfaces), published ports only.
 	TrustedHostInterfaces []string
+	// Cluster is how this host reaches the etcd cluster of overlay
+	// networks.
+	Cluster Cluster
 }
 
 // Error is a configuration error naming the file, key and value.
@@ -317,6 +321,12 @@ func canonicalize(f *File) (*Config, error) {
 		}
 		c.TrustedHostInterfaces = append(c.TrustedHostInterfaces, name)
 	}
+
+	cluster, err := canonCluster(&f.Cluster)
+	if err != nil {
+		return nil, err
+	}
+	c.Cluster = cluster
 
 	pools, pools6, err := canonPools(f.Bridge.DefaultAddressPools)
 	if err != nil {

@@ -132,7 +132,13 @@ func (e *Engine) ensureResponder(ns *state.Net) error {
 		}
 		files = append(files, uf, tf)
 	}
-	p, err := startHelperProcess(responderArgs(e.Store.Dir, ns.Name), files...) // fds 3 and 4, then 5 and 6
+	var env []string
+	if ns.Overlay != nil && e.Config.Path != "" {
+		// It answers for the overlay's other hosts from etcd, which the
+		// config says how to reach.
+		env = append(env, EnvConfig+"="+e.Config.Path)
+	}
+	p, err := startHelperProcess(responderArgs(e.Store.Dir, ns.Name), env, files...) // fds 3 and 4, then 5 and 6
 	if err != nil {
 		return fmt.Errorf("start the dns responder of network %s: %w", ns.Name, err)
 	}
@@ -144,6 +150,9 @@ func (e *Engine) ensureResponder(ns *state.Net) error {
 	ns.DNS.PID, ns.DNS.Start = p.Pid, start
 	return p.Release()
 }
+
+// EnvConfig names the config file for netshim's commands.
+const EnvConfig = "NETSHIM_CONFIG"
 
 // listenDNS binds a UDP and a TCP socket to addr and returns them as files,
 // for a responder to inherit.

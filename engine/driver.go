@@ -41,6 +41,8 @@ func (e *Engine) driver(kind string) Driver {
 		return hostDriver{}
 	case ModeNone:
 		return noneDriver{}
+	case ModeOverlay:
+		return &overlayDriver{bridgeDriver{e: e}}
 	}
 	return &bridgeDriver{e: e}
 }

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/netshim/netshim/cluster"
 	"github.com/netshim/netshim/config"
 	"github.com/netshim/netshim/internal/fastio"
 	"github.com/netshim/netshim/netsetup"
@@ -36,6 +37,11 @@ type Engine struct {
 	// `disconnect` write its /etc/hosts and /etc/resolv.conf as setup
 	// did, for its networks of now.
 	Reread func(id string, pid int, bundle string) (*Request, error)
+
+	// cluster is the etcd client, made on first use; overlays are the
+	// overlay networks a setup joined before it took the lock.
+	cluster  *cluster.Client
+	overlays map[string]*overlayJoin
 }
 
 // DefaultLockTimeout is how long a hook waits for the host lock.

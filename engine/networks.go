@@ -31,6 +31,9 @@ func (e *Engine) network(name string) (*config.Network, error) {
 	if n, ok := e.Config.Networks[name]; ok {
 		return &n, nil
 	}
+	if j := e.overlays[name]; j != nil {
+		return overlayNetwork(name, j.net.ID, j.subnet, j.underlay.MTU-netsetup.VXLANOverhead), nil
+	}
 	if e.Defs != nil {
 		def, err := e.Defs.Get(name)
 		if err != nil {
@@ -43,6 +46,11 @@ func (e *Engine) network(name string) (*config.Network, error) {
 			}
 			return &n, nil
 		}
+	}
+	if ns, err := e.Store.GetNet(name); err != nil {
+		return nil, err
+	} else if ns != nil && ns.Overlay != nil && ns.Subnet.IsValid() {
+		return overlayNetwork(name, ns.Overlay.ID, ns.Subnet, ns.Overlay.MTU), nil
 	}
 	return nil, fmt.Errorf("network %s not found", name)
 }
@@ -91,6 +99,8 @@ type NetworkRequest struct {
 	Subnet6  string
 	Gateway6 string
 	IPRange6 string
+	// HostPrefix is each host's share of an overlay network's subnet.
+	HostPrefix int
 }
 
 // networkOptions are the -o keys `network create` takes, with Docker's
@@ -127,8 +137,12 @@ func (e *Engine) CreateNetwork(req NetworkRequest) (*state.NetworkDef, error) {
 	if err := config.CheckNetworkName(req.Name); err != nil {
 		return nil, err
 	}
-	if req.Driver != "" && req.Driver != "bridge" {
-		return nil, fmt.Errorf("--driver %q: only the bridge driver is supported", req.Driver)
+	switch req.Driver {
+	case "", ModeBridge:
+	case ModeOverlay:
+		return e.createOverlay(req)
+	default:
+		return nil, fmt.Errorf("--driver %q: must be bridge or overlay", req.Driver)
 	}
 	gatewayMode := ""
 	for _, o := range req.Options {
@@ -336,6 +350,9 @@ func (e *Engine) RemoveNetwork(name string) error {
 	def, err := e.Defs.Get(name)
 	if err != nil {
 		return err
+	}
+	if def == nil && e.Config.Cluster.Enabled() {
+		return e.removeOverlay(name)
 	}
 	if def == nil {
 		return fmt.Errorf("network %s not found", name)

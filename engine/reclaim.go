@@ -364,21 +364,21 @@ func ReclaimerListener() (*net.UnixListener, error) {
 // must not wait for a helper), a fixed PATH, and files as fds 3 onwards.
 // It does not wait for it: the helper is reaped as an orphan.
 func startHelper(args []string, files ...*os.File) error {
-	p, err := startHelperProcess(args, files...)
+	p, err := startHelperProcess(args, nil, files...)
 	if err != nil {
 		return err
 	}
 	return p.Release()
 }
 
-func startHelperProcess(args []string, files ...*os.File) (*os.Process, error) {
+func startHelperProcess(args, env []string, files ...*os.File) (*os.Process, error) {
 	bin, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this binary's path: %w", err)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = "/"
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
 	if len(files) > 0 {
 		// How many descriptors it inherits from fd 3, as systemd's
 		// socket activation says it.

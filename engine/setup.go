@@ -31,6 +31,9 @@ func (e *Engine) Setup(req *Request) error {
 	if err != nil {
 		return err
 	}
+	if err := e.joinOverlays(req); err != nil {
+		return err
+	}
 	rec, done, err := e.reserve(req, c, me)
 	if err != nil || done {
 		return err
@@ -40,7 +43,11 @@ func (e *Engine) Setup(req *Request) error {
 	if err := e.wire(req, rec, cns); err != nil {
 		return e.undo(rec, err)
 	}
-	return e.finish(rec)
+	if err := e.finish(rec); err != nil {
+		return err
+	}
+	e.publishNames(rec)
+	return nil
 }
 
 // container identifies the container of pid and opens its netns.
@@ -128,7 +135,7 @@ func (e *Engine) reserve(req *Request, c state.Container, me state.Process) (*st
 			break
 		}
 		ep := &req.Endpoints[i]
-		err = e.driver(driverKind(ep.Network)).Reserve(rec, req, ep, save)
+		err = e.driver(e.driverOf(ep.Network)).Reserve(rec, req, ep, save)
 	}
 	if err == nil {
 		err = e.resolveLinks(rec, req)

@@ -39,6 +39,7 @@ func (e *Engine) Teardown(id string) (string, error) {
 	err = e.teardownLocked(rec, r)
 	e.handOff(r)
 	lock.Unlock()
+	e.withdrawNames(rec)
 	return rec.Name, err
 }
 

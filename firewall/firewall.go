@@ -37,6 +37,12 @@ func RulesFor(n *config.Network, s *state.Net, trusted []string) NetRules {
 	if r.Mode == config.GatewayNAT {
 		r.Trusted = trusted
 	}
+	if o := s.Overlay; o != nil {
+		r.Overlay = &state.OverlayRules{Subnet: o.Subnet, VXLAN: o.VXLAN, VNI: o.VNI}
+		for _, p := range o.Peers {
+			r.Overlay.Peers = append(r.Overlay.Peers, p.Underlay)
+		}
+	}
 	return r
 }
 

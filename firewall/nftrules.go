@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/config"
+	"github.com/netshim/netshim/state"
 )
 
 // Expressions that rules are made of, each named after the nft syntax it
@@ -268,6 +269,12 @@ func familyChains(n NetRules, f family) []nftChain {
 				raw = append(raw, rule(iif(t), daddrIn(f.subnet), accept()))
 			}
 		}
+		if o := n.Overlay; o != nil && f.table == nftables.TableFamilyIPv4 {
+			// The network's containers on other hosts, through its VXLAN
+			// device.
+			//	iifname VXLAN ip saddr OVERLAY ip daddr SUBNET counter accept
+			raw = append(raw, rule(iif(o.VXLAN), saddrIn(o.Subnet), daddrIn(f.subnet), accept()))
+		}
 		raw = append(raw, rule(daddrIn(f.subnet), iifNot(br), iifNot("lo"), drop()))
 		chains = append(chains, nftChain{
 			Family: f.table, Name: "raw-" + n.Name,
@@ -276,6 +283,11 @@ func familyChains(n NetRules, f family) []nftChain {
 		})
 	}
 	var post [][]expr.Any
+	if o := n.Overlay; o != nil && n.Masquerade && f.table == nftables.TableFamilyIPv4 {
+		// Inside the overlay, containers see each other's addresses.
+		//	ip saddr SUBNET ip daddr OVERLAY counter accept
+		post = append(post, rule(saddrIn(f.subnet), daddrIn(o.Subnet), accept()))
+	}
 	if n.Masquerade {
 		//	ip saddr SUBNET oifname != BRIDGE counter masquerade
 		post = append(post, rule(saddrIn(f.subnet), oifNot(br), masquerade()))
@@ -319,6 +331,10 @@ func familyChains(n NetRules, f family) []nftChain {
 		}
 		//	... ip daddr . meta l4proto . th dport @published counter accept
 		fwd = append(fwd, in(toPublished(f), accept()))
+		if o := n.Overlay; o != nil && f.table == nftables.TableFamilyIPv4 {
+			//	... iifname VXLAN ip saddr OVERLAY counter accept
+			fwd = append(fwd, in(iif(o.VXLAN), saddrIn(o.Subnet), accept()))
+		}
 		switch n.Mode {
 		case config.GatewayRouted:
 			//	... meta l4proto icmp (ipv6-icmp) counter accept, then drop
@@ -334,6 +350,9 @@ func familyChains(n NetRules, f family) []nftChain {
 		Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
 		Rules: fwd,
 	})
+	if o := n.Overlay; o != nil && f.table == nftables.TableFamilyIPv4 {
+		chains = append(chains, vxlanChain(n.Name, o))
+	}
 	if n.Mode == config.GatewayIsolated {
 		// Nothing between the host and the network, but the containers'
 		// queries to the network's DNS responder and its answers.
@@ -381,4 +400,36 @@ func familyChains(n NetRules, f family) []nftChain {
 			})
 	}
 	return chains
+}
+
+// vxlanChain lets VXLAN packets of an overlay network's VNI in from its
+// peers' underlay addresses only: anyone else who can reach the host's
+// VXLAN port could otherwise put frames on the network's bridge.
+//
+//	udp dport 4789 @th,96,24 VNI ip saddr PEER counter accept   (each peer)
+//	udp dport 4789 @th,96,24 VNI counter drop
+func vxlanChain(name string, o *state.OverlayRules) nftChain {
+	vxlan := rule(l4proto(unix.IPPROTO_UDP), dport(VXLANPort), vni(o.VNI))
+	var rules [][]expr.Any
+	for _, p := range o.Peers {
+		rules = append(rules, rule(vxlan, saddrIn(netip.PrefixFrom(p, 32)), accept()))
+	}
+	rules = append(rules, rule(vxlan, drop()))
+	return nftChain{
+		Family: nftables.TableFamilyIPv4, Name: "vx-" + name,
+		Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter,
+		Rules: rules,
+	}
+}
+
+// VXLANPort is the UDP port of VXLAN (IANA's, as the kernel's devices use).
+const VXLANPort = 4789
+
+// @th,96,24 VNI: the VXLAN header follows the 8 bytes of UDP's; its VNI
+// is that header's bytes 4-6.
+func vni(v uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 12, Len: 3},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(v >> 16), byte(v >> 8), byte(v)}},
+	}
 }

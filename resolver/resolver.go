@@ -28,6 +28,10 @@ type Server struct {
 	// Network is the network whose gateway the server listens on.
 	Network string
 
+	// Remote, when set, returns the names of an overlay network's
+	// containers on other hosts (lower-case FQDN -> addresses).
+	Remote func(network string) map[string][]netip.Addr
+
 	fwd *forwarder
 
 	mu    sync.Mutex
@@ -156,7 +160,11 @@ func (s *Server) Handle(q []byte, client netip.Addr, tcp bool) ([]byte, *forward
 	}
 	qname := req.q.Name
 	name := strings.ToLower(qname.String())
-	if addrs, ours := v.addrs(name); ours {
+	addrs, ours := v.addrs(name)
+	if !ours {
+		addrs, ours = s.remote(v, name)
+	}
+	if ours {
 		// A name of ours: its addresses of the family asked, or no data
 		// (for other types, and for a family it has no address of), so
 		// the client does not wait on an upstream that cannot know it.
@@ -199,6 +207,21 @@ func (s *Server) Handle(q []byte, client netip.Addr, tcp bool) ([]byte, *forward
 		return req.pack(reply{rcode: dnsmessage.RCodeServerFailure}, limit), nil
 	}
 	return nil, &forwardJob{req: req, q: q, upstreams: v.upstreams, tcp: tcp, limit: limit}
+}
+
+// remote looks name up on the other hosts of the view's overlay networks.
+func (s *Server) remote(v *view, name string) ([]netip.Addr, bool) {
+	if s.Remote == nil {
+		return nil, false
+	}
+	for _, n := range v.nets() {
+		if n.overlay {
+			if a, ok := s.Remote(n.name)[name]; ok {
+				return a, true
+			}
+		}
+	}
+	return nil, false
 }
 
 // Answer answers query q from client at once, forwarding on the calling

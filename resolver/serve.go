@@ -21,8 +21,9 @@ const tcpIdle = 8 * time.Second
 // were bound by the hook that started this process, so queries sent before
 // it runs wait in them. Nothing a client does ends it: errors reading or
 // accepting (a descriptor limit reached, say) are retried after a pause.
-func Serve(ctx context.Context, stateDir, network string, udps []net.PacketConn, tcps []net.Listener) error {
+func Serve(ctx context.Context, stateDir, network string, udps []net.PacketConn, tcps []net.Listener, remote func(string) map[string][]netip.Addr) error {
 	s := NewServer(stateDir, network)
+	s.Remote = remote
 	if _, err := s.current(); err != nil {
 		return err
 	}

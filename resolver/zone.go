@@ -30,6 +30,8 @@ type netZone struct {
 	ids       map[string]bool         // containers attached
 	upstreams []string
 	internal  bool
+	// overlay: the network spans hosts, whose names Server.Remote knows.
+	overlay bool
 }
 
 // loadZone reads every network file of dir (the state dir's networks/)
@@ -57,7 +59,7 @@ func loadZone(dir string) (*zone, error) {
 			continue
 		}
 		nz := &netZone{name: name, subnet: n.Subnet, subnet6: n.Subnet6, endpoints: n.DNS.Endpoints, names: map[string][]netip.Addr{},
-			ptr: map[string]string{}, ids: map[string]bool{}, upstreams: n.DNS.Upstreams, internal: n.DNS.Internal}
+			ptr: map[string]string{}, ids: map[string]bool{}, upstreams: n.DNS.Upstreams, internal: n.DNS.Internal, overlay: n.Overlay != nil}
 		addrs := make([]netip.Addr, 0, len(n.DNS.Endpoints))
 		for a := range n.DNS.Endpoints {
 			addrs = append(addrs, a)

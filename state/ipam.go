@@ -47,6 +47,8 @@ type Net struct {
 	Installed []string `json:"installed,omitempty"`
 	// Rules is what the installed rules were made from (reload).
 	Rules *NetRules `json:"rules,omitempty"`
+	// Overlay is set on an overlay network.
+	Overlay *Overlay `json:"overlay,omitempty"`
 
 	// dir holds the allocation files; "" keeps allocations in memory only.
 	dir string

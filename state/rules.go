@@ -28,4 +28,16 @@ type NetRules struct {
 	// Trusted are host interfaces whose traffic may reach the containers'
 	// published ports directly, by address, in nat mode.
 	Trusted []string `json:"trusted,omitempty"`
+	// Overlay is set on an overlay network: its subnet of every host,
+	// reached through its VXLAN device, whose port takes packets of its
+	// VNI from its peers' underlay addresses only.
+	Overlay *OverlayRules `json:"overlay,omitempty"`
+}
+
+// OverlayRules are an overlay network's own firewall needs.
+type OverlayRules struct {
+	Subnet netip.Prefix `json:"subnet"`
+	VXLAN  string       `json:"vxlan"`
+	VNI    uint32       `json:"vni"`
+	Peers  []netip.Addr `json:"peers,omitempty"`
 }

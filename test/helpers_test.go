@@ -62,6 +62,18 @@ type host struct {
 	runcRoot string
 	// runtime is the OCI runtime the containers run under: runc or crun.
 	runtime string
+	// netns, when set, is the `ip netns` name of the network namespace
+	// this host's commands run in (one host of several).
+	netns string
+}
+
+// command is name with args, run in the host's netns (nsenter, not `ip
+// netns exec`, which remounts /sys and so hides the cgroups from runc).
+func (h *host) command(name string, args ...string) *exec.Cmd {
+	if h.netns != "" {
+		return exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.netns, name}, args...)...)
+	}
+	return exec.Command(name, args...)
 }
 
 // newHost makes a config (TOML text, may be empty) and state dir for a test.
@@ -77,7 +89,7 @@ func newHost(t *testing.T, toml string) *host {
 // netshim runs the binary with this host's config and state dir.
 func (h *host) netshim(stdin string, args ...string) (string, string, error) {
 	full := append([]string{"--config", h.config, "--state-dir", h.stateDir}, args...)
-	cmd := exec.Command(netshimBin, full...)
+	cmd := h.command(netshimBin, full...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -191,7 +203,7 @@ func uniqueID(t *testing.T, name string) string {
 
 // runc runs the runtime (runc, or crun) with this host's root.
 func (h *host) runc(args ...string) (string, error) {
-	cmd := exec.Command(h.runtime, append([]string{"--root", h.runcRoot}, args...)...)
+	cmd := h.command(h.runtime, append([]string{"--root", h.runcRoot}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -203,7 +215,7 @@ func (c *container) start() error {
 		return err
 	}
 	defer log.Close()
-	cmd := exec.Command(c.h.runtime, "--root", c.h.runcRoot, "run", "-d", "--bundle", c.bundle, c.id)
+	cmd := c.h.command(c.h.runtime, "--root", c.h.runcRoot, "run", "-d", "--bundle", c.bundle, c.id)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Run(); err != nil {
 		out, _ := os.ReadFile(log.Name())
