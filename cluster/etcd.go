@@ -386,8 +386,9 @@ func (c *Client) TimeToLive(ctx context.Context, id int64) (time.Duration, error
 	return time.Duration(resp.TTL) * time.Second, nil
 }
 
-// Watch calls fn with the store's revision whenever a key under prefix
-// changes after revision from, until ctx ends or the stream breaks.
+// Watch calls fn with the store's revision once the watch is in place
+// and then whenever a key under prefix changes after revision from, until
+// ctx ends or the stream breaks.
 func (c *Client) Watch(ctx context.Context, prefix string, from int64, fn func(rev int64)) error {
 	r := rangeOf(prefix, true)
 	body, err := json.Marshal(map[string]any{"create_request": map[string]any{
@@ -411,6 +412,7 @@ func (c *Client) Watch(ctx context.Context, prefix string, from int64, fn func(r
 			var msg struct {
 				Result struct {
 					Header   header `json:"header"`
+					Created  bool   `json:"created"`
 					Canceled bool   `json:"canceled"`
 					Events   []any  `json:"events"`
 				} `json:"result"`
@@ -425,7 +427,7 @@ func (c *Client) Watch(ctx context.Context, prefix string, from int64, fn func(r
 			if msg.Result.Canceled {
 				return fmt.Errorf("watch %s: canceled by etcd", prefix)
 			}
-			if len(msg.Result.Events) > 0 {
+			if msg.Result.Created || len(msg.Result.Events) > 0 {
 				fn(int64(msg.Result.Header.Revision))
 			}
 		}

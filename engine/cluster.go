@@ -255,7 +255,8 @@ func (e *Engine) locked(fn func() error) error {
 	return fn()
 }
 
-// WatchOverlays syncs at once, then whenever etcd's overlay keys change,
+// WatchOverlays syncs whenever its etcd watch of the overlay keys is
+// (re-)established, whenever they change, a second after a sync failed,
 // and at least every third of the lease's TTL (which renews it), until ctx
 // ends. Each sync's report goes to logf.
 func (e *Engine) WatchOverlays(ctx context.Context, logf func(string)) error {
@@ -275,28 +276,28 @@ func (e *Engine) WatchOverlays(ctx context.Context, logf func(string)) error {
 			if ctx.Err() == nil {
 				logf(fmt.Sprintf("watch: %v; again in a second", err))
 				time.Sleep(time.Second)
-				select { // what changed meanwhile
-				case changed <- struct{}{}:
-				default:
-				}
 			}
 		}
 	}()
 	renew := time.NewTicker(max(e.Config.Cluster.LeaseTTL/3, time.Second))
 	defer renew.Stop()
+	var retry <-chan time.Time
 	for {
-		report, err := e.SyncOverlays()
-		for _, l := range report {
-			logf(l)
-		}
-		if err != nil {
-			logf(fmt.Sprintf("sync: %v", err))
-		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
 		case <-renew.C:
+		case <-retry:
+		}
+		report, err := e.SyncOverlays()
+		for _, l := range report {
+			logf(l)
+		}
+		retry = nil
+		if err != nil {
+			logf(fmt.Sprintf("sync: %v", err))
+			retry = time.After(time.Second)
 		}
 	}
 }

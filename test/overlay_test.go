@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/netshim/netshim/internal/sandbox"
+	"github.com/netshim/netshim/netsetup"
 )
 
 // The overlay tests make a cluster inside the sandbox: an underlay bridge
@@ -37,7 +41,9 @@ func newCluster(t *testing.T) *testCluster {
 	}
 	c := &testCluster{t: t, dir: t.TempDir()}
 	for _, args := range [][]string{
-		{"link", "add", "ul0", "type", "bridge"},
+		// A fixed MAC: a bridge takes its lowest port's otherwise, and
+		// the hosts' ARP entries for the sandbox go stale as hosts join.
+		{"link", "add", "ul0", "address", "02:00:c0:00:02:fe", "type", "bridge"},
 		{"addr", "add", "192.0.2.254/24", "dev", "ul0"},
 		{"link", "set", "ul0", "up"},
 	} {
@@ -213,7 +219,192 @@ func TestOverlay(t *testing.T) {
 	if err != nil {
 		t.Fatalf("c1 -> upstream: %v", err)
 	}
-	if !strings.HasPrefix(from, "192.0.2.1:") {
+	if from != "192.0.2.1" {
 		t.Fatalf("the upstream saw %s, want host 1's underlay address", from)
 	}
+
+	// VXLAN packets of ov's VNI for c1, the same bytes from a peer (host 2)
+	// and from a host of the underlay that is no peer: the peer's reach
+	// the bridge, the other's are dropped at host 1's VXLAN port.
+	rogue := c.addHost(66, "")
+	_ = rogue
+	vni := overlayVNI(t, c, "ov")
+	vtep := vtepMAC(t, h1, id)
+	frame := vxlanFrame(vni, vtep, netip.MustParseAddr("10.200.1.77"), a1)
+	dropped := nftCounter(t, h1, "vx-ov", "drop")
+	passed := nftCounter(t, h1, "fwd-ov", `iifname "vx-`, "accept")
+	for i := 0; i < 3; i++ {
+		sendUDP(t, "h66", "192.0.2.66:40000", "192.0.2.1:4789", frame)
+	}
+	eventually(t, 2*time.Second, "the non-peer's VXLAN packets counted as dropped at host 1", func() bool {
+		return nftCounter(t, h1, "vx-ov", "drop") >= dropped+3
+	})
+	if got := nftCounter(t, h1, "fwd-ov", `iifname "vx-`, "accept"); got != passed {
+		t.Fatalf("a non-peer's VXLAN frames reached the bridge: %d -> %d", passed, got)
+	}
+	for i := 0; i < 3; i++ {
+		sendUDP(t, "h2", "192.0.2.2:40000", "192.0.2.1:4789", frame)
+	}
+	eventually(t, 2*time.Second, "the peer's VXLAN packets forwarded to the bridge at host 1", func() bool {
+		return nftCounter(t, h1, "fwd-ov", `iifname "vx-`, "accept") >= passed+3
+	})
+	if got := nftCounter(t, h1, "vx-ov", "drop"); got != dropped+3 {
+		t.Fatalf("a peer's VXLAN packets were dropped: %d -> %d", dropped+3, got)
+	}
+
+	// A fourth host joins: host 3 watches and has it within 2 s, hosts 1
+	// and 2 after a sync.
+	watch := h3.command(netshimBin, "--config", h3.config, "--state-dir", h3.stateDir, "overlay", "watch")
+	watchLog, _ := os.Create(filepath.Join(c.dir, "watch.log"))
+	watch.Stdout, watch.Stderr = watchLog, watchLog
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watch.Process.Kill(); watch.Wait() })
+	time.Sleep(300 * time.Millisecond) // its first sync and watch
+	h4 := c.addHost(4, `lease_ttl = "5s"`)
+	c4 := h4.newBundle(uniqueID(t, "c4"), sleep, "--network", "ov", "--name", "c4").mustStart()
+	a4 := inspectAddr(t, h4, c4.id, "ov")
+	sub4, _ := a4.Prefix(24)
+	if !waitFor(2*time.Second, func() bool { return hasRoute(t, h3, sub4) }) {
+		out, _ := os.ReadFile(watchLog.Name())
+		t.Fatalf("host 3 (overlay watch) has no route to host 4's %s within 2 s:\n%s", sub4, out)
+	}
+	c3.mustExec("ping", "-c", "1", "-W", "2", a4.String())
+	if hasRoute(t, h1, sub4) {
+		t.Fatalf("host 1 routes to host 4 before it synced")
+	}
+	h1.mustNetshim("overlay", "sync")
+	h2.mustNetshim("overlay", "sync")
+	c1.mustExec("ping", "-c", "1", "-W", "2", a4.String())
+	c4.mustExec("ping", "-c", "1", "-W", "2", "c2")
+
+	// Host 4 dies: nothing renews its 5 s lease; when it expires, etcd
+	// drops its subnet and names, and the others drop its route,
+	// neighbour and FDB entry at their next sync (host 3 at once).
+	mac4 := netsetup.VTEPMAC(netip.MustParseAddr("192.0.2.4"), vni).String()
+	for _, h := range []*host{h1, h2, h3} {
+		if !hasPeer(t, h, id, sub4, mac4) {
+			t.Fatalf("host %s lacks host 4's route, neighbour or FDB entry", h.netns)
+		}
+	}
+	eventually(t, 15*time.Second, "host 4's lease expired", func() bool {
+		return !strings.Contains(c.etcdctl("get", "--prefix", "--keys-only", "/netshim/subnets/ov/"), sub4.Addr().String())
+	})
+	eventually(t, 2*time.Second, "host 3 (overlay watch) forgot host 4", func() bool { return !hasPeer(t, h3, id, sub4, mac4) && !hasAnyPeer(t, h3, id, sub4, mac4) })
+	for _, h := range []*host{h1, h2} {
+		h.mustNetshim("overlay", "sync")
+		if hasAnyPeer(t, h, id, sub4, mac4) {
+			t.Fatalf("host %s keeps a route, neighbour or FDB entry of host 4 after its sync", h.netns)
+		}
+	}
+	if out := c.etcdctl("get", "--prefix", "--keys-only", "/netshim/names/ov/192.0.2.4/"); strings.TrimSpace(out) != "" {
+		t.Fatalf("host 4's names outlived its lease:\n%s", out)
+	}
+	c1.mustExec("ping", "-c", "1", "-W", "2", "c3")
+}
+
+// overlayVNI is network name's VNI, as etcd holds it.
+func overlayVNI(t *testing.T, c *testCluster, name string) uint32 {
+	t.Helper()
+	var n struct{ VNI uint32 }
+	out := c.etcdctl("get", "--print-value-only", "/netshim/networks/"+name)
+	if err := json.Unmarshal([]byte(out), &n); err != nil || n.VNI == 0 {
+		t.Fatalf("network %s in etcd: %v\n%s", name, err, out)
+	}
+	return n.VNI
+}
+
+// vtepMAC is host h's VXLAN device MAC on network id.
+func vtepMAC(t *testing.T, h *host, id string) []byte {
+	t.Helper()
+	out, err := h.command("cat", "/sys/class/net/vx-"+id[:12]+"/address").CombinedOutput()
+	if err != nil {
+		// sysfs shows the sandbox's links: ask ip.
+		out, err = h.command("ip", "-br", "link", "show", "vx-"+id[:12]).CombinedOutput()
+		if err != nil {
+			t.Fatalf("vxlan device of %s on %s: %v\n%s", id, h.netns, err, out)
+		}
+		out = []byte(strings.Fields(string(out))[2])
+	}
+	mac, err := net.ParseMAC(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mac
+}
+
+// vxlanFrame is a VXLAN packet's UDP payload: VNI vni, an Ethernet frame
+// to dstMAC carrying a UDP datagram from src to dst port 9.
+func vxlanFrame(vni uint32, dstMAC []byte, src, dst netip.Addr) []byte {
+	b := []byte{0x08, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}
+	b = append(b, dstMAC...)
+	b = append(b, 0x02, 0, 0, 0, 0, 0x77, 0x08, 0x00)
+	payload := []byte("vxlan probe")
+	ip := []byte{0x45, 0, 0, byte(20 + 8 + len(payload)), 0, 1, 0, 0, 64, 17, 0, 0}
+	s4, d4 := src.As4(), dst.As4()
+	ip = append(append(ip, s4[:]...), d4[:]...)
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(ip[i])<<8 | uint32(ip[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	ip[10], ip[11] = byte(^sum>>8), byte(^sum)
+	udp := []byte{0x15, 0xb3, 0, 9, 0, byte(8 + len(payload)), 0, 0}
+	return append(append(append(b, ip...), udp...), payload...)
+}
+
+// sendUDP sends one datagram from src to dst inside netns name.
+func sendUDP(t *testing.T, name, src, dst string, payload []byte) {
+	t.Helper()
+	ns, err := netns.GetFromPath("/run/netns/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	err = netsetup.Do(ns, func() error {
+		la, _ := net.ResolveUDPAddr("udp4", src)
+		ra, _ := net.ResolveUDPAddr("udp4", dst)
+		conn, err := net.DialUDP("udp4", la, ra)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write(payload)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("send from %s to %s: %v", src, dst, err)
+	}
+}
+
+// hasRoute reports whether host h routes subnet p.
+func hasRoute(t *testing.T, h *host, p netip.Prefix) bool {
+	out, _ := h.command("ip", "route", "show", p.String()).CombinedOutput()
+	return strings.Contains(string(out), p.String())
+}
+
+// hasPeer reports whether host h has every entry of the peer with subnet p
+// and VTEP MAC mac on network id: route, permanent neighbour, FDB entry.
+func hasPeer(t *testing.T, h *host, id string, p netip.Prefix, mac string) bool {
+	route, neigh, fdb := peerEntries(t, h, id, p, mac)
+	return route && neigh && fdb
+}
+
+// hasAnyPeer reports whether host h has any of them.
+func hasAnyPeer(t *testing.T, h *host, id string, p netip.Prefix, mac string) bool {
+	route, neigh, fdb := peerEntries(t, h, id, p, mac)
+	return route || neigh || fdb
+}
+
+func peerEntries(t *testing.T, h *host, id string, p netip.Prefix, mac string) (route, neigh, fdb bool) {
+	dev := "vx-" + id[:12]
+	gw := p.Addr().Next().String()
+	r, _ := h.command("ip", "route", "show", p.String(), "dev", dev).CombinedOutput()
+	n, _ := h.command("ip", "neigh", "show", gw, "dev", dev).CombinedOutput()
+	f, _ := h.command("bridge", "fdb", "show", "dev", dev).CombinedOutput()
+	return strings.Contains(string(r), "via "+gw), strings.Contains(string(n), mac) && strings.Contains(string(n), "PERMANENT"),
+		strings.Contains(string(f), mac)
 }
