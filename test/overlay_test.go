@@ -408,3 +408,134 @@ func peerEntries(t *testing.T, h *host, id string, p netip.Prefix, mac string) (
 	return strings.Contains(string(r), "via "+gw), strings.Contains(string(n), mac) && strings.Contains(string(n), "PERMANENT"),
 		strings.Contains(string(f), mac)
 }
+
+// TestOverlayEtcdDown: with etcd stopped, a host that holds a lease goes
+// on starting and stopping containers, a host without one is refused with
+// one line and nothing made; with etcd back, one sync publishes what was
+// missed and the new host joins.
+func TestOverlayEtcdDown(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	c := newCluster(t)
+	h1, h2 := c.addHost(1, ""), c.addHost(2, "")
+	h1.mustNetshim("network", "create", "-d", "overlay", "--subnet", "10.200.0.0/16", "ov")
+	sleep := []string{"sleep", "3600"}
+	a1 := h1.newBundle(uniqueID(t, "a1"), sleep, "--network", "ov", "--name", "a1").mustStart()
+	a2 := h2.newBundle(uniqueID(t, "a2"), sleep, "--network", "ov", "--name", "a2").mustStart()
+	h1.mustNetshim("overlay", "sync")
+	a1.mustExec("ping", "-c", "1", "-W", "2", "a2")
+
+	c.stopEtcd()
+	b1 := h1.newBundle(uniqueID(t, "b1"), sleep, "--network", "ov", "--name", "b1").mustStart()
+	addr2 := inspectAddr(t, h2, a2.id, "ov")
+	b1.mustExec("ping", "-c", "1", "-W", "2", addr2.String())
+	a1.stop()
+	if log, _ := os.ReadFile(filepath.Join(h1.stateDir, "hook.log")); !strings.Contains(string(log), "not published (overlay sync will)") {
+		t.Fatalf("the hook did not log the names it could not publish:\n%s", log)
+	}
+	h3 := c.addHost(3, `etcd_timeout = "1s"`)
+	c3 := h3.newBundle(uniqueID(t, "c3"), sleep, "--network", "ov", "--name", "c3")
+	err := c3.start()
+	if err == nil {
+		c3.stop()
+		t.Fatal("a host without a lease started a container on the overlay while etcd was down")
+	}
+	if !strings.Contains(err.Error(), "overlay network ov: this host holds no subnet lease and etcd (http://192.0.2.254:2379) is unreachable") {
+		t.Fatalf("the refusal does not say why: %v", err)
+	}
+	c3.stop() // runc leaves the failed container's state
+	if out := h3.mustNetshim("ps"); strings.Contains(out, c3.id) {
+		t.Fatalf("the refused container has a record:\n%s", out)
+	}
+	if out, _ := h3.command("ip", "-br", "link").CombinedOutput(); strings.Contains(string(out), "vx-") || strings.Contains(string(out), "ov-") || strings.Contains(string(out), "veth") {
+		t.Fatalf("the refused setup left links:\n%s", out)
+	}
+
+	c.startEtcd()
+	out := h1.mustNetshim("overlay", "sync")
+	if !strings.Contains(out, "names of "+b1.id[:12]+" published") || !strings.Contains(out, "names of "+a1.id[:12]+" withdrawn") {
+		t.Fatalf("the sync after etcd came back did not publish b1 and withdraw a1:\n%s", out)
+	}
+	eventually(t, 3*time.Second, "a2 resolves b1, published late", func() bool {
+		out, _ := a2.exec("nslookup", "b1")
+		return strings.Contains(out, inspectAddr(t, h1, b1.id, "ov").String())
+	})
+	if out, err := a2.exec("nslookup", "a1"); err == nil && strings.Contains(out, "10.200.") {
+		t.Fatalf("a2 still resolves a1, stopped while etcd was down:\n%s", out)
+	}
+	c3 = h3.newBundle(uniqueID(t, "c3b"), sleep, "--network", "ov", "--name", "c3").mustStart()
+	h1.mustNetshim("overlay", "sync")
+	c3.mustExec("ping", "-c", "1", "-W", "2", "b1")
+	if out := c.etcdctl("get", "--prefix", "--keys-only", "/netshim/subnets/ov/"); strings.Count(out, "/netshim/subnets/ov/") != 3 {
+		t.Fatalf("want three subnet leases:\n%s", out)
+	}
+}
+
+// TestOverlayParallel starts 20 containers on each of three hosts at once,
+// on a network none of them has joined yet: one subnet per host, no
+// address twice.
+func TestOverlayParallel(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	c := newCluster(t)
+	hosts := []*host{c.addHost(1, ""), c.addHost(2, ""), c.addHost(3, "")}
+	hosts[0].mustNetshim("network", "create", "-d", "overlay", "--subnet", "10.201.0.0/16", "--host-prefix", "26", "par")
+	type started struct {
+		h   *host
+		ctr *container
+		err error
+	}
+	var all []*container
+	var hostOf []*host
+	for hi, h := range hosts {
+		for i := 0; i < 20; i++ {
+			all = append(all, h.newBundle(uniqueID(t, fmt.Sprintf("p%d-%d", hi+1, i)), []string{"sleep", "3600"}, "--network", "par"))
+			hostOf = append(hostOf, h)
+		}
+	}
+	errs := make(chan error, len(all))
+	for _, ctr := range all {
+		go func() { errs <- ctr.start() }()
+	}
+	var failed []string
+	for range all {
+		if err := <-errs; err != nil {
+			failed = append(failed, err.Error())
+		}
+	}
+	t.Cleanup(func() {
+		for _, ctr := range all {
+			ctr.stop()
+		}
+	})
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d parallel starts failed: %s", len(failed), len(all), failed[0])
+	}
+	seen := map[netip.Addr]string{}
+	subnetOf := map[*host]netip.Prefix{}
+	for i, ctr := range all {
+		a := inspectAddr(t, hostOf[i], ctr.id, "par")
+		if other, dup := seen[a]; dup {
+			t.Fatalf("%s and %s both have %s", other, ctr.id, a)
+		}
+		seen[a] = ctr.id
+		p, _ := a.Prefix(26)
+		if s, ok := subnetOf[hostOf[i]]; ok && s != p {
+			t.Fatalf("host %s has containers in %s and %s", hostOf[i].netns, s, p)
+		}
+		subnetOf[hostOf[i]] = p
+	}
+	owners := map[netip.Prefix]string{}
+	for h, p := range subnetOf {
+		if o, dup := owners[p]; dup {
+			t.Fatalf("hosts %s and %s share subnet %s", o, h.netns, p)
+		}
+		owners[p] = h.netns
+	}
+	if out := c.etcdctl("get", "--prefix", "--keys-only", "/netshim/subnets/par/"); strings.Count(out, "/netshim/subnets/par/") != 3 {
+		t.Fatalf("want one subnet lease per host:\n%s", out)
+	}
+	t.Logf("%d containers on 3 hosts, %d addresses, subnets %v", len(all), len(seen), subnetOf)
+}
