@@ -261,9 +261,6 @@ func (e *Engine) driverOf(network string) string {
 func (o *overlayDriver) Reserve(rec *state.Record, req *Request, ep *Endpoint, save func() error) error {
 	e := o.e
 	j := e.overlays[ep.Network]
-	if e.Config.Firewall != config.FirewallNftables {
-		return fmt.Errorf("overlay network %s needs firewall = \"nftables\" (the iptables backend has no VXLAN filter)", ep.Network)
-	}
 	ns, err := e.Store.GetNet(ep.Network)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -168,7 +169,14 @@ func iptFamilyRules(n NetRules, f family) []iptRule {
 				out = append(out, iptRule{"raw", iptChainRaw, []string{"-d", sub, "-i", t, "-j", "RETURN"}})
 			}
 		}
+		if o := n.Overlay; o != nil && !v6 {
+			// The network's containers on other hosts (see familyChains).
+			out = append(out, iptRule{"raw", iptChainRaw, []string{"-s", o.Subnet.String(), "-d", sub, "-i", o.VXLAN, "-j", "RETURN"}})
+		}
 		out = append(out, iptRule{"raw", iptChainRaw, []string{"-d", sub, "!", "-i", br, "-j", "DROP"}})
+	}
+	if o := n.Overlay; o != nil && n.Masquerade && !v6 {
+		out = append(out, iptRule{"nat", iptChainPost, []string{"-s", sub, "-d", o.Subnet.String(), "-j", "RETURN"}})
 	}
 	if n.Masquerade {
 		out = append(out, iptRule{"nat", iptChainPost, []string{"-s", sub, "!", "-o", br, "-j", "MASQUERADE"}})
@@ -195,6 +203,9 @@ func iptFamilyRules(n NetRules, f family) []iptRule {
 			iptRule{"filter", iptChainForward, []string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"}},
 			iptRule{"filter", iptChainForward, []string{"-i", br, "-j", "ACCEPT"}},
 		)
+		if o := n.Overlay; o != nil && !v6 {
+			out = append(out, iptRule{"filter", iptChainForward, []string{"-s", o.Subnet.String(), "-i", o.VXLAN, "-o", br, "-j", "ACCEPT"}})
+		}
 		switch n.Mode {
 		case config.GatewayRouted:
 			out = append(out,
@@ -206,6 +217,19 @@ func iptFamilyRules(n NetRules, f family) []iptRule {
 			// Published ports were accepted in NETSHIM-PORTS.
 			out = append(out, iptRule{"filter", iptChainForward, []string{"-o", br, "-j", "DROP"}})
 		}
+	}
+	if o := n.Overlay; o != nil && !v6 {
+		// The VXLAN port takes the network's VNI from its peers only (see
+		// vxlanChain): the VNI is the 3 bytes after the 4 of the VXLAN
+		// header that follows the UDP header.
+		vxlan := []string{"-p", "udp", "-m", "udp", "--dport", strconv.Itoa(VXLANPort), "-m", "u32", "--u32",
+			// Quoted as iptables-save prints it, which is what the rule is
+			// compared with.
+			fmt.Sprintf(`"0x0>>0x16&0x3c@0xc>>0x8=0x%x"`, o.VNI)}
+		for _, p := range o.Peers {
+			out = append(out, iptRule{"filter", iptChainInput, append([]string{"-s", netip.PrefixFrom(p, 32).String()}, append(vxlan, "-j", "RETURN")...)})
+		}
+		out = append(out, iptRule{"filter", iptChainInput, append(slices.Clone(vxlan), "-j", "DROP")})
 	}
 	if n.Mode == config.GatewayIsolated {
 		if n.DNS {

@@ -137,6 +137,9 @@ func TestIptablesCanonical(t *testing.T) {
 			Mode: config.GatewayIsolated, Internal: true, DNS: true},
 		{Name: "in", Bridge: "br-in", Subnet: netip.MustParsePrefix("198.18.5.0/24"), Gateway: netip.MustParseAddr("198.18.5.1"),
 			Mode: config.GatewayNAT, Internal: true, DNS: true},
+		{Name: "ov", Bridge: "ov-0123456789", Subnet: netip.MustParsePrefix("10.200.1.0/24"), Gateway: netip.MustParseAddr("10.200.1.1"),
+			Mode: config.GatewayNAT, Masquerade: true, DNS: true, Overlay: &state.OverlayRules{Subnet: netip.MustParsePrefix("10.200.0.0/16"),
+				VXLAN: "vx-0123456789", VNI: 4097, Peers: []netip.Addr{netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")}}},
 	}
 	// The same, dual stack: their ip6tables rules too.
 	for i, n := range nets {
