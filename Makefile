@@ -37,7 +37,7 @@ test: deps build vet
 # Tests that need neither root nor namespaces (those that do skip, and say
 # so, without root).
 unit:
-	$(GO) test -count=1 ./config ./state ./firewall ./resolver ./netsetup ./ocihook ./engine ./cli ./internal/...
+	$(GO) test -count=1 ./config ./state ./firewall ./resolver ./netsetup ./ocihook ./engine ./cli ./cluster ./internal/...
 
 # Each fuzz target for FUZZTIME (their seed corpora also run in make test).
 FUZZTIME ?= 60s

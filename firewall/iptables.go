@@ -425,8 +425,29 @@ func (b *Iptables) ensureFamily(v6 bool, name string, rules []iptRule, prev []st
 			cmds = append(cmds, iptCmd{Op: "-D", Rule: r})
 		}
 	}
+	// A chain that gains a rule of the network gets the network's rules
+	// that were in it again, in their order: they depend on it (an
+	// overlay's accept of a new peer goes before the drop of the others).
+	mine := map[string]bool{}
+	for _, obj := range prev {
+		mine[obj] = true
+	}
+	gains := map[[2]string]bool{}
 	for _, r := range rules {
 		if !have.has(r) {
+			gains[[2]string{r.Table, r.Chain}] = true
+		}
+	}
+	moved := func(r iptRule) bool {
+		return gains[[2]string{r.Table, r.Chain}] && mine[r.object()] && have.has(r)
+	}
+	for _, r := range rules {
+		if moved(r) {
+			cmds = append(cmds, iptCmd{Op: "-D", Rule: r})
+		}
+	}
+	for _, r := range rules {
+		if !have.has(r) || moved(r) {
 			cmds = append(cmds, iptCmd{Op: "-A", Rule: r})
 		}
 	}

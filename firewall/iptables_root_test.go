@@ -215,3 +215,47 @@ func TestIptablesCanonical(t *testing.T) {
 		t.Errorf("EnsureNetwork again and Reload changed the ruleset:\n--- before\n%s\n--- after\n%s", before, after)
 	}
 }
+
+// TestIptablesOverlayPeers: a peer that joins gets its accept before the
+// drop of the network's VNI, and one that leaves loses it.
+func TestIptablesOverlayPeers(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	fw := &Iptables{}
+	n := overlayRules()
+	n.Overlay.Peers = nil
+	installed, err := fw.EnsureNetwork(n, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, peers := range [][]netip.Addr{
+		{netip.MustParseAddr("192.0.2.2")},
+		{netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")},
+		{netip.MustParseAddr("192.0.2.3")},
+	} {
+		n.Overlay.Peers = peers
+		if installed, err = fw.EnsureNetwork(n, installed); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("iptables", "-S", "NETSHIM-INPUT").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if strings.HasPrefix(l, "-A ") {
+				f := strings.Fields(l)
+				got = append(got, f[len(f)-1]+" "+map[bool]string{true: f[3], false: "*"}[f[2] == "-s"])
+			}
+		}
+		var want []string
+		for _, p := range peers {
+			want = append(want, "RETURN "+p.String()+"/32")
+		}
+		want = append(want, "DROP *")
+		if strings.Join(got, ", ") != strings.Join(want, ", ") {
+			t.Fatalf("peers %v: NETSHIM-INPUT is %v, want %v\n%s", peers, got, want, out)
+		}
+	}
+}

@@ -26,6 +26,11 @@ check gcc gcc
 check musl-gcc musl-tools
 check xz xz-utils
 check prlimit util-linux
+check nsenter util-linux
+check bridge iproute2
+# The overlay tests start an etcd server of their own.
+check etcd etcd-server
+check etcdctl etcd-client
 for extra in "$@"; do
 	cmd=${extra%%:*} pkg=${extra#*:}
 	check "$cmd" "$pkg"
@@ -40,6 +45,11 @@ if [ ${#need[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	if [[ " ${need[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+		# The package starts a host etcd; the tests need none.
+		systemctl disable --now etcd.service >/dev/null 2>&1 || true
+		echo "netshim: etcd-server installed for the tests; its etcd.service is disabled"
+	fi
 fi
 
 if ! have go; then

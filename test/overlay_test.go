@@ -28,7 +28,9 @@ const etcdURL = "http://192.0.2.254:2379"
 
 // cluster is the test's underlay and etcd.
 type testCluster struct {
-	t       *testing.T
+	t *testing.T
+	// firewall is the hosts' backend.
+	firewall string
 	dir     string
 	etcd    *exec.Cmd
 	etcdLog string
@@ -115,7 +117,11 @@ func (c *testCluster) addHost(n int, extra string) *host {
 	} {
 		sandbox.Run(c.t, "ip", args...)
 	}
-	h := newHost(c.t, fmt.Sprintf("data_dir = %q\n[cluster]\netcd_endpoints = [%q]\n%s", filepath.Join(c.dir, name+"-data"), etcdURL, extra))
+	fw := c.firewall
+	if fw == "" {
+		fw = "nftables"
+	}
+	h := newHost(c.t, fmt.Sprintf("data_dir = %q\nfirewall = %q\n[cluster]\netcd_endpoints = [%q]\n%s", filepath.Join(c.dir, name+"-data"), fw, etcdURL, extra))
 	h.netns = name
 	return h
 }
@@ -138,34 +144,72 @@ func inspectAddr(t *testing.T, h *host, id, net string) netip.Addr {
 	return a
 }
 
-// nftCounter is the packet count of the first rule of chain in host h's
-// netshim table whose text contains all of want.
-func nftCounter(t *testing.T, h *host, chain string, want ...string) int {
+// Rules of an overlay network whose packet counters the test reads.
+const (
+	ruleVXLANDrop     = "vxlan-drop"     // the VXLAN port's drop of the network's VNI
+	ruleOverlayAccept = "overlay-accept" // the forward of other hosts' containers to the bridge
+)
+
+// ruleCounter is the packet count of rule (ruleVXLANDrop or
+// ruleOverlayAccept) of overlay network ov on host h.
+func ruleCounter(t *testing.T, h *host, backend, rule string) int {
 	t.Helper()
-	out, err := h.command("nft", "list", "chain", "ip", "netshim", chain).CombinedOutput()
+	var cmd *exec.Cmd
+	var want []string
+	switch {
+	case backend == "iptables" && rule == ruleVXLANDrop:
+		cmd, want = h.command("iptables", "-L", "NETSHIM-INPUT", "-v", "-x", "-n"), []string{"DROP", "u32"}
+	case backend == "iptables":
+		cmd, want = h.command("iptables", "-L", "NETSHIM-FORWARD", "-v", "-x", "-n"), []string{"ACCEPT", " vx-"}
+	case rule == ruleVXLANDrop:
+		cmd, want = h.command("nft", "list", "chain", "ip", "netshim", "vx-ov"), []string{"drop"}
+	default:
+		cmd, want = h.command("nft", "list", "chain", "ip", "netshim", "fwd-ov"), []string{`iifname "vx-`, "accept"}
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("nft list chain %s: %v\n%s", chain, err, out)
+		t.Fatalf("%s: %v\n%s", cmd, err, out)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
-		ok := strings.Contains(line, "counter packets")
+		ok := backend == "iptables" || strings.Contains(line, "counter packets")
 		for _, w := range want {
 			ok = ok && strings.Contains(line, w)
 		}
-		if ok {
-			var n int
-			fmt.Sscanf(line[strings.Index(line, "counter packets")+len("counter packets "):], "%d", &n)
-			return n
+		if !ok {
+			continue
 		}
+		var n int
+		if backend == "iptables" {
+			fmt.Sscanf(strings.TrimSpace(line), "%d", &n)
+		} else {
+			fmt.Sscanf(line[strings.Index(line, "counter packets")+len("counter packets "):], "%d", &n)
+		}
+		return n
 	}
-	t.Fatalf("no rule with %q in chain %s:\n%s", want, chain, out)
+	t.Fatalf("no rule with %q in:\n%s", want, out)
 	return 0
 }
 
-func TestOverlay(t *testing.T) {
-	if !sandbox.Enter(t) {
-		return
+func TestOverlayNftables(t *testing.T) {
+	if sandbox.Enter(t) {
+		testOverlay(t, "nftables")
 	}
+}
+
+func TestOverlayIptables(t *testing.T) {
+	if sandbox.Enter(t) {
+		testOverlay(t, "iptables")
+	}
+}
+
+// testOverlay: three hosts on one overlay network reach each other by
+// address and name, and the upstream through their own masquerade; a
+// host of the underlay that is no peer cannot inject VXLAN packets; a
+// fourth host joins (seen at once by a host that watches, by the others
+// at their sync) and dies (its lease expires; the others forget it).
+func testOverlay(t *testing.T, backend string) {
 	c := newCluster(t)
+	c.firewall = backend
 	up := sandbox.Uplink(t)
 	sandbox.Run(t, "ip", "-n", "up", "route", "add", "192.0.2.0/24", "via", "198.51.100.1")
 	h1, h2, h3 := c.addHost(1, ""), c.addHost(2, ""), c.addHost(3, "")
@@ -231,24 +275,24 @@ func TestOverlay(t *testing.T) {
 	vni := overlayVNI(t, c, "ov")
 	vtep := vtepMAC(t, h1, id)
 	frame := vxlanFrame(vni, vtep, netip.MustParseAddr("10.200.1.77"), a1)
-	dropped := nftCounter(t, h1, "vx-ov", "drop")
-	passed := nftCounter(t, h1, "fwd-ov", `iifname "vx-`, "accept")
+	dropped := ruleCounter(t, h1, backend, ruleVXLANDrop)
+	passed := ruleCounter(t, h1, backend, ruleOverlayAccept)
 	for i := 0; i < 3; i++ {
 		sendUDP(t, "h66", "192.0.2.66:40000", "192.0.2.1:4789", frame)
 	}
 	eventually(t, 2*time.Second, "the non-peer's VXLAN packets counted as dropped at host 1", func() bool {
-		return nftCounter(t, h1, "vx-ov", "drop") >= dropped+3
+		return ruleCounter(t, h1, backend, ruleVXLANDrop) >= dropped+3
 	})
-	if got := nftCounter(t, h1, "fwd-ov", `iifname "vx-`, "accept"); got != passed {
+	if got := ruleCounter(t, h1, backend, ruleOverlayAccept); got != passed {
 		t.Fatalf("a non-peer's VXLAN frames reached the bridge: %d -> %d", passed, got)
 	}
 	for i := 0; i < 3; i++ {
 		sendUDP(t, "h2", "192.0.2.2:40000", "192.0.2.1:4789", frame)
 	}
 	eventually(t, 2*time.Second, "the peer's VXLAN packets forwarded to the bridge at host 1", func() bool {
-		return nftCounter(t, h1, "fwd-ov", `iifname "vx-`, "accept") >= passed+3
+		return ruleCounter(t, h1, backend, ruleOverlayAccept) >= passed+3
 	})
-	if got := nftCounter(t, h1, "vx-ov", "drop"); got != dropped+3 {
+	if got := ruleCounter(t, h1, backend, ruleVXLANDrop); got != dropped+3 {
 		t.Fatalf("a peer's VXLAN packets were dropped: %d -> %d", dropped+3, got)
 	}
 
