@@ -31,9 +31,9 @@ type testCluster struct {
 	t *testing.T
 	// firewall is the hosts' backend.
 	firewall string
-	dir     string
-	etcd    *exec.Cmd
-	etcdLog string
+	dir      string
+	etcd     *exec.Cmd
+	etcdLog  string
 }
 
 func newCluster(t *testing.T) *testCluster {
