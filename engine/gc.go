@@ -33,12 +33,22 @@ func live(r *state.Record) bool {
 // any time. Corrupt state files are reported and left alone. It returns
 // one line per thing done.
 func (e *Engine) GC() ([]string, error) {
+	report, gone, err := e.gcLocked()
+	for _, r := range gone {
+		// Their names on overlay networks, once the lock is released;
+		// what fails here `netshim overlay sync` does.
+		e.withdrawNames(r)
+	}
+	return report, err
+}
+
+// gcLocked is GC under the lock; it returns the records it removed too.
+func (e *Engine) gcLocked() (report []string, gone []*state.Record, err error) {
 	lock, err := e.lock()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer lock.Unlock()
-	var report []string
 	recs, errs := e.Store.List()
 	keep := map[string]bool{}
 	for _, r := range recs {
@@ -61,6 +71,7 @@ func (e *Engine) GC() ([]string, error) {
 			continue
 		}
 		report = append(report, fmt.Sprintf("container %s (%s): %s; removed %s", r.ID, r.Name, why, describe(r)))
+		gone = append(gone, r)
 	}
 	for _, step := range []func(map[string]bool) ([]string, error){e.gcIndexes, e.rebuild(recs), e.gcLinks, e.gcPorts, e.gcNetworks} {
 		lines, err := step(keep)
@@ -74,9 +85,9 @@ func (e *Engine) GC() ([]string, error) {
 		for i, err := range errs {
 			msgs[i] = err.Error()
 		}
-		return report, fmt.Errorf("gc: %s", strings.Join(msgs, "; "))
+		return report, gone, fmt.Errorf("gc: %s", strings.Join(msgs, "; "))
 	}
-	return report, nil
+	return report, gone, nil
 }
 
 func describe(r *state.Record) string {
@@ -368,6 +379,15 @@ func (e *Engine) gcNetwork(ns *state.Net, keep map[string]bool) ([]string, error
 		}
 		report = append(report, fmt.Sprintf("firewall rules of network %s", name))
 		ns.Installed, ns.Firewall, ns.Rules = nil, "", nil
+	}
+	if ns.Overlay != nil {
+		removed, err := e.dropIdleOverlay(ns)
+		if err != nil {
+			return report, err
+		}
+		if removed {
+			report = append(report, fmt.Sprintf("vxlan device %s of network %s", ns.Overlay.VXLAN, name))
+		}
 	}
 	return report, e.Store.PutNet(ns)
 }

@@ -368,26 +368,32 @@ func (o *overlayDriver) Detach(rec *state.Record, a state.Attachment, r *Reclaim
 	if err != nil || ns == nil || ns.Overlay == nil {
 		return err
 	}
-	return o.e.dropIdleOverlay(ns)
+	_, err = o.e.dropIdleOverlay(ns)
+	return err
 }
 
 // dropIdleOverlay deletes the VXLAN device of a network no container of
-// this host is on. The caller holds the lock.
-func (e *Engine) dropIdleOverlay(ns *state.Net) error {
+// this host is on, and says whether there was one. The caller holds the
+// lock.
+func (e *Engine) dropIdleOverlay(ns *state.Net) (bool, error) {
 	if inUse, err := ns.InUse(); err != nil || inUse {
-		return err
+		return false, err
 	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("netlink: %w", err)
+		return false, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
+	_, found, err := netsetup.LookupLink(h, ns.Overlay.VXLAN)
+	if err != nil || !found {
+		return false, err
+	}
 	if err := netsetup.DeleteLink(h, ns.Overlay.VXLAN); err != nil {
-		return err
+		return false, err
 	}
 	// The peers stay known, for a start while etcd is unreachable.
 	ns.Overlay.Fingerprint = 0
-	return e.Store.PutNet(ns)
+	return true, e.Store.PutNet(ns)
 }
 
 // overlayNames are the names and addresses an overlay attachment

@@ -583,3 +583,55 @@ func TestOverlayParallel(t *testing.T) {
 	}
 	t.Logf("%d containers on 3 hosts, %d addresses, subnets %v", len(all), len(seen), subnetOf)
 }
+
+// TestOverlayHostReturns: a host dies (its containers gone without a
+// poststop, its lease unrenewed); the others forget it once the lease
+// expires; when it returns, gc clears what it left and its next
+// container gets its subnet back.
+func TestOverlayHostReturns(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	c := newCluster(t)
+	h1, h2 := c.addHost(1, ""), c.addHost(2, `lease_ttl = "5s"`)
+	id := strings.TrimSpace(h1.mustNetshim("network", "create", "-d", "overlay", "--subnet", "10.200.0.0/16", "ov"))
+	sleep := []string{"sleep", "3600"}
+	c1 := h1.newBundle(uniqueID(t, "c1"), sleep, "--network", "ov", "--name", "c1").mustStart()
+	c2 := h2.newBundle(uniqueID(t, "c2"), sleep, "--network", "ov", "--name", "c2").mustStart()
+	h1.mustNetshim("overlay", "sync")
+	c1.mustExec("ping", "-c", "1", "-W", "2", "c2")
+	a2 := inspectAddr(t, h2, c2.id, "ov")
+	sub2, _ := a2.Prefix(24)
+	mac2 := netsetup.VTEPMAC(netip.MustParseAddr("192.0.2.2"), overlayVNI(t, c, "ov")).String()
+
+	// Host 2 dies.
+	h2.runc("kill", c2.id, "KILL")
+	eventually(t, 15*time.Second, "host 2's lease expired", func() bool {
+		return !strings.Contains(c.etcdctl("get", "--prefix", "--keys-only", "/netshim/subnets/ov/"), sub2.Addr().String())
+	})
+	h1.mustNetshim("overlay", "sync")
+	if hasAnyPeer(t, h1, id, sub2, mac2) {
+		t.Fatal("host 1 keeps host 2's route, neighbour or FDB entry after its lease expired")
+	}
+	if out, err := c1.exec("nslookup", "c2"); err == nil && strings.Contains(out, a2.String()) {
+		t.Fatalf("c2's name outlived its host's lease:\n%s", out)
+	}
+
+	// It returns.
+	out := h2.mustNetshim("gc")
+	if !strings.Contains(out, c2.id) {
+		t.Fatalf("gc did not clear the dead container:\n%s", out)
+	}
+	if links, _ := h2.command("ip", "-br", "link").CombinedOutput(); strings.Contains(string(links), "vx-") || strings.Contains(string(links), "veth") {
+		t.Fatalf("links left after gc:\n%s", links)
+	}
+	if out := h2.mustNetshim("overlay", "sync"); !strings.Contains(out, "etcd lease") {
+		t.Fatalf("the returning host took no new lease:\n%s", out)
+	}
+	c2b := h2.newBundle(uniqueID(t, "c2b"), sleep, "--network", "ov", "--name", "c2b").mustStart()
+	if a := inspectAddr(t, h2, c2b.id, "ov"); !sub2.Contains(a) {
+		t.Fatalf("the returning host's container has %s, want its old subnet %s back", a, sub2)
+	}
+	h1.mustNetshim("overlay", "sync")
+	c1.mustExec("ping", "-c", "1", "-W", "2", "c2b")
+}
