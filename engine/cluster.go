@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -300,4 +301,105 @@ func (e *Engine) WatchOverlays(ctx context.Context, logf func(string)) error {
 			retry = time.After(time.Second)
 		}
 	}
+}
+
+// clusterChecks are `netshim doctor`'s lines about the cluster: etcd, the
+// underlay, this host's lease, and each overlay network's peers as etcd
+// has them against what is installed.
+func (e *Engine) clusterChecks() []Check {
+	if !e.Config.Cluster.Enabled() {
+		return []Check{{"cluster", true, "no [cluster] in the config: overlay networks are off"}}
+	}
+	var out []Check
+	cl, err := e.clusterClient()
+	if err != nil {
+		return []Check{{"cluster", false, err.Error()}}
+	}
+	ctx := context.Background()
+	nets, err := cl.Networks(ctx)
+	if err != nil {
+		out = append(out, Check{"etcd", false, err.Error()})
+	} else {
+		out = append(out, Check{"etcd", true, fmt.Sprintf("%v answers; %d overlay networks", cl.Endpoints(), len(nets))})
+	}
+	underlay, uerr := e.underlay()
+	if uerr != nil {
+		out = append(out, Check{"underlay", false, uerr.Error()})
+	} else {
+		out = append(out, Check{"underlay", true, fmt.Sprintf("%s %s, mtu %d (overlay mtu %d); VXLAN on udp %d",
+			underlay.Name, underlay.Addr, underlay.MTU, underlay.MTU-netsetup.VXLANOverhead, netsetup.VXLANPort)})
+	}
+	lease, lerr := e.Store.GetHostLease()
+	switch {
+	case lerr != nil:
+		out = append(out, Check{"host lease", false, lerr.Error()})
+	case lease == nil:
+		out = append(out, Check{"host lease", true, "none yet: the first container on an overlay network (or `netshim overlay sync`) takes one"})
+	case err != nil:
+		out = append(out, Check{"host lease", time.Now().Before(lease.Expires), fmt.Sprintf("%x, until %s by this host's last renewal (etcd unreachable)", lease.ID, lease.Expires.Format(time.RFC3339))})
+	default:
+		ttl, terr := cl.TimeToLive(ctx, lease.ID)
+		if terr != nil {
+			out = append(out, Check{"host lease", false, fmt.Sprintf("%x: %v; `netshim overlay sync` takes a new one", lease.ID, terr)})
+		} else {
+			out = append(out, Check{"host lease", true, fmt.Sprintf("%x, expires in %s unless renewed", lease.ID, ttl)})
+		}
+	}
+	names, serr := e.Store.NetNames()
+	if serr != nil {
+		return append(out, Check{"overlay networks", false, serr.Error()})
+	}
+	for _, name := range names {
+		ns, serr := e.Store.GetNet(name)
+		if serr != nil || ns == nil || ns.Overlay == nil {
+			continue
+		}
+		out = append(out, e.overlayCheck(ctx, cl, ns, underlay, err == nil && uerr == nil))
+	}
+	return out
+}
+
+// overlayCheck compares an overlay network's peers in etcd (online) with
+// those installed on this host.
+func (e *Engine) overlayCheck(ctx context.Context, cl *cluster.Client, ns *state.Net, underlay netsetup.Underlay, online bool) Check {
+	name := "overlay " + ns.Name
+	inUse, err := ns.InUse()
+	if err != nil {
+		return Check{name, false, err.Error()}
+	}
+	head := fmt.Sprintf("this host %s (vni %d)", ns.Subnet, ns.Overlay.VNI)
+	if !inUse {
+		return Check{name, true, head + "; no container here: peers are installed with the next one"}
+	}
+	if !online {
+		return Check{name, true, fmt.Sprintf("%s; %d peers installed (etcd not asked)", head, len(ns.Overlay.Peers))}
+	}
+	leases, err := cl.Leases(ctx, ns.Name)
+	if err != nil {
+		return Check{name, false, err.Error()}
+	}
+	peers, _ := peersOf(leases, underlay.Addr)
+	installed := map[state.Peer]bool{}
+	for _, p := range ns.Overlay.Peers {
+		installed[p] = true
+	}
+	var lines []string
+	ok := true
+	for _, p := range peers {
+		status := "installed"
+		if !installed[p] {
+			status, ok = "NOT installed", false
+		}
+		lines = append(lines, fmt.Sprintf("%s (%s) %s", p.Underlay, p.Subnet, status))
+		delete(installed, p)
+	}
+	for p := range installed {
+		ok = false
+		lines = append(lines, fmt.Sprintf("%s (%s) installed but gone from etcd", p.Underlay, p.Subnet))
+	}
+	detail := fmt.Sprintf("%s; %d peers: %s", head, len(peers), strings.Join(lines, ", "))
+	if !ok {
+		detail += "; run `netshim overlay sync`"
+	}
+	return Check{name, ok, detail}
 }

@@ -83,6 +83,7 @@ func (e *Engine) Doctor() []Check {
 	}
 	out = append(out, Check{"firewall in use", true, e.Config.Firewall})
 	out = append(out, e.firewallCheck())
+	out = append(out, e.clusterChecks()...)
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return append(out, Check{"host routes", false, err.Error()})

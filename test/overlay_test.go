@@ -318,8 +318,14 @@ func testOverlay(t *testing.T, backend string) {
 	if hasRoute(t, h1, sub4) {
 		t.Fatalf("host 1 routes to host 4 before it synced")
 	}
+	if out, _, _ := h1.netshim("", "doctor"); !strings.Contains(out, "192.0.2.4 ("+sub4.String()+") NOT installed") {
+		t.Fatalf("doctor on host 1 does not say host 4 is not installed yet:\n%s", out)
+	}
 	h1.mustNetshim("overlay", "sync")
 	h2.mustNetshim("overlay", "sync")
+	if out, _, _ := h1.netshim("", "doctor"); !strings.Contains(out, "192.0.2.4 ("+sub4.String()+") installed") || !strings.Contains(out, "expires in") {
+		t.Fatalf("doctor on host 1 after its sync:\n%s", out)
+	}
 	c1.mustExec("ping", "-c", "1", "-W", "2", a4.String())
 	c4.mustExec("ping", "-c", "1", "-W", "2", "c2")
 
@@ -477,6 +483,9 @@ func TestOverlayEtcdDown(t *testing.T) {
 	a1.stop()
 	if log, _ := os.ReadFile(filepath.Join(h1.stateDir, "hook.log")); !strings.Contains(string(log), "not published (overlay sync will)") {
 		t.Fatalf("the hook did not log the names it could not publish:\n%s", log)
+	}
+	if out, _, _ := h1.netshim("", "doctor"); !strings.Contains(out, "unreachable") || !strings.Contains(out, "by this host's last renewal") {
+		t.Fatalf("doctor with etcd down:\n%s", out)
 	}
 	h3 := c.addHost(3, `etcd_timeout = "1s"`)
 	c3 := h3.newBundle(uniqueID(t, "c3"), sleep, "--network", "ov", "--name", "c3")
