@@ -75,12 +75,16 @@ install: build
 	install -D -m 0644 examples/hooks.d/netshim.json $(DESTDIR)$(HOOKSD)/netshim.json
 	install -d $(DESTDIR)$(UNITDIR)
 	sed 's|/usr/local/bin/netshim|$(PREFIX)/bin/netshim|' examples/netshim-reload.service > $(DESTDIR)$(UNITDIR)/netshim-reload.service
+	@# Overlay units, for hosts of a cluster: enabled by hand (see the README).
+	for u in netshim-overlay-sync.service netshim-overlay-sync.timer netshim-overlay-watch.service; do \
+		sed 's|/usr/local/bin/netshim|$(PREFIX)/bin/netshim|' examples/$$u > $(DESTDIR)$(UNITDIR)/$$u; done
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl daemon-reload && systemctl enable netshim-reload.service; fi
 
 uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable netshim-reload.service || true; fi
-	rm -f $(DESTDIR)$(PREFIX)/bin/netshim $(DESTDIR)$(HOOKSD)/netshim.json $(DESTDIR)$(UNITDIR)/netshim-reload.service
+	rm -f $(DESTDIR)$(PREFIX)/bin/netshim $(DESTDIR)$(HOOKSD)/netshim.json $(DESTDIR)$(UNITDIR)/netshim-reload.service \
+		$(DESTDIR)$(UNITDIR)/netshim-overlay-sync.service $(DESTDIR)$(UNITDIR)/netshim-overlay-sync.timer $(DESTDIR)$(UNITDIR)/netshim-overlay-watch.service
 
 clean:
 	rm -rf bin

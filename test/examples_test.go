@@ -109,12 +109,32 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("unit lacks %q:\n%s", want, unit)
 		}
 	}
+	// The overlay units, each running a command the binary has.
+	for unit, cmd := range map[string]string{"netshim-overlay-sync.service": "overlay sync", "netshim-overlay-watch.service": "overlay watch",
+		"netshim-overlay-sync.timer": ""} {
+		text, err := os.ReadFile(filepath.Join(dest, "/etc/systemd/system", unit))
+		if err != nil {
+			t.Errorf("make install: %v", err)
+			continue
+		}
+		if cmd == "" {
+			continue
+		}
+		if !strings.Contains(string(text), "ExecStart=/opt/ns/bin/netshim "+cmd+"\n") {
+			t.Errorf("%s does not run %s:\n%s", unit, cmd, text)
+		}
+		if out, err := exec.Command(netshimBin, append(strings.Fields(cmd), "--help")...).CombinedOutput(); err != nil {
+			t.Errorf("netshim %s --help: %v\n%s", cmd, err, out)
+		}
+	}
 	if _, err := exec.LookPath("systemd-analyze"); err == nil {
 		// Only the binary's absence may be reported (it is under DESTDIR).
-		out, _ := exec.Command("systemd-analyze", "verify", filepath.Join(dest, "/etc/systemd/system/netshim-reload.service")).CombinedOutput()
-		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			if l != "" && !strings.Contains(l, "is not executable") {
-				t.Errorf("systemd-analyze verify: %s", l)
+		for _, unit := range []string{"netshim-reload.service", "netshim-overlay-sync.service", "netshim-overlay-sync.timer", "netshim-overlay-watch.service"} {
+			out, _ := exec.Command("systemd-analyze", "verify", filepath.Join(dest, "/etc/systemd/system", unit)).CombinedOutput()
+			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				if l != "" && !strings.Contains(l, "is not executable") {
+					t.Errorf("systemd-analyze verify %s: %s", unit, l)
+				}
 			}
 		}
 	}
