@@ -227,7 +227,7 @@ func testOverlay(t *testing.T, backend string) {
 
 	sleep := []string{"sleep", "3600"}
 	c1 := h1.newBundle(uniqueID(t, "c1"), sleep, "--network", "ov", "--name", "c1").mustStart()
-	c2 := h2.newBundle(uniqueID(t, "c2"), sleep, "--network", "ov", "--name", "c2").mustStart()
+	c2 := h2.webBundle("c2", "--network", "ov", "-p", "8080:80").mustStart().waitHTTP()
 	c3 := h3.newBundle(uniqueID(t, "c3"), sleep, "--network", "ov", "--name", "c3").mustStart()
 	for _, h := range []*host{h1, h2, h3} {
 		h.mustNetshim("overlay", "sync")
@@ -254,6 +254,13 @@ func testOverlay(t *testing.T, backend string) {
 	}
 	c1.mustExec("ping", "-c", "1", "-W", "2", "c2")
 	c3.mustExec("ping", "-c", "1", "-W", "2", "c1")
+	if out := c1.mustExec("timeout", "3", "wget", "-q", "-O", "-", "http://c2/"); !strings.Contains(out, "hello from c2") {
+		t.Fatalf("c1 -> http://c2/ across hosts: %q", out)
+	}
+	// A published port answers on its container's host, as on a bridge.
+	if body, err := httpGet("", "192.0.2.2:8080"); err != nil || !strings.Contains(body, "hello from c2") {
+		t.Fatalf("the underlay -> host 2's published 8080: %q %v", body, err)
+	}
 
 	// Out of the cluster through the local host's masquerade: the upstream
 	// sees host 1's underlay address.
