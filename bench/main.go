@@ -29,6 +29,7 @@ var (
 	flagCNI     = flag.String("cni", "bench/out/bin", "directory of the CNI plugins and cnitool")
 	flagRuns    = flag.Int("runc-runs", 20, "runc run repetitions")
 	flagConnect = flag.Int("connect-runs", 100, "network connect/disconnect samples (0: none)")
+	flagOverlay = flag.Int("overlay-runs", 200, "overlay network starts (and as many on a user bridge network) to time (0: none)")
 	flagTools   = flag.String("tools", "netshim-nftables,netshim-iptables,netshim-nftables-ipv6,cni,netavark", "tools to measure")
 	flagSamples = flag.Int("min-samples", 100, "repeat a measurement at small N until it has this many samples")
 	flagNoop    = flag.String("noop", "bench/out/noop", "a Go program that does nothing, built as netshim is")
@@ -150,7 +151,12 @@ func reap(cs []*container) {
 func quiesce() {
 	for i := 0; i < 1200; i++ {
 		out, _ := exec.Command("ip", "-o", "link", "show", "type", "veth").Output()
-		if len(strings.TrimSpace(string(out))) == 0 {
+		left := false
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			// The overlay bench's underlay links stay.
+			left = left || (l != "" && !strings.Contains(l, ": "+underlayLinkPrefix))
+		}
+		if !left {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -354,6 +360,15 @@ func main() {
 			skipped = append(skipped, "network connect: "+err.Error())
 		} else {
 			connectReport = connectLine(r, 20)
+		}
+	}
+	if *flagOverlay > 0 {
+		fmt.Println("measuring an overlay network ...")
+		r, err := overlayRuns(netshim, work, 20, *flagOverlay)
+		if err != nil {
+			skipped = append(skipped, "overlay: "+err.Error())
+		} else {
+			connectReport += overlayLine(r, 20)
 		}
 	}
 	var dnsRes []*dnsResult
