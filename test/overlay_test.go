@@ -542,11 +542,6 @@ func TestOverlayParallel(t *testing.T) {
 	c := newCluster(t)
 	hosts := []*host{c.addHost(1, ""), c.addHost(2, ""), c.addHost(3, "")}
 	hosts[0].mustNetshim("network", "create", "-d", "overlay", "--subnet", "10.201.0.0/16", "--host-prefix", "26", "par")
-	type started struct {
-		h   *host
-		ctr *container
-		err error
-	}
 	var all []*container
 	var hostOf []*host
 	for hi, h := range hosts {
