@@ -115,8 +115,11 @@ func TestUserNetworks(t *testing.T) {
 	if _, errOut, err := h.netshim("", "network", "create", "--subnet", "172.100.5.0/24", "clash"); err == nil || !strings.Contains(errOut, "overlaps network net0") {
 		t.Errorf("overlapping subnet: %v %s", err, errOut)
 	}
-	if _, errOut, err := h.netshim("", "network", "create", "-d", "overlay", "x"); err == nil || !strings.Contains(errOut, "only the bridge driver") {
-		t.Errorf("overlay driver: %v %s", err, errOut)
+	if _, errOut, err := h.netshim("", "network", "create", "-d", "overlay", "--subnet", "10.200.0.0/16", "x"); err == nil || !strings.Contains(errOut, "overlay networks need [cluster] etcd_endpoints in the config") {
+		t.Errorf("overlay driver without a cluster: %v %s", err, errOut)
+	}
+	if _, errOut, err := h.netshim("", "network", "create", "-d", "macvlan", "x"); err == nil || !strings.Contains(errOut, `--driver "macvlan": must be bridge or overlay`) {
+		t.Errorf("unknown driver: %v %s", err, errOut)
 	}
 
 	db := h.newBundle(uniqueID(t, "db"), sleeper, "--name", "db_wordpress", "--network", "wp-net", "--alias", "mysql").mustStart()

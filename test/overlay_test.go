@@ -225,12 +225,26 @@ func testOverlay(t *testing.T, backend string) {
 		t.Fatalf("an overlapping overlay network: err %v, %s", err, errOut)
 	}
 
+	for _, bad := range []struct{ args, want string }{
+		{"-d overlay ov2", "--subnet: an overlay network needs one"},
+		{"-d overlay --subnet 10.210.0.0/16 --host-prefix 8 ov2", "--host-prefix 8: must be longer than the subnet's /16 and at most /29"},
+		{"-d overlay --subnet 10.210.0.0/16 --ipv6 ov2", "--ipv6: overlay networks are IPv4 only"},
+		{"-d overlay --subnet 10.210.0.0/16 ov", "network ov already exists"},
+	} {
+		_, errOut, err := h3.netshim("", append([]string{"network", "create"}, strings.Fields(bad.args)...)...)
+		if err == nil || !strings.Contains(errOut, bad.want) || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
+			t.Errorf("network create %s: %v %q, want one line with %q", bad.args, err, errOut, bad.want)
+		}
+	}
 	sleep := []string{"sleep", "3600"}
 	c1 := h1.newBundle(uniqueID(t, "c1"), sleep, "--network", "ov", "--name", "c1").mustStart()
 	c2 := h2.webBundle("c2", "--network", "ov", "-p", "8080:80").mustStart().waitHTTP()
 	c3 := h3.newBundle(uniqueID(t, "c3"), sleep, "--network", "ov", "--name", "c3").mustStart()
 	for _, h := range []*host{h1, h2, h3} {
 		h.mustNetshim("overlay", "sync")
+	}
+	if _, errOut, err := h3.netshim("", "network", "rm", "ov"); err == nil || !strings.Contains(errOut, "overlay network ov has active endpoints on hosts 192.0.2.1, 192.0.2.2, 192.0.2.3") {
+		t.Errorf("network rm of an overlay in use: %v %s", err, errOut)
 	}
 	a1, a2, a3 := inspectAddr(t, h1, c1.id, "ov"), inspectAddr(t, h2, c2.id, "ov"), inspectAddr(t, h3, c3.id, "ov")
 	t.Logf("c1 %s, c2 %s, c3 %s", a1, a2, a3)
@@ -645,4 +659,20 @@ func TestOverlayHostReturns(t *testing.T) {
 	}
 	h1.mustNetshim("overlay", "sync")
 	c1.mustExec("ping", "-c", "1", "-W", "2", "c2b")
+
+	// Removed once no container is on it; the other host forgets it.
+	c1.stop()
+	c2b.stop()
+	h1.mustNetshim("network", "rm", "ov")
+	if out := h2.mustNetshim("overlay", "sync"); !strings.Contains(out, "overlay network ov: removed from the cluster; forgotten here") {
+		t.Fatalf("host 2's sync after the network's removal:\n%s", out)
+	}
+	for _, h := range []*host{h1, h2} {
+		if links, _ := h.command("ip", "-br", "link").CombinedOutput(); strings.Contains(string(links), "vx-") || strings.Contains(string(links), "ov-") {
+			t.Fatalf("links of the removed network left on %s:\n%s", h.netns, links)
+		}
+	}
+	if out := c.etcdctl("get", "--prefix", "--keys-only", "/netshim/"); strings.TrimSpace(out) != "" {
+		t.Fatalf("keys left in etcd after the network's removal:\n%s", out)
+	}
 }
