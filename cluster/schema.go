@@ -126,19 +126,29 @@ func (c *Client) GetNetwork(ctx context.Context, name string) (*Network, error) 
 
 // Networks lists the overlay networks, by name.
 func (c *Client) Networks(ctx context.Context) ([]Network, error) {
-	kvs, _, err := c.Get(ctx, c.key("networks")+"/", true)
+	out, err := getAll[Network](ctx, c, c.key("networks")+"/", nil)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, err
+}
+
+// getAll reads every key under prefix as a T; fill, if set, completes
+// each from its key.
+func getAll[T any](ctx context.Context, c *Client, prefix string, fill func(KV, *T)) ([]T, error) {
+	kvs, _, err := c.Get(ctx, prefix, true)
 	if err != nil {
 		return nil, err
 	}
-	var out []Network
+	out := make([]T, 0, len(kvs))
 	for _, kv := range kvs {
-		var n Network
-		if err := json.Unmarshal(kv.Value, &n); err != nil {
+		var v T
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
 			return nil, fmt.Errorf("%s in etcd: %w", kv.Key, err)
 		}
-		out = append(out, n)
+		if fill != nil {
+			fill(kv, &v)
+		}
+		out = append(out, v)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
 
@@ -171,20 +181,9 @@ func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
 
 // Leases returns the hosts' leases of an overlay network.
 func (c *Client) Leases(ctx context.Context, network string) ([]Lease, error) {
-	kvs, _, err := c.Get(ctx, c.key("subnets", network)+"/", true)
-	if err != nil {
-		return nil, err
-	}
-	var out []Lease
-	for _, kv := range kvs {
-		var l Lease
-		if err := json.Unmarshal(kv.Value, &l); err != nil {
-			return nil, fmt.Errorf("%s in etcd: %w", kv.Key, err)
-		}
+	return getAll(ctx, c, c.key("subnets", network)+"/", func(kv KV, l *Lease) {
 		l.EtcdLease, l.ModRevision = kv.Lease, kv.ModRevision
-		out = append(out, l)
-	}
-	return out, nil
+	})
 }
 
 // LeaseSubnet gives this host (underlay, with VTEP mac) a subnet of n on
@@ -290,34 +289,20 @@ func (c *Client) WithdrawNames(ctx context.Context, network string, underlay net
 // HostNames returns the names this host published in network, by
 // container id.
 func (c *Client) HostNames(ctx context.Context, network string, underlay netip.Addr) (map[string]Names, error) {
-	kvs, _, err := c.Get(ctx, c.key("names", network, underlay.String())+"/", true)
-	if err != nil {
-		return nil, err
-	}
+	var ids []string
+	names, err := getAll(ctx, c, c.key("names", network, underlay.String())+"/", func(kv KV, _ *Names) {
+		ids = append(ids, kv.Key[strings.LastIndexByte(kv.Key, '/')+1:])
+	})
 	out := map[string]Names{}
-	for _, kv := range kvs {
-		var n Names
-		if json.Unmarshal(kv.Value, &n) == nil {
-			out[kv.Key[strings.LastIndexByte(kv.Key, '/')+1:]] = n
-		}
+	for i, n := range names {
+		out[ids[i]] = n
 	}
-	return out, nil
+	return out, err
 }
 
 // AllNames returns every container's names in network, of every host.
 func (c *Client) AllNames(ctx context.Context, network string) ([]Names, error) {
-	kvs, _, err := c.Get(ctx, c.key("names", network)+"/", true)
-	if err != nil {
-		return nil, err
-	}
-	var out []Names
-	for _, kv := range kvs {
-		var n Names
-		if json.Unmarshal(kv.Value, &n) == nil {
-			out = append(out, n)
-		}
-	}
-	return out, nil
+	return getAll[Names](ctx, c, c.key("names", network)+"/", nil)
 }
 
 // WatchPrefix is the prefix Watch needs to see every change of leases and
