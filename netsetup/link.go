@@ -125,17 +125,23 @@ func EnsureBridge(h *netlink.Handle, s BridgeSpec) (netlink.Link, error) {
 			return nil, fmt.Errorf("turn off multicast snooping on bridge %s: %w", s.Name, err)
 		}
 	}
-	if link.Attrs().MTU != s.MTU {
-		if err := h.LinkSetMTU(link, s.MTU); err != nil {
-			return nil, fmt.Errorf("set mtu of bridge %s: %w", s.Name, err)
+	return link, mtuAndUp(h, link, s.MTU, "bridge")
+}
+
+// mtuAndUp gives an existing device of ours (kind: bridge, vxlan) the MTU
+// it should have, and sets it up.
+func mtuAndUp(h *netlink.Handle, link netlink.Link, mtu int, kind string) error {
+	if link.Attrs().MTU != mtu {
+		if err := h.LinkSetMTU(link, mtu); err != nil {
+			return fmt.Errorf("set mtu of %s %s: %w", kind, link.Attrs().Name, err)
 		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := h.LinkSetUp(link); err != nil {
-			return nil, fmt.Errorf("set bridge %s up: %w", s.Name, err)
+			return fmt.Errorf("set %s %s up: %w", kind, link.Attrs().Name, err)
 		}
 	}
-	return link, nil
+	return nil
 }
 
 // mcastSnoopingOff turns multicast snooping off on an existing bridge,

@@ -110,17 +110,7 @@ func EnsureVXLAN(h *netlink.Handle, s VXLANSpec) (netlink.Link, error) {
 			return nil, fmt.Errorf("set mac of vxlan %s: %w", s.Name, err)
 		}
 	}
-	if link.Attrs().MTU != s.MTU {
-		if err := h.LinkSetMTU(link, s.MTU); err != nil {
-			return nil, fmt.Errorf("set mtu of vxlan %s: %w", s.Name, err)
-		}
-	}
-	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := h.LinkSetUp(link); err != nil {
-			return nil, fmt.Errorf("set vxlan %s up: %w", s.Name, err)
-		}
-	}
-	return link, nil
+	return link, mtuAndUp(h, link, s.MTU, "vxlan")
 }
 
 // Peer is another host of an overlay network, as this host's VXLAN device
