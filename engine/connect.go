@@ -72,7 +72,11 @@ func (e *Engine) reserveConnect(ref string, ep *Endpoint) (*state.Record, int, e
 	if slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Network == ep.Network }) {
 		return nil, 0, fmt.Errorf("container %s is already attached to network %s", rec.Name, ep.Network)
 	}
-	if driverKind(ep.Network) != ModeBridge {
+	local, err := e.isLocalNetwork(ep.Network)
+	if err != nil {
+		return nil, 0, err
+	}
+	if driverKind(ep.Network) != ModeBridge || (!local && e.Config.Cluster.Enabled()) {
 		return nil, 0, fmt.Errorf("network %s: a running container can only be connected to bridge networks", ep.Network)
 	}
 	def, err := e.network(ep.Network)
