@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/netshim/netshim/engine"
 	"github.com/netshim/netshim/internal/sandbox"
 	"github.com/netshim/netshim/netsetup"
 )
@@ -528,7 +529,7 @@ func TestOverlayEtcdDown(t *testing.T) {
 
 	c.startEtcd()
 	out := h1.mustNetshim("overlay", "sync")
-	if !strings.Contains(out, "names of "+b1.id[:12]+" published") || !strings.Contains(out, "names of "+a1.id[:12]+" withdrawn") {
+	if !strings.Contains(out, "names of "+engine.ShortID(b1.id)+" published") || !strings.Contains(out, "names of "+engine.ShortID(a1.id)+" withdrawn") {
 		t.Fatalf("the sync after etcd came back did not publish b1 and withdraw a1:\n%s", out)
 	}
 	eventually(t, 3*time.Second, "a2 resolves b1, published late", func() bool {
