@@ -323,8 +323,63 @@ func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 // loopback6Here reports whether lo has IPv6 in the netns of the calling
 // thread.
 func loopback6Here() bool {
-	off, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
-	return err == nil && strings.TrimSpace(string(off)) == "0"
+	fd, err := openNetSysctl("ipv6/conf/lo/disable_ipv6", unix.O_RDONLY)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 8)
+	n, err := unix.Read(fd, buf)
+	return err == nil && strings.TrimSpace(string(buf[:max(n, 0)])) == "0"
+}
+
+// openNetSysctl opens /proc/sys/net/NAME of the calling thread's netns
+// through a proc instance of its own. Through the host's /proc, every
+// netns that ever looked up /proc/sys/net/ipv6 leaves a dentry under the
+// one /proc/sys/net that a lookup from a new netns compares itself with:
+// the open grows with the number of containers (bench/HISTORY.md). A
+// fresh instance holds only this netns's; the file belongs to the
+// opener's netns whatever the instance. The instance is never mounted
+// anywhere and goes with its descriptor, whose close waits for an RCU
+// grace period: it is closed on a goroutine, off the setup's path.
+// Where the new mount API or mounting proc is refused, the host's /proc
+// does it.
+func openNetSysctl(name string, flag int) (int, error) {
+	if mnt, err := privateProc(); err == nil {
+		fd, err := unix.Openat(mnt, "sys/net/"+name, flag|unix.O_CLOEXEC, 0)
+		go unix.Close(mnt)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			return fd, err
+		}
+	}
+	return unix.Open("/proc/sys/net/"+name, flag|unix.O_CLOEXEC, 0)
+}
+
+// writeNetSysctl writes /proc/sys/net/NAME of the calling thread's netns.
+func writeNetSysctl(name string, value []byte) error {
+	fd, err := openNetSysctl(name, unix.O_WRONLY)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: "/proc/sys/net/" + name, Err: err}
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Write(fd, value); err != nil {
+		return &os.PathError{Op: "write", Path: "/proc/sys/net/" + name, Err: err}
+	}
+	return nil
+}
+
+// privateProc makes a proc instance, detached, and returns its descriptor
+// (nothing on it to exec, to open as a device or to setuid).
+func privateProc() (int, error) {
+	fs, err := unix.Fsopen("proc", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(fs)
+	if err := unix.FsconfigCreate(fs); err != nil {
+		return -1, err
+	}
+	return unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 }
 
 // Loopback6 reports whether lo has IPv6 (::1) in netns ns, as
@@ -349,7 +404,7 @@ func PrepareNetns(ns netns.NsHandle, ipv6 bool) (ctr *netlink.Handle, loopback6 
 	}
 	err = Do(ns, func() error {
 		// /proc/sys/net shows the netns of the thread that opens it.
-		err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", off, 0)
+		err := writeNetSysctl("ipv6/conf/default/disable_ipv6", off)
 		switch {
 		case errors.Is(err, os.ErrNotExist) && ipv6:
 			return fmt.Errorf("the network is dual stack, and the kernel has no IPv6")
