@@ -42,7 +42,7 @@ func startEtcd(t *testing.T) *Client {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, _, err := c.Get(context.Background(), "/", false); err == nil {
+		if _, err := c.Get(context.Background(), "/", false); err == nil {
 			return c
 		} else if time.Now().After(deadline) {
 			t.Fatalf("etcd did not answer: %v", err)
@@ -170,10 +170,10 @@ func TestNames(t *testing.T) {
 	}
 	id, _ := c.Grant(ctx, time.Minute)
 	h1, h2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	events := make(chan int64, 16)
+	events := make(chan struct{}, 16)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go c.Watch(wctx, c.WatchPrefix(), 0, func(rev int64) { events <- rev })
+	go c.Watch(wctx, c.WatchPrefix(), func() { events <- struct{}{} })
 	select {
 	case <-events: // in place
 	case <-time.After(5 * time.Second):

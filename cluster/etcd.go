@@ -151,30 +151,20 @@ func (n num) MarshalJSON() ([]byte, error) {
 	return []byte(`"` + strconv.FormatInt(int64(n), 10) + `"`), nil
 }
 
-type header struct {
-	Revision num `json:"revision"`
-}
-
-// KV is one key with its value and revisions.
+// KV is one key with its value and the lease it lives on (0: none).
 type KV struct {
-	Key            string
-	Value          []byte
-	CreateRevision int64
-	ModRevision    int64
-	Lease          int64
+	Key   string
+	Value []byte
+	Lease int64
 }
 
 type kvJSON struct {
-	Key            []byte `json:"key"`
-	Value          []byte `json:"value"`
-	CreateRevision num    `json:"create_revision"`
-	ModRevision    num    `json:"mod_revision"`
-	Lease          num    `json:"lease"`
+	Key   []byte `json:"key"`
+	Value []byte `json:"value"`
+	Lease num    `json:"lease"`
 }
 
-func (k kvJSON) kv() KV {
-	return KV{Key: string(k.Key), Value: k.Value, CreateRevision: int64(k.CreateRevision), ModRevision: int64(k.ModRevision), Lease: int64(k.Lease)}
-}
+func (k kvJSON) kv() KV { return KV{Key: string(k.Key), Value: k.Value, Lease: int64(k.Lease)} }
 
 type rangeReq struct {
 	Key      []byte `json:"key"`
@@ -182,8 +172,7 @@ type rangeReq struct {
 }
 
 type rangeResp struct {
-	Header header   `json:"header"`
-	KVs    []kvJSON `json:"kvs"`
+	KVs []kvJSON `json:"kvs"`
 }
 
 // prefixEnd is the end of the range of keys that start with p.
@@ -206,25 +195,24 @@ func rangeOf(key string, prefix bool) rangeReq {
 	return r
 }
 
-// Get returns the key, or the keys under it with prefix, and the store's
-// revision.
-func (c *Client) Get(ctx context.Context, key string, prefix bool) ([]KV, int64, error) {
+// Get returns the key, or the keys under it with prefix.
+func (c *Client) Get(ctx context.Context, key string, prefix bool) ([]KV, error) {
 	var resp rangeResp
 	if err := c.post(ctx, "/v3/kv/range", rangeOf(key, prefix), &resp); err != nil {
-		return nil, 0, fmt.Errorf("get %s: %w", key, err)
+		return nil, fmt.Errorf("get %s: %w", key, err)
 	}
 	out := make([]KV, len(resp.KVs))
 	for i, k := range resp.KVs {
 		out[i] = k.kv()
 	}
-	return out, int64(resp.Header.Revision), nil
+	return out, nil
 }
 
-// Op is one operation of a transaction: a put, a delete or a get.
+// Op is one operation of a transaction (a put or a delete), or one of its
+// conditions.
 type Op struct {
 	put   *putReq
 	del   *rangeReq
-	get   *rangeReq
 	check *compare
 }
 
@@ -245,45 +233,25 @@ func Delete(key string, prefix bool) Op {
 	return Op{del: &r}
 }
 
-// Read is an Op that reads key, or every key under it with prefix.
-func Read(key string, prefix bool) Op {
-	r := rangeOf(key, prefix)
-	return Op{get: &r}
-}
-
 type compare struct {
 	Target         string `json:"target"`
 	Key            []byte `json:"key"`
 	Result         string `json:"result"`
-	CreateRevision *num   `json:"create_revision,omitempty"`
-	ModRevision    *num   `json:"mod_revision,omitempty"`
+	CreateRevision num    `json:"create_revision"`
 }
 
 // Absent is a condition: key does not exist.
 func Absent(key string) Op {
-	zero := num(0)
-	return Op{check: &compare{Target: "CREATE", Key: []byte(key), Result: "EQUAL", CreateRevision: &zero}}
-}
-
-// Unchanged is a condition: key was last written at revision rev (0: it
-// does not exist).
-func Unchanged(key string, rev int64) Op {
-	r := num(rev)
-	return Op{check: &compare{Target: "MOD", Key: []byte(key), Result: "EQUAL", ModRevision: &r}}
+	return Op{check: &compare{Target: "CREATE", Key: []byte(key), Result: "EQUAL"}}
 }
 
 type txnReq struct {
 	Compare []compare        `json:"compare,omitempty"`
 	Success []map[string]any `json:"success,omitempty"`
-	Failure []map[string]any `json:"failure,omitempty"`
 }
 
 type txnResp struct {
-	Header    header `json:"header"`
-	Succeeded bool   `json:"succeeded"`
-	Responses []struct {
-		Range *rangeResp `json:"response_range"`
-	} `json:"responses"`
+	Succeeded bool `json:"succeeded"`
 }
 
 func ops(in []Op) []map[string]any {
@@ -294,35 +262,23 @@ func ops(in []Op) []map[string]any {
 			out = append(out, map[string]any{"request_put": o.put})
 		case o.del != nil:
 			out = append(out, map[string]any{"request_delete_range": o.del})
-		case o.get != nil:
-			out = append(out, map[string]any{"request_range": o.get})
 		}
 	}
 	return out
 }
 
-// Txn runs then if every condition of when holds, otherwise orElse, in
-// one transaction. It reports which ran and what its reads returned.
-func (c *Client) Txn(ctx context.Context, when, then, orElse []Op) (bool, [][]KV, error) {
-	req := txnReq{Success: ops(then), Failure: ops(orElse)}
+// Txn runs then, in one transaction, if every condition of when holds,
+// and reports whether it ran.
+func (c *Client) Txn(ctx context.Context, when, then []Op) (bool, error) {
+	req := txnReq{Success: ops(then)}
 	for _, o := range when {
 		req.Compare = append(req.Compare, *o.check)
 	}
 	var resp txnResp
 	if err := c.post(ctx, "/v3/kv/txn", req, &resp); err != nil {
-		return false, nil, fmt.Errorf("transaction: %w", err)
+		return false, fmt.Errorf("transaction: %w", err)
 	}
-	var reads [][]KV
-	for _, r := range resp.Responses {
-		if r.Range != nil {
-			kvs := make([]KV, len(r.Range.KVs))
-			for i, k := range r.Range.KVs {
-				kvs[i] = k.kv()
-			}
-			reads = append(reads, kvs)
-		}
-	}
-	return resp.Succeeded, reads, nil
+	return resp.Succeeded, nil
 }
 
 // Grant makes a lease of ttl.
@@ -388,13 +344,11 @@ func (c *Client) TimeToLive(ctx context.Context, id int64) (time.Duration, error
 	return time.Duration(resp.TTL) * time.Second, nil
 }
 
-// Watch calls fn with the store's revision once the watch is in place
-// and then whenever a key under prefix changes after revision from, until
-// ctx ends or the stream breaks.
-func (c *Client) Watch(ctx context.Context, prefix string, from int64, fn func(rev int64)) error {
+// Watch calls fn once the watch is in place and then whenever a key under
+// prefix changes, until ctx ends or the stream breaks.
+func (c *Client) Watch(ctx context.Context, prefix string, fn func()) error {
 	r := rangeOf(prefix, true)
-	body, err := json.Marshal(map[string]any{"create_request": map[string]any{
-		"key": r.Key, "range_end": r.RangeEnd, "start_revision": num(from)}})
+	body, err := json.Marshal(map[string]any{"create_request": map[string]any{"key": r.Key, "range_end": r.RangeEnd}})
 	if err != nil {
 		return err
 	}
@@ -413,10 +367,9 @@ func (c *Client) Watch(ctx context.Context, prefix string, from int64, fn func(r
 		for {
 			var msg struct {
 				Result struct {
-					Header   header `json:"header"`
-					Created  bool   `json:"created"`
-					Canceled bool   `json:"canceled"`
-					Events   []any  `json:"events"`
+					Created  bool  `json:"created"`
+					Canceled bool  `json:"canceled"`
+					Events   []any `json:"events"`
 				} `json:"result"`
 				Error *StatusError `json:"error"`
 			}
@@ -430,7 +383,7 @@ func (c *Client) Watch(ctx context.Context, prefix string, from int64, fn func(r
 				return fmt.Errorf("watch %s: canceled by etcd", prefix)
 			}
 			if msg.Result.Created || len(msg.Result.Events) > 0 {
-				fn(int64(msg.Result.Header.Revision))
+				fn()
 			}
 		}
 	}

@@ -40,10 +40,8 @@ type Lease struct {
 	Subnet   netip.Prefix `json:"subnet"`
 	Underlay netip.Addr   `json:"underlay"`
 	VTEPMAC  string       `json:"vtep_mac"`
-	// EtcdLease is the etcd lease the key lives on; ModRevision the
-	// key's last change.
-	EtcdLease   int64 `json:"-"`
-	ModRevision int64 `json:"-"`
+	// EtcdLease is the etcd lease the key lives on.
+	EtcdLease int64 `json:"-"`
 }
 
 // Names are one container's names and addresses in an overlay network's
@@ -98,8 +96,8 @@ func (c *Client) CreateNetwork(ctx context.Context, n Network) (Network, error) 
 			return n, err
 		}
 		netKey, vniKey := c.key("networks", n.Name), c.key("vnis", strconv.Itoa(int(n.VNI)))
-		ok, _, err := c.Txn(ctx, []Op{Absent(netKey), Absent(vniKey)},
-			[]Op{Put(netKey, value, 0), Put(vniKey, []byte(n.Name), 0)}, nil)
+		ok, err := c.Txn(ctx, []Op{Absent(netKey), Absent(vniKey)},
+			[]Op{Put(netKey, value, 0), Put(vniKey, []byte(n.Name), 0)})
 		if err != nil {
 			return n, fmt.Errorf("create overlay network %s: %w", n.Name, err)
 		}
@@ -113,7 +111,7 @@ func (c *Client) CreateNetwork(ctx context.Context, n Network) (Network, error) 
 
 // GetNetwork returns overlay network name, or nil.
 func (c *Client) GetNetwork(ctx context.Context, name string) (*Network, error) {
-	kvs, _, err := c.Get(ctx, c.key("networks", name), false)
+	kvs, err := c.Get(ctx, c.key("networks", name), false)
 	if err != nil || len(kvs) == 0 {
 		return nil, err
 	}
@@ -134,7 +132,7 @@ func (c *Client) Networks(ctx context.Context) ([]Network, error) {
 // getAll reads every key under prefix as a T; fill, if set, completes
 // each from its key.
 func getAll[T any](ctx context.Context, c *Client, prefix string, fill func(KV, *T)) ([]T, error) {
-	kvs, _, err := c.Get(ctx, prefix, true)
+	kvs, err := c.Get(ctx, prefix, true)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +160,7 @@ func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
 	if n == nil {
 		return fmt.Errorf("network %s not found", name)
 	}
-	names, _, err := c.Get(ctx, c.key("names", name)+"/", true)
+	names, err := c.Get(ctx, c.key("names", name)+"/", true)
 	if err != nil {
 		return err
 	}
@@ -174,15 +172,15 @@ func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("overlay network %s has active endpoints on hosts %s", name, strings.Join(slices.Sorted(maps.Keys(hosts)), ", "))
 	}
-	_, _, err = c.Txn(ctx, nil, []Op{Delete(c.key("networks", name), false), Delete(c.key("vnis", strconv.Itoa(int(n.VNI))), false),
-		Delete(c.key("subnets", name)+"/", true)}, nil)
+	_, err = c.Txn(ctx, nil, []Op{Delete(c.key("networks", name), false), Delete(c.key("vnis", strconv.Itoa(int(n.VNI))), false),
+		Delete(c.key("subnets", name)+"/", true)})
 	return err
 }
 
 // Leases returns the hosts' leases of an overlay network.
 func (c *Client) Leases(ctx context.Context, network string) ([]Lease, error) {
 	return getAll(ctx, c, c.key("subnets", network)+"/", func(kv KV, l *Lease) {
-		l.EtcdLease, l.ModRevision = kv.Lease, kv.ModRevision
+		l.EtcdLease = kv.Lease
 	})
 }
 
@@ -228,7 +226,7 @@ func (c *Client) LeaseSubnet(ctx context.Context, n *Network, underlay netip.Add
 		} else {
 			cond = []Op{Absent(key)}
 		}
-		ok, _, err := c.Txn(ctx, cond, []Op{Put(key, value, id)}, nil)
+		ok, err := c.Txn(ctx, cond, []Op{Put(key, value, id)})
 		if err != nil {
 			return want, nil, fmt.Errorf("lease a subnet of overlay network %s: %w", n.Name, err)
 		}
@@ -276,13 +274,13 @@ func (c *Client) PublishNames(ctx context.Context, network string, underlay neti
 	if err != nil {
 		return err
 	}
-	_, _, err = c.Txn(ctx, nil, []Op{Put(c.key("names", network, underlay.String(), id), value, lease)}, nil)
+	_, err = c.Txn(ctx, nil, []Op{Put(c.key("names", network, underlay.String(), id), value, lease)})
 	return err
 }
 
 // WithdrawNames removes a container's names.
 func (c *Client) WithdrawNames(ctx context.Context, network string, underlay netip.Addr, id string) error {
-	_, _, err := c.Txn(ctx, nil, []Op{Delete(c.key("names", network, underlay.String(), id), false)}, nil)
+	_, err := c.Txn(ctx, nil, []Op{Delete(c.key("names", network, underlay.String(), id), false)})
 	return err
 }
 

@@ -205,7 +205,7 @@ func (e *Engine) syncOverlay(ctx context.Context, cl *cluster.Client, underlay n
 		if fp != ns.Overlay.Fingerprint {
 			report = append(report, fmt.Sprintf("overlay network %s: %d peers installed", ns.Name, len(peers)))
 		}
-		return e.ensureOverlay(ns, underlay, peers, fp, false)
+		return e.ensureOverlay(ns, underlay, peers, fp)
 	})
 	if err != nil {
 		return report, err
@@ -268,7 +268,7 @@ func (e *Engine) WatchOverlays(ctx context.Context, logf func(string)) error {
 	changed := make(chan struct{}, 1)
 	go func() {
 		for ctx.Err() == nil {
-			err := cl.Watch(ctx, cl.WatchPrefix(), 0, func(int64) {
+			err := cl.Watch(ctx, cl.WatchPrefix(), func() {
 				select {
 				case changed <- struct{}{}:
 				default:
