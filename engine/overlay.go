@@ -38,12 +38,8 @@ type overlayJoin struct {
 	net      cluster.Network
 	underlay netsetup.Underlay
 	subnet   netip.Prefix
-	lease    int64
 	peers    []state.Peer
 	fp       uint64
-	// offline: etcd did not answer; the host's recorded lease is used,
-	// and the peers as installed.
-	offline bool
 }
 
 // clusterClient is the etcd client of the config's [cluster].
@@ -144,13 +140,13 @@ func (e *Engine) joinOverlay(name string) (*overlayJoin, error) {
 	if err != nil {
 		var ue *cluster.UnreachableError
 		if errors.As(err, &ue) && lease != nil && time.Now().Before(lease.Expires) && ns != nil && ns.Overlay != nil && ns.Subnet.IsValid() {
-			// Held until it expires: the host goes on with what it knows.
-			j.offline, j.lease, j.subnet, j.peers, j.fp = true, lease.ID, ns.Subnet, ns.Overlay.Peers, ns.Overlay.Fingerprint
+			// Held until it expires: the host goes on with what it knows,
+			// the peers as installed.
+			j.subnet, j.peers, j.fp = ns.Subnet, ns.Overlay.Peers, ns.Overlay.Fingerprint
 			return j, nil
 		}
 		return nil, e.offlineRefusal(name, err)
 	}
-	j.lease = lease.ID
 	var want netip.Prefix
 	if ns != nil && ns.Overlay != nil {
 		want = ns.Subnet
@@ -287,14 +283,13 @@ func (o *overlayDriver) Reserve(rec *state.Record, req *Request, ep *Endpoint, s
 	if ns, err = e.Store.GetNet(ep.Network); err != nil {
 		return err
 	}
-	return e.ensureOverlay(ns, j.underlay, j.peers, j.fp, j.offline)
+	return e.ensureOverlay(ns, j.underlay, j.peers, j.fp)
 }
 
 // ensureOverlay makes the network's VXLAN device and installs peers on it
 // and in its firewall rules, unless they are installed already (the same
-// fingerprint fp). Offline, it keeps the peers installed. The caller holds
-// the lock.
-func (e *Engine) ensureOverlay(ns *state.Net, underlay netsetup.Underlay, peers []state.Peer, fp uint64, offline bool) error {
+// fingerprint fp). The caller holds the lock.
+func (e *Engine) ensureOverlay(ns *state.Net, underlay netsetup.Underlay, peers []state.Peer, fp uint64) error {
 	ov := ns.Overlay
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
@@ -309,9 +304,6 @@ func (e *Engine) ensureOverlay(ns *state.Net, underlay netsetup.Underlay, peers 
 		MAC: netsetup.VTEPMAC(ov.Underlay, ov.VNI), Underlay: underlay, MTU: ov.MTU})
 	if err != nil {
 		return fmt.Errorf("overlay network %s: %w", ns.Name, err)
-	}
-	if offline {
-		peers, fp = ov.Peers, ov.Fingerprint
 	}
 	if existed && fp == ov.Fingerprint && fp != 0 {
 		return nil // installed already
