@@ -619,7 +619,12 @@ func TestOverlayHostReturns(t *testing.T) {
 		return
 	}
 	c := newCluster(t)
-	h1, h2 := c.addHost(1, ""), c.addHost(2, `lease_ttl = "5s"`)
+	// Host 2 names its underlay: it has no default route to find it by.
+	h1, h2 := c.addHost(1, ""), c.addHost(2, "lease_ttl = \"5s\"\nunderlay_interface = \"eth0\"")
+	sandbox.Run(t, "ip", "-n", "h2", "route", "del", "default")
+	if out, _, _ := h2.netshim("", "doctor"); !strings.Contains(out, "eth0 192.0.2.2, mtu 1500 (overlay mtu 1450)") {
+		t.Fatalf("doctor on host 2 does not show its named underlay:\n%s", out)
+	}
 	id := strings.TrimSpace(h1.mustNetshim("network", "create", "-d", "overlay", "--subnet", "10.200.0.0/16", "ov"))
 	sleep := []string{"sleep", "3600"}
 	c1 := h1.newBundle(uniqueID(t, "c1"), sleep, "--network", "ov", "--name", "c1").mustStart()
