@@ -647,6 +647,10 @@ func TestOverlayHostReturns(t *testing.T) {
 	if out, err := c1.exec("nslookup", "c2"); err == nil && strings.Contains(out, a2.String()) {
 		t.Fatalf("c2's name outlived its host's lease:\n%s", out)
 	}
+	// The responder answers all the same: c2's name is gone, not DNS.
+	if out := c1.mustExec("nslookup", "c1"); !strings.Contains(out, inspectAddr(t, h1, c1.id, "ov").String()) {
+		t.Fatalf("c1 does not resolve itself:\n%s", out)
+	}
 
 	// It returns.
 	out := h2.mustNetshim("gc")
