@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -266,17 +267,9 @@ func etcdRequests() int {
 		return 0
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
+	body, _ := io.ReadAll(resp.Body)
 	total := 0
-	for _, line := range strings.Split(b.String(), "\n") {
+	for _, line := range strings.Split(string(body), "\n") {
 		if !strings.HasPrefix(line, "grpc_server_started_total{") || strings.Contains(line, `grpc_method="Watch"`) || strings.Contains(line, "Health") {
 			continue
 		}
