@@ -176,7 +176,7 @@ func (e *Engine) syncOverlay(ctx context.Context, cl *cluster.Client, underlay n
 		err := e.locked(func() error { return e.forgetOverlay(ns) })
 		return []string{fmt.Sprintf("overlay network %s: removed from the cluster; forgotten here", ns.Name)}, err
 	}
-	n := cluster.Network{Name: ns.Name, ID: o.ID, Subnet: o.Subnet, HostPrefix: o.HostPrefix, VNI: o.VNI}
+	n := recordedOverlay(ns)
 	subnet, leases, err := cl.LeaseSubnet(ctx, &n, underlay.Addr, netsetup.VTEPMAC(underlay.Addr, o.VNI), lease.ID, ns.Subnet)
 	if err != nil {
 		return nil, err

@@ -124,8 +124,7 @@ func (e *Engine) joinOverlay(name string) (*overlayJoin, error) {
 	ctx := context.Background()
 	j := &overlayJoin{underlay: underlay}
 	if ns != nil && ns.Overlay != nil {
-		o := ns.Overlay
-		j.net = cluster.Network{Name: name, ID: o.ID, Subnet: o.Subnet, HostPrefix: o.HostPrefix, VNI: o.VNI}
+		j.net = recordedOverlay(ns)
 	} else {
 		n, err := cl.GetNetwork(ctx, name)
 		if err != nil {
@@ -158,6 +157,13 @@ func (e *Engine) joinOverlay(name string) (*overlayJoin, error) {
 	j.subnet = subnet
 	j.peers, j.fp = peersOf(leases, underlay.Addr)
 	return j, nil
+}
+
+// recordedOverlay is an overlay network's definition as this host
+// recorded it.
+func recordedOverlay(ns *state.Net) cluster.Network {
+	o := ns.Overlay
+	return cluster.Network{Name: ns.Name, ID: o.ID, Subnet: o.Subnet, HostPrefix: o.HostPrefix, VNI: o.VNI}
 }
 
 // offlineRefusal words a failure to reach etcd for a host that holds no
