@@ -320,44 +320,57 @@ func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 	return nil
 }
 
-// loopback6Here reports whether lo has IPv6 in the netns of the calling
-// thread.
-func loopback6Here() bool {
-	fd, err := openNetSysctl("ipv6/conf/lo/disable_ipv6", unix.O_RDONLY)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	buf := make([]byte, 8)
-	n, err := unix.Read(fd, buf)
-	return err == nil && strings.TrimSpace(string(buf[:max(n, 0)])) == "0"
-}
+// netSysctls is /proc/sys/net of the netns of the thread that opened it
+// (openNetSysctls), as a directory descriptor.
+type netSysctls int
 
-// openNetSysctl opens /proc/sys/net/NAME of the calling thread's netns
+// openNetSysctls opens /proc/sys/net of the calling thread's netns
 // through a proc instance of its own. Through the host's /proc, every
 // netns that ever looked up /proc/sys/net/ipv6 leaves a dentry under the
 // one /proc/sys/net that a lookup from a new netns compares itself with:
 // the open grows with the number of containers (bench/HISTORY.md). A
-// fresh instance holds only this netns's; the file belongs to the
-// opener's netns whatever the instance. The instance is never mounted
-// anywhere and goes with its descriptor, whose close waits for an RCU
-// grace period: it is closed on a goroutine, off the setup's path.
-// Where the new mount API or mounting proc is refused, the host's /proc
-// does it.
-func openNetSysctl(name string, flag int) (int, error) {
+// fresh instance holds only this netns's; a file opened through it
+// belongs to the opener's netns whatever the instance. The instance is
+// never mounted anywhere and goes with the last descriptor on it, whose
+// close waits for an RCU grace period: Close hands it to a goroutine, off
+// the setup's path. Where the new mount API or mounting proc is refused,
+// the host's /proc does it.
+func openNetSysctls() (netSysctls, error) {
 	if mnt, err := privateProc(); err == nil {
-		fd, err := unix.Openat(mnt, "sys/net/"+name, flag|unix.O_CLOEXEC, 0)
-		go unix.Close(mnt)
-		if err == nil || errors.Is(err, unix.ENOENT) {
-			return fd, err
+		dir, err := unix.Openat(mnt, "sys/net", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(mnt) // dir holds the instance
+		if err == nil {
+			return netSysctls(dir), nil
 		}
 	}
-	return unix.Open("/proc/sys/net/"+name, flag|unix.O_CLOEXEC, 0)
+	dir, err := unix.Open("/proc/sys/net", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: "/proc/sys/net", Err: err}
+	}
+	return netSysctls(dir), nil
 }
 
-// writeNetSysctl writes /proc/sys/net/NAME of the calling thread's netns.
-func writeNetSysctl(name string, value []byte) error {
-	fd, err := openNetSysctl(name, unix.O_WRONLY)
+// Close lets the descriptor go, on a goroutine (see openNetSysctls).
+func (d netSysctls) Close() { go unix.Close(int(d)) }
+
+// read returns the value of sysctl net.NAME (a path under /proc/sys/net).
+func (d netSysctls) read(name string) (string, error) {
+	fd, err := unix.Openat(int(d), name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", &os.PathError{Op: "open", Path: "/proc/sys/net/" + name, Err: err}
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 64)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return "", &os.PathError{Op: "read", Path: "/proc/sys/net/" + name, Err: err}
+	}
+	return strings.TrimSpace(string(buf[:n])), nil
+}
+
+// write sets sysctl net.NAME (a path under /proc/sys/net) to value.
+func (d netSysctls) write(name string, value []byte) error {
+	fd, err := unix.Openat(int(d), name, unix.O_WRONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: "/proc/sys/net/" + name, Err: err}
 	}
@@ -366,6 +379,12 @@ func writeNetSysctl(name string, value []byte) error {
 		return &os.PathError{Op: "write", Path: "/proc/sys/net/" + name, Err: err}
 	}
 	return nil
+}
+
+// loopback6 reports whether lo has IPv6.
+func (d netSysctls) loopback6() bool {
+	v, err := d.read("ipv6/conf/lo/disable_ipv6")
+	return err == nil && v == "0"
 }
 
 // privateProc makes a proc instance, detached, and returns its descriptor
@@ -386,7 +405,15 @@ func privateProc() (int, error) {
 // PrepareNetns does, changing nothing.
 func Loopback6(ns netns.NsHandle) (bool, error) {
 	var on bool
-	err := Do(ns, func() error { on = loopback6Here(); return nil })
+	err := Do(ns, func() error {
+		sysctls, err := openNetSysctls()
+		if err != nil {
+			return err
+		}
+		defer sysctls.Close()
+		on = sysctls.loopback6()
+		return nil
+	})
 	return on, err
 }
 
@@ -404,7 +431,12 @@ func PrepareNetns(ns netns.NsHandle, ipv6 bool) (ctr *netlink.Handle, loopback6 
 	}
 	err = Do(ns, func() error {
 		// /proc/sys/net shows the netns of the thread that opens it.
-		err := writeNetSysctl("ipv6/conf/default/disable_ipv6", off)
+		sysctls, err := openNetSysctls()
+		if err != nil {
+			return fmt.Errorf("set IPv6 for the container's interfaces: %w", err)
+		}
+		defer sysctls.Close()
+		err = sysctls.write("ipv6/conf/default/disable_ipv6", off)
 		switch {
 		case errors.Is(err, os.ErrNotExist) && ipv6:
 			return fmt.Errorf("the network is dual stack, and the kernel has no IPv6")
@@ -412,7 +444,7 @@ func PrepareNetns(ns netns.NsHandle, ipv6 bool) (ctr *netlink.Handle, loopback6 
 		case err != nil:
 			return fmt.Errorf("set IPv6 for the container's interfaces: %w", err)
 		default:
-			loopback6 = loopback6Here()
+			loopback6 = sysctls.loopback6()
 		}
 		// A netlink socket belongs to the netns it was opened in.
 		if ctr, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
