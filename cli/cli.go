@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -134,6 +135,12 @@ Success prints nothing; failure prints one line and exits non-zero.`,
   "poststop":      [{"path": "/usr/local/bin/netshim", "args": ["netshim", "hook", "poststop"]}]`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// A hook's work is one sequence. With a second P, every
+			// goroutine the runtime readies (a netns visit, a lock wait)
+			// wakes another thread, which the kernel puts on the hook's
+			// own CPU, preempting it; one P runs them in the hook's gaps
+			// (bench/HISTORY.md).
+			runtime.GOMAXPROCS(1)
 			stage := ""
 			if len(args) == 1 {
 				stage = args[0]
