@@ -107,6 +107,29 @@ func TestSetAside(t *testing.T) {
 	if aside, err := SetAside(h, "vethours", "netshim:c1", false); err != nil || !aside {
 		t.Fatalf("our link: set aside %v, %v", aside, err)
 	}
+	// Unmarked: a veth without alias is taken (a setup killed before it
+	// marked its pair), a link of another kind is not.
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "brbare", Flags: net.FlagUp}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vethbare", Flags: net.FlagUp}, PeerName: "vethbarep"}); err != nil {
+		t.Fatal(err)
+	}
+	if aside, err := SetAside(h, "brbare", "netshim:c2", true); err != nil || aside {
+		t.Errorf("an unmarked link that is no veth: set aside %v, %v", aside, err)
+	}
+	if aside, err := SetAside(h, "vethbare", "netshim:c2", true); err != nil || !aside {
+		t.Errorf("an unmarked veth: set aside %v, %v", aside, err)
+	}
+	for name, doomed := range map[string]bool{"brbare": false, "vethbare": true} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.Attrs().Group == DoomedGroup; got != doomed {
+			t.Errorf("%s: in the doomed group %v, want %v", name, got, doomed)
+		}
+	}
 	ours, _ := h.LinkByName("vethours")
 	other, _ := h.LinkByName("vethother")
 	if a := ours.Attrs(); a.Flags&net.FlagUp != 0 || a.Group != DoomedGroup {
