@@ -331,10 +331,8 @@ type netSysctls int
 // the open grows with the number of containers (bench/HISTORY.md). A
 // fresh instance holds only this netns's; a file opened through it
 // belongs to the opener's netns whatever the instance. The instance is
-// never mounted anywhere and goes with the last descriptor on it, whose
-// close waits for an RCU grace period: Close hands it to a goroutine, off
-// the setup's path. Where the new mount API or mounting proc is refused,
-// the host's /proc does it.
+// never mounted anywhere and goes with the last descriptor on it. Where
+// the new mount API or mounting proc is refused, the host's /proc does it.
 func openNetSysctls() (netSysctls, error) {
 	if mnt, err := privateProc(); err == nil {
 		dir, err := unix.Openat(mnt, "sys/net", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -350,8 +348,10 @@ func openNetSysctls() (netSysctls, error) {
 	return netSysctls(dir), nil
 }
 
-// Close lets the descriptor go, on a goroutine (see openNetSysctls).
-func (d netSysctls) Close() { go unix.Close(int(d)) }
+// Close lets the descriptor go, and with it the proc instance. In line:
+// closing it on a goroutine, which one P runs in the hook's next gap, was
+// the slower of the two (bench/HISTORY.md).
+func (d netSysctls) Close() { unix.Close(int(d)) }
 
 // read returns the value of sysctl net.NAME (a path under /proc/sys/net).
 func (d netSysctls) read(name string) (string, error) {
