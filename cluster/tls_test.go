@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,15 +99,19 @@ func TestTLS(t *testing.T) {
 	if _, err := c.CreateNetwork(ctx, Network{Name: "ov", ID: "1", Subnet: netip.MustParsePrefix("10.200.0.0/16"), HostPrefix: 24}); err != nil {
 		t.Fatalf("create over TLS: %v", err)
 	}
-	// Without a client certificate etcd refuses.
+	// Without a client certificate etcd refuses: the handshake reached it,
+	// and it answered with a TLS alert (a remote error, not a connection
+	// that never got there).
 	anon, _ := New(config.Cluster{Endpoints: []string{client}, Timeout: time.Second, Prefix: "/tls", CA: filepath.Join(dir, "ca.pem")})
+	_, err = anon.GetNetwork(ctx, "ov")
 	var ue *UnreachableError
-	if _, err := anon.GetNetwork(ctx, "ov"); !errors.As(err, &ue) {
-		t.Fatalf("no client certificate: want the handshake refused, got %v", err)
+	var op *net.OpError
+	if !errors.As(err, &ue) || !errors.As(err, &op) || op.Op != "remote error" {
+		t.Fatalf("no client certificate: want etcd's TLS alert, got %v", err)
 	}
 	// A CA file that holds no certificate is one clear error.
 	os.WriteFile(filepath.Join(dir, "bad.pem"), []byte("not pem"), 0o600)
-	if _, err := New(config.Cluster{Endpoints: []string{client}, CA: filepath.Join(dir, "bad.pem")}); err == nil {
-		t.Fatal("a CA file without a certificate was taken")
+	if _, err := New(config.Cluster{Endpoints: []string{client}, CA: filepath.Join(dir, "bad.pem")}); err == nil || !strings.Contains(err.Error(), "etcd_ca") {
+		t.Fatalf("a CA file without a certificate: want an error naming etcd_ca, got %v", err)
 	}
 }
