@@ -698,4 +698,16 @@ func TestHookReclaimers(t *testing.T) {
 			return ours() == 0 && errors.Is(err, fs.ErrNotExist)
 		})
 	}
+	// A reclaimer whose state dir is removed (a finished test's) exits
+	// once idle instead of waiting for its lock for ever.
+	p := h.newProc("gone", nil)
+	p.mustSetup()
+	p.mustTeardown()
+	if n := ours(); n != 1 {
+		t.Fatalf("%d reclaimers after the teardown, want 1", n)
+	}
+	if err := os.RemoveAll(h.stateDir); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 8*time.Second, "the reclaimer of a removed state dir exited", func() bool { return ours() == 0 })
 }
