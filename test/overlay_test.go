@@ -678,7 +678,11 @@ func TestOverlayHostReturns(t *testing.T) {
 		t.Fatalf("host 2's sync after the network's removal:\n%s", out)
 	}
 	for _, h := range []*host{h1, h2} {
-		if links, _ := h.command("ip", "-br", "link").CombinedOutput(); strings.Contains(string(links), "vx-") || strings.Contains(string(links), "ov-") {
+		links, err := h.command("ip", "-br", "link").CombinedOutput()
+		if err != nil || !strings.Contains(string(links), "eth0") {
+			t.Fatalf("ip link on %s: %v\n%s", h.netns, err, links)
+		}
+		if strings.Contains(string(links), "vx-") || strings.Contains(string(links), "ov-") {
 			t.Fatalf("links of the removed network left on %s:\n%s", h.netns, links)
 		}
 	}
