@@ -352,14 +352,14 @@ func main() {
 		skipped = append(skipped, "runc run: "+err.Error())
 		rr = nil
 	}
-	connectReport := ""
+	paragraphs := "" // connect/disconnect and the overlay, after the tables
 	if *flagConnect > 0 {
 		fmt.Println("measuring network connect and disconnect ...")
 		r, err := connectRuns(netshim, work, 20, *flagConnect)
 		if err != nil {
 			skipped = append(skipped, "network connect: "+err.Error())
 		} else {
-			connectReport = connectLine(r, 20)
+			paragraphs += connectLine(r, 20)
 		}
 	}
 	if *flagOverlay > 0 {
@@ -368,7 +368,7 @@ func main() {
 		if err != nil {
 			skipped = append(skipped, "overlay: "+err.Error())
 		} else {
-			connectReport += overlayLine(r, 20)
+			paragraphs += overlayLine(r, 20)
 		}
 	}
 	var dnsRes []*dnsResult
@@ -394,7 +394,7 @@ func main() {
 		}
 		stop()
 	}
-	report := render(samples, rr, skipped, ns, faults, floors) + connectReport + dnsLines(dnsRes)
+	report := render(samples, rr, skipped, ns, faults, floors) + paragraphs + dnsLines(dnsRes)
 	fmt.Print(report)
 	os.MkdirAll(*flagOut, 0o755)
 	if err := os.WriteFile(filepath.Join(*flagOut, "results.md"), []byte(report), 0o644); err != nil {
