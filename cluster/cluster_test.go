@@ -188,10 +188,20 @@ func TestNames(t *testing.T) {
 		t.Fatal("the watch did not see a name published")
 	}
 	c.PublishNames(ctx, "ov", h2, "c2", Names{Names: []string{"db"}, Addrs: []netip.Addr{netip.MustParseAddr("10.200.1.2")}}, id)
+	// A value that does not decode hides no other name, and reads as
+	// published empty, so that its host's sync puts it right.
+	if _, err := c.Txn(ctx, nil, []Op{Put(c.key("names", "ov", h2.String(), "c3"), []byte("{not json"), id)}); err != nil {
+		t.Fatal(err)
+	}
 	lookup := c.NameCache(0)
 	names := lookup("ov")
 	if a := names["web-alias."]; len(a) != 1 || a[0] != netip.MustParseAddr("10.200.0.2") || len(names["db."]) != 1 {
 		t.Fatalf("names %v", names)
+	}
+	if theirs, err := c.HostNames(ctx, "ov", h2); err != nil || len(theirs) != 2 || theirs["c2"].Names[0] != "db" {
+		t.Fatalf("host 2's names %v %v", theirs, err)
+	} else if bad, ok := theirs["c3"]; !ok || len(bad.Names)+len(bad.Addrs) != 0 {
+		t.Fatalf("the undecodable names of c3 read as %v (present %v)", bad, ok)
 	}
 	if mine, err := c.HostNames(ctx, "ov", h1); err != nil || len(mine) != 1 || mine["c1"].Names[0] != "web" {
 		t.Fatalf("host 1's names %v %v", mine, err)

@@ -124,14 +124,17 @@ func (c *Client) GetNetwork(ctx context.Context, name string) (*Network, error) 
 
 // Networks lists the overlay networks, by name.
 func (c *Client) Networks(ctx context.Context) ([]Network, error) {
-	out, err := getAll[Network](ctx, c, c.key("networks")+"/", nil)
+	out, err := getAll[Network](ctx, c, c.key("networks")+"/", false, nil)
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, err
 }
 
 // getAll reads every key under prefix as a T; fill, if set, completes
-// each from its key.
-func getAll[T any](ctx context.Context, c *Client, prefix string, fill func(KV, *T)) ([]T, error) {
+// each from its key. A value that does not decode fails the read, or, with
+// lenient, comes out as T's zero value: where one bad key must not hide
+// all the others (names), and a zero value is harmless (no names) or is
+// put right by the caller (a sync republishes it).
+func getAll[T any](ctx context.Context, c *Client, prefix string, lenient bool, fill func(KV, *T)) ([]T, error) {
 	kvs, err := c.Get(ctx, prefix, true)
 	if err != nil {
 		return nil, err
@@ -140,7 +143,10 @@ func getAll[T any](ctx context.Context, c *Client, prefix string, fill func(KV, 
 	for _, kv := range kvs {
 		var v T
 		if err := json.Unmarshal(kv.Value, &v); err != nil {
-			return nil, fmt.Errorf("%s in etcd: %w", kv.Key, err)
+			if !lenient {
+				return nil, fmt.Errorf("%s in etcd: %w", kv.Key, err)
+			}
+			v = *new(T)
 		}
 		if fill != nil {
 			fill(kv, &v)
@@ -179,7 +185,7 @@ func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
 
 // Leases returns the hosts' leases of an overlay network.
 func (c *Client) Leases(ctx context.Context, network string) ([]Lease, error) {
-	return getAll(ctx, c, c.key("subnets", network)+"/", func(kv KV, l *Lease) {
+	return getAll(ctx, c, c.key("subnets", network)+"/", false, func(kv KV, l *Lease) {
 		l.EtcdLease = kv.Lease
 	})
 }
@@ -285,10 +291,11 @@ func (c *Client) WithdrawNames(ctx context.Context, network string, underlay net
 }
 
 // HostNames returns the names this host published in network, by
-// container id.
+// container id. A value that does not decode comes out empty, so that a
+// sync, which compares, puts it right.
 func (c *Client) HostNames(ctx context.Context, network string, underlay netip.Addr) (map[string]Names, error) {
 	var ids []string
-	names, err := getAll(ctx, c, c.key("names", network, underlay.String())+"/", func(kv KV, _ *Names) {
+	names, err := getAll(ctx, c, c.key("names", network, underlay.String())+"/", true, func(kv KV, _ *Names) {
 		ids = append(ids, kv.Key[strings.LastIndexByte(kv.Key, '/')+1:])
 	})
 	out := map[string]Names{}
@@ -298,9 +305,10 @@ func (c *Client) HostNames(ctx context.Context, network string, underlay netip.A
 	return out, err
 }
 
-// AllNames returns every container's names in network, of every host.
+// AllNames returns every container's names in network, of every host; a
+// value that does not decode gives none, and hides no other.
 func (c *Client) AllNames(ctx context.Context, network string) ([]Names, error) {
-	return getAll[Names](ctx, c, c.key("names", network)+"/", nil)
+	return getAll[Names](ctx, c, c.key("names", network)+"/", true, nil)
 }
 
 // WatchPrefix is the prefix Watch needs to see every change of leases and
