@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -21,6 +22,9 @@ import (
 // route stays where it is, unless it had none. A connect that fails undoes
 // itself; one that is killed is undone by the next hook or gc.
 func (e *Engine) Connect(ref string, ep Endpoint) error {
+	if err := e.checkConnectable(ep.Network); err != nil {
+		return err
+	}
 	rec, n, err := e.reserveConnect(ref, &ep)
 	if err != nil {
 		return err
@@ -54,6 +58,36 @@ func (e *Engine) Connect(ref string, ep Endpoint) error {
 		return err
 	}
 	return e.Store.UnmarkCreating(rec.ID)
+}
+
+// checkConnectable refuses, before the lock, a network that no running
+// container can be connected to: one that is nowhere ("not found", as
+// Docker says), and one that is not a bridge network of this host (host,
+// none, an overlay network). It asks etcd only for a name this host does
+// not know, with a cluster configured.
+func (e *Engine) checkConnectable(name string) error {
+	local, err := e.isLocalNetwork(name)
+	switch {
+	case err != nil:
+		return err
+	case local && driverKind(name) == ModeBridge:
+		return nil
+	case !local && !e.Config.Cluster.Enabled():
+		return fmt.Errorf("network %s not found", name)
+	case !local:
+		cl, err := e.clusterClient()
+		if err != nil {
+			return err
+		}
+		n, err := cl.GetNetwork(context.Background(), name)
+		if err != nil {
+			return fmt.Errorf("network %s: %w", name, err)
+		}
+		if n == nil {
+			return fmt.Errorf("network %s not found", name)
+		}
+	}
+	return fmt.Errorf("network %s: a running container can only be connected to bridge networks", name)
 }
 
 // reserveConnect is Connect's first step, under the lock: the checks, and

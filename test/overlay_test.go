@@ -247,6 +247,17 @@ func testOverlay(t *testing.T, backend string) {
 	if _, errOut, err := h3.netshim("", "network", "rm", "ov"); err == nil || !strings.Contains(errOut, "overlay network ov has active endpoints on hosts 192.0.2.1, 192.0.2.2, 192.0.2.3") {
 		t.Errorf("network rm of an overlay in use: %v %s", err, errOut)
 	}
+	// network connect with a cluster configured: an overlay network is
+	// refused as such, a name known nowhere is not found.
+	for _, bad := range []struct{ network, want string }{
+		{"ov", "network ov: a running container can only be connected to bridge networks"},
+		{"nonet", "network nonet not found"},
+	} {
+		_, errOut, err := h1.netshim("", "network", "connect", bad.network, "c1")
+		if err == nil || !strings.Contains(errOut, bad.want) || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
+			t.Errorf("network connect %s c1: %v %q, want one line with %q", bad.network, err, errOut, bad.want)
+		}
+	}
 	a1, a2, a3 := inspectAddr(t, h1, c1.id, "ov"), inspectAddr(t, h2, c2.id, "ov"), inspectAddr(t, h3, c3.id, "ov")
 	t.Logf("c1 %s, c2 %s, c3 %s", a1, a2, a3)
 	subnets := map[netip.Prefix]bool{}
