@@ -220,7 +220,7 @@ func (e *Engine) RunReclaimer(l *net.UnixListener) error {
 			pending = false
 		}
 		if !pending && now.Sub(last) >= reclaimLinger {
-			if queued, done := e.retire(l, ours); done {
+			if queued, done := e.retire(l, ours, msgs); done {
 				for _, h := range queued {
 					take(h)
 				}
@@ -240,10 +240,12 @@ func (e *Engine) RunReclaimer(l *net.UnixListener) error {
 }
 
 // retire stops the reclaimer taking handoffs, under the host lock: its
-// socket is unlinked, and the handoffs already queued are read and
-// returned. done is false if the lock could not be had: the reclaimer goes
-// on and tries again later.
-func (e *Engine) retire(l *net.UnixListener, ours unix.Stat_t) ([]handoff, bool) {
+// socket is unlinked, and every handoff made before is returned: those
+// acceptHandoffs took (it may have taken some while the reclaimer waited
+// here for the lock; it closes msgs when it stops) and those still in the
+// listen queue. done is false if the lock could not be had: the reclaimer
+// goes on and tries again later.
+func (e *Engine) retire(l *net.UnixListener, ours unix.Stat_t, msgs <-chan handoff) ([]handoff, bool) {
 	lock, err := e.Store.Lock(reclaimLinger)
 	if errors.Is(err, unix.ENOENT) {
 		// The state dir is gone (a test's, removed): no hook will come.
@@ -262,9 +264,15 @@ func (e *Engine) retire(l *net.UnixListener, ours unix.Stat_t) ([]handoff, bool)
 	// Hooks connect under the lock: those queued are all there will be.
 	l.SetDeadline(time.Unix(1, 0)) // ends acceptHandoffs's Accept
 	var last []handoff
+	for h := range msgs {
+		last = append(last, h)
+	}
 	r := newHandoffReader()
 	for {
-		l.SetDeadline(time.Now()) // nonblocking: what is queued, then no more
+		// A deadline just ahead: Accept takes a queued connection at
+		// once and gives up soon when there is none (with one already
+		// past, it gives up before it looks).
+		l.SetDeadline(time.Now().Add(10 * time.Millisecond))
 		c, err := l.AcceptUnix()
 		if err != nil {
 			break
@@ -284,8 +292,9 @@ func (e *Engine) logErr(err error) {
 }
 
 // acceptHandoffs passes each handoff on to msgs until the listener stops
-// accepting (see retire).
+// accepting (see retire), and then closes msgs.
 func acceptHandoffs(l *net.UnixListener, msgs chan<- handoff) {
+	defer close(msgs)
 	r := newHandoffReader()
 	for {
 		c, err := l.AcceptUnix()

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -710,4 +711,31 @@ func TestHookReclaimers(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 8*time.Second, "the reclaimer of a removed state dir exited", func() bool { return ours() == 0 })
+}
+
+// A teardown that hands off while the reclaimer waits for the lock to
+// retire (the teardown holds it): the reclaimer takes that handoff before
+// it goes, and the link set aside is deleted.
+func TestHookReclaimerRetiring(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, "")
+	a, b := h.newProc("retire1", nil), h.newProc("retire2", nil)
+	a.mustSetup()
+	b.mustSetup()
+	a.mustTeardown() // starts the reclaimer, idle from now on
+	waitReclaimers(t)
+	td, errOut := b.hookCmd("poststop", "stopped", "stop:teardown:detached")
+	if !stoppedOrGone(td.Process.Pid) {
+		t.Fatalf("the teardown did not stop under the lock: %s", errOut)
+	}
+	// Past its linger (2 s), the reclaimer waits for the lock to retire.
+	time.Sleep(2500 * time.Millisecond)
+	td.Process.Signal(syscall.SIGCONT)
+	if err, hung := waitBounded(td, 10*time.Second); hung || err != nil {
+		t.Fatalf("the teardown: %v %s", err, errOut)
+	}
+	waitReclaimers(t)
+	assertClean(t, h)
 }
