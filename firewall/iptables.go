@@ -163,6 +163,12 @@ func iptFamilyRules(n NetRules, f family) []iptRule {
 	sub, br := f.subnet.String(), n.Bridge
 	v6 := f.subnet.Addr().Is6()
 	var out []iptRule
+	if v6 {
+		// Multicast listener reports stop at the host (see familyChains).
+		for _, t := range mldTypes {
+			out = append(out, iptRule{"raw", iptChainRaw, []string{"-i", br, "-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", strconv.Itoa(int(t)), "-j", "DROP"}})
+		}
+	}
 	if n.Mode == config.GatewayNAT || n.Mode == config.GatewayIsolated {
 		if n.Mode == config.GatewayNAT {
 			for _, t := range n.Trusted {

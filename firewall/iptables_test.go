@@ -47,6 +47,26 @@ func TestIptablesRulesData(t *testing.T) {
 	if got := iptObjects(unprot); strings.Contains(got, "raw ") || !strings.HasSuffix(got, "filter NETSHIM-FORWARD -o netshim0 -j ACCEPT") {
 		t.Errorf("nat-unprotected:\n%s", got)
 	}
+	// A dual-stack network, in any gateway mode: ip6tables drops the
+	// multicast listener reports coming in on its bridge, before it floods
+	// them; iptables has nothing of the kind.
+	dual := routed
+	dual.Subnet6, dual.Gateway6 = netip.MustParsePrefix("fd00:17::/64"), netip.MustParseAddr("fd00:17::1")
+	var v6 []string
+	for _, r := range iptNetworkRules(dual, true) {
+		v6 = append(v6, r.object())
+	}
+	mld := "raw NETSHIM-PREROUTING -i netshim0 -p ipv6-icmp -m icmp6 --icmpv6-type 131 -j DROP\n" +
+		"raw NETSHIM-PREROUTING -i netshim0 -p ipv6-icmp -m icmp6 --icmpv6-type 132 -j DROP\n" +
+		"raw NETSHIM-PREROUTING -i netshim0 -p ipv6-icmp -m icmp6 --icmpv6-type 143 -j DROP\n"
+	if got := strings.Join(v6, "\n"); !strings.HasPrefix(got, mld) || strings.Contains(iptObjects(dual), "icmp6") {
+		t.Errorf("dual stack, ip6tables:\n%s\niptables:\n%s", got, iptObjects(dual))
+	}
+	for _, o := range v6 {
+		if r, err := parseIptObject(o); err != nil || r.object() != o {
+			t.Errorf("round trip %q: %v", o, err)
+		}
+	}
 	isolated := NetRules{Name: "iso", Bridge: "br-i", Subnet: netip.MustParsePrefix("192.0.2.0/24"), Gateway: netip.MustParseAddr("192.0.2.1"),
 		Mode: config.GatewayIsolated, Internal: true, DNS: true}
 	if got := iptObjects(isolated); !strings.Contains(got, "raw NETSHIM-PREROUTING -d 192.0.2.0/24 ! -i br-i -j DROP") ||

@@ -3,6 +3,7 @@ package firewall
 import (
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -195,7 +196,8 @@ func TestPortElements(t *testing.T) {
 
 // A dual-stack network has the same chains again in the ip6 table, made of
 // IPv6 addresses: 16-byte payloads at IPv6's offsets, ICMPv6, and the
-// published set keyed by IPv6 addresses.
+// published set keyed by IPv6 addresses; and, in any gateway mode, a raw
+// chain that drops the multicast listener reports coming in on its bridge.
 func TestNetworkChains6(t *testing.T) {
 	n := NetRules{Name: "d", Bridge: "br-d", Subnet: netip.MustParsePrefix("10.60.0.0/24"), Gateway: netip.MustParseAddr("10.60.0.1"),
 		Subnet6: netip.MustParsePrefix("fd00:60::/64"), Gateway6: netip.MustParseAddr("fd00:60::1"), Mode: config.GatewayRouted}
@@ -207,8 +209,24 @@ func TestNetworkChains6(t *testing.T) {
 			v4 = append(v4, c)
 		}
 	}
-	if len(v4) != len(v6) || len(v6) == 0 {
-		t.Fatalf("chains: %d IPv4, %d IPv6", len(v4), len(v6))
+	names := func(cs []nftChain) []string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.Name)
+		}
+		return out
+	}
+	if want := append(names(v4), "raw-d"); !slices.Equal(slices.Sorted(slices.Values(names(v6))), slices.Sorted(slices.Values(want))) {
+		t.Fatalf("chains: IPv4 %v, IPv6 %v", names(v4), names(v6))
+	}
+	raw := chainsByName(v6)["raw-d"]
+	if raw.Hook != nftables.ChainHookPrerouting || raw.Priority != nftables.ChainPriorityRaw || len(raw.Rules) != len(mldTypes) {
+		t.Fatalf("raw chain %+v", raw)
+	}
+	for i, r := range raw.Rules {
+		if want := rule(iif("br-d"), icmp6Type(mldTypes[i]), drop()); !reflect.DeepEqual(r, want) {
+			t.Errorf("raw rule %d: %v, want iifname br-d icmpv6 type %d drop", i, r, mldTypes[i])
+		}
 	}
 	objs := (&Nftables{}).NetworkObjects(n)
 	if objs[0] != "ip/@bridges/br-d" || objs[1] != "ip6/@bridges/br-d" || !strings.HasPrefix(objs[len(objs)-1], "ip6/") {

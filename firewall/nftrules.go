@@ -98,6 +98,10 @@ func dport(port uint16) []expr.Any {
 // ndTypes are ICMPv6's neighbour solicitation and advertisement.
 var ndTypes = []byte{135, 136}
 
+// mldTypes are what a host sends as a multicast listener: MLDv1's report
+// and done, MLDv2's report.
+var mldTypes = []byte{131, 132, 143}
+
 // icmpv6 type TYPE
 func icmp6Type(t byte) []expr.Any {
 	return rule(l4proto(unix.IPPROTO_ICMPV6), []expr.Any{
@@ -262,8 +266,20 @@ func familyChains(n NetRules, f family) []nftChain {
 	// outside (the host's own packets to it come in on lo).
 	//	iifname TRUSTED accept
 	//	ip daddr SUBNET iifname != BRIDGE iifname != "lo" counter drop
+	var raw [][]expr.Any
+	if f.table == nftables.TableFamilyIPv6 {
+		// The containers' multicast listener reports go no further than
+		// the host. The bridge does no multicast snooping (it floods all
+		// multicast), so nothing on it uses them, and flooded they cost
+		// each container's setup a copy per container of the network
+		// (bench/HISTORY.md). The bridge takes them in through bridge
+		// netfilter's prerouting, before it floods them.
+		//	iifname BRIDGE icmpv6 type mld-listener-report|mld-listener-done|mld2-listener-report counter drop
+		for _, t := range mldTypes {
+			raw = append(raw, rule(iif(br), icmp6Type(t), drop()))
+		}
+	}
 	if n.Mode == config.GatewayNAT || n.Mode == config.GatewayIsolated {
-		var raw [][]expr.Any
 		if n.Mode == config.GatewayNAT {
 			for _, t := range n.Trusted {
 				raw = append(raw, rule(iif(t), daddrIn(f.subnet), accept()))
@@ -276,6 +292,8 @@ func familyChains(n NetRules, f family) []nftChain {
 			raw = append(raw, rule(iif(o.VXLAN), saddrIn(o.Subnet), daddrIn(f.subnet), accept()))
 		}
 		raw = append(raw, rule(daddrIn(f.subnet), iifNot(br), iifNot("lo"), drop()))
+	}
+	if len(raw) > 0 {
 		chains = append(chains, nftChain{
 			Family: f.table, Name: "raw-" + n.Name,
 			Type: nftables.ChainTypeFilter, Hook: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,

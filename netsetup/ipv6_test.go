@@ -53,6 +53,42 @@ func TestPrepareNetns(t *testing.T) {
 	}
 }
 
+// For a dual-stack network, the links made after PrepareNetns have IPv6 on,
+// and send neither duplicate address detection nor router solicitations;
+// the caller's netns keeps its defaults.
+func TestPrepareNetns6(t *testing.T) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	ns := newNetns(t, nil)
+	ctr, _, err := PrepareNetns(ns, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctr.Close()
+	if err := ctr.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}); err != nil {
+		t.Fatal(err)
+	}
+	read := func(dev, key string) string {
+		data, _ := os.ReadFile("/proc/sys/net/ipv6/conf/" + dev + "/" + key)
+		return strings.TrimSpace(string(data))
+	}
+	keys := []string{"disable_ipv6", "accept_dad", "router_solicitations"}
+	var eth0 []string
+	Do(ns, func() error {
+		for _, k := range keys {
+			eth0 = append(eth0, read("eth0", k))
+		}
+		return nil
+	})
+	if strings.Join(eth0, " ") != "0 0 0" {
+		t.Errorf("eth0's %v: %v, want 0 0 0", keys, eth0)
+	}
+	if read("default", "accept_dad") == "0" || read("default", "router_solicitations") == "0" {
+		t.Error("the caller's netns defaults changed")
+	}
+}
+
 // Where the netns turned IPv6 off on lo, PrepareNetns says so.
 func TestPrepareNetnsLoopbackIPv6Off(t *testing.T) {
 	if !sandbox.Enter(t) {

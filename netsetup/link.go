@@ -421,7 +421,8 @@ func Loopback6(ns netns.NsHandle) (bool, error) {
 // in it from now on (eth0) start with IPv6 on only with ipv6, as Docker 27
 // does on a network without IPv6, while lo keeps ::1 (Docker 26 and
 // later), so a program that binds "localhost" finds every address
-// /etc/hosts gives it. It brings lo up, and returns a netlink handle bound
+// /etc/hosts gives it; with ipv6 they send no duplicate address detection
+// and no router solicitations. It brings lo up, and returns a netlink handle bound
 // to ns and whether lo has IPv6 (false on a kernel without it, or where the
 // netns turned it off).
 func PrepareNetns(ns netns.NsHandle, ipv6 bool) (ctr *netlink.Handle, loopback6 bool, err error) {
@@ -445,6 +446,20 @@ func PrepareNetns(ns netns.NsHandle, ipv6 bool) (ctr *netlink.Handle, loopback6 
 			return fmt.Errorf("set IPv6 for the container's interfaces: %w", err)
 		default:
 			loopback6 = sysctls.loopback6()
+		}
+		if ipv6 {
+			// The container's interfaces send no duplicate address
+			// detection for their link-local address (it comes from the
+			// MAC, which the network hands out once, as the bridge's
+			// does) and no router solicitations (netshim gives the routes;
+			// nothing advertises, and unanswered the kernel solicits
+			// again and again). Each is multicast the bridge floods to
+			// every other container (bench/HISTORY.md).
+			for _, name := range []string{"ipv6/conf/default/accept_dad", "ipv6/conf/default/router_solicitations"} {
+				if err := sysctls.write(name, []byte("0")); err != nil {
+					return fmt.Errorf("set IPv6 for the container's interfaces: %w", err)
+				}
+			}
 		}
 		// A netlink socket belongs to the netns it was opened in.
 		if ctr, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {

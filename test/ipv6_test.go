@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -401,5 +404,88 @@ func TestDualStackTurnedOn(t *testing.T) {
 		t.Errorf("IPv6 rules for an IPv4-only network:\n%s", out)
 	}
 	c.mustTeardown()
+	assertClean(t, h)
+}
+
+// On a dual-stack network the multicast that only costs goes no further
+// than the host: a container's multicast listener reports reach the host
+// (a probe counts them) and no other container (a counter in that
+// container's netns sees none of them), while neighbour discovery between
+// containers still floods and works. Nor does a container send router
+// solicitations (nothing advertises), or run duplicate address detection
+// for its link-local address, which is usable at once.
+func TestDualStackMulticastNftables(t *testing.T) { testDualStackMulticast(t, "nftables") }
+
+func TestDualStackMulticastIptables(t *testing.T) { testDualStackMulticast(t, "iptables") }
+
+func testDualStackMulticast(t *testing.T, backend string) {
+	if !sandbox.Enter(t) {
+		return
+	}
+	h := newHost(t, fmt.Sprintf("firewall = %q\n[bridge]\nipv6 = true\nfixed_cidr_v6 = \"fd00:b0::/64\"\n", backend))
+	b := h.newProc("mc-b", nil)
+	b.mustSetup()
+	// a is the network's second container: 172.17.0.3, and its MAC is
+	// made from that address.
+	const aMAC = "02:42:ac:11:00:03"
+	mld := "icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report }"
+	seen := exec.Command("nsenter", "-t", fmt.Sprint(b.pid), "-n", "--", "nft", "-f", "-")
+	seen.Stdin = strings.NewReader(fmt.Sprintf(`table ip6 seen {
+	chain pre {
+		type filter hook prerouting priority -400; policy accept;
+		ether saddr %[1]s %[2]s counter comment "mld"
+		ether saddr %[1]s icmpv6 type nd-neighbor-solicit counter comment "ns"
+	}
+}
+`, aMAC, mld))
+	if out, err := seen.CombinedOutput(); err != nil {
+		t.Fatalf("counters in mc-b: %v\n%s", err, out)
+	}
+	seenIn := func(name string) int {
+		out := b.mustIn("nft", "list", "table", "ip6", "seen")
+		m := regexp.MustCompile(`counter packets (\d+) bytes \d+ comment "` + name + `"`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no counter %q in mc-b:\n%s", name, out)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	p := &probes{t: t, family: "ip6"}
+	p.add("mld", "pre", fmt.Sprintf(`iifname "netshim0" ether saddr %s %s`, aMAC, mld))
+	p.add("rs", "pre", fmt.Sprintf(`iifname "netshim0" ether saddr %s icmpv6 type nd-router-solicit`, aMAC))
+	p.install()
+
+	a := h.newProc("mc-a", nil)
+	a.mustSetup()
+	if out := a.mustIn("ip", "-o", "link", "show", "eth0"); !strings.Contains(out, "link/ether "+aMAC+" ") {
+		t.Fatalf("mc-a's eth0, want MAC %s:\n%s", aMAC, out)
+	}
+	if out := a.mustIn("ip", "-6", "addr", "show", "dev", "eth0", "scope", "link"); !strings.Contains(out, "fe80::") || strings.Contains(out, "tentative") {
+		t.Errorf("mc-a's link-local address, right after setup:\n%s", out)
+	}
+	// The reports of joining its groups, and their repeats within a
+	// second or two.
+	eventually(t, 5*time.Second, "mc-a's multicast listener reports reach the host", func() bool { return p.count("mld") >= 2 })
+	time.Sleep(2 * time.Second)
+	if n := seenIn("mld"); n != 0 {
+		t.Errorf("mc-b received %d of mc-a's multicast listener reports (the host saw %d)", n, p.count("mld"))
+	} else {
+		t.Logf("mc-a's multicast listener reports: blocked (%d seen at the host, none in mc-b)", p.count("mld"))
+	}
+	if n := p.count("rs"); n != 0 {
+		t.Errorf("mc-a sent %d router solicitations", n)
+	}
+	// Allowed: neighbour discovery, flooded as before.
+	b6 := b.mustIn("ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global")
+	if !strings.Contains(b6, "fd00:b0::2/64") {
+		t.Fatalf("mc-b's address:\n%s", b6)
+	}
+	a.mustIn("ping", "-6", "-c", "1", "-W", "2", "fd00:b0::2")
+	if n := seenIn("ns"); n == 0 {
+		t.Error("mc-b saw none of mc-a's neighbour solicitations, yet answered its ping")
+	}
+	a.mustTeardown()
+	b.mustTeardown()
+	sandbox.Run(t, "nft", "delete", "table", "ip6", "probe") // it names netshim0
 	assertClean(t, h)
 }
