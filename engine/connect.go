@@ -75,6 +75,7 @@ func (e *Engine) checkConnectable(name string) error {
 	case !local && !e.Config.Cluster.Enabled():
 		return fmt.Errorf("network %s not found", name)
 	case !local:
+		// Only etcd knows whether it is an overlay network.
 		cl, err := e.clusterClient()
 		if err != nil {
 			return err
