@@ -107,14 +107,7 @@ func (e *Engine) reserveConnect(ref string, ep *Endpoint) (*state.Record, int, e
 	if slices.ContainsFunc(rec.Attachments, func(a state.Attachment) bool { return a.Network == ep.Network }) {
 		return nil, 0, fmt.Errorf("container %s is already attached to network %s", rec.Name, ep.Network)
 	}
-	local, err := e.isLocalNetwork(ep.Network)
-	if err != nil {
-		return nil, 0, err
-	}
-	if driverKind(ep.Network) != ModeBridge || (!local && e.Config.Cluster.Enabled()) {
-		return nil, 0, fmt.Errorf("network %s: a running container can only be connected to bridge networks", ep.Network)
-	}
-	def, err := e.network(ep.Network)
+	def, err := e.network(ep.Network) // a bridge network (checkConnectable)
 	if err != nil {
 		return nil, 0, err
 	}
