@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/netshim/netshim/internal/sandbox"
 )
@@ -730,8 +731,21 @@ func TestHookReclaimerRetiring(t *testing.T) {
 	if !stoppedOrGone(td.Process.Pid) {
 		t.Fatalf("the teardown did not stop under the lock: %s", errOut)
 	}
-	// Past its linger (2 s), the reclaimer waits for the lock to retire.
-	time.Sleep(2500 * time.Millisecond)
+	// Past its linger (2 s), the reclaimer blocks on the lock to retire:
+	// /proc/locks shows a waiter on the state dir's lock file.
+	var lockFile unix.Stat_t
+	if err := unix.Stat(filepath.Join(h.stateDir, "lock"), &lockFile); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 6*time.Second, "the reclaimer waits for the lock", func() bool {
+		locks, _ := os.ReadFile("/proc/locks")
+		for _, l := range strings.Split(string(locks), "\n") {
+			if f := strings.Fields(l); len(f) > 6 && f[1] == "->" && strings.HasSuffix(f[6], fmt.Sprintf(":%d", lockFile.Ino)) {
+				return true
+			}
+		}
+		return false
+	})
 	td.Process.Signal(syscall.SIGCONT)
 	if err, hung := waitBounded(td, 10*time.Second); hung || err != nil {
 		t.Fatalf("the teardown: %v %s", err, errOut)
