@@ -324,23 +324,9 @@ func ConfigureInterface(ctr *netlink.Handle, s IfaceSpec) error {
 // (openNetSysctls), as a directory descriptor.
 type netSysctls int
 
-// openNetSysctls opens /proc/sys/net of the calling thread's netns
-// through a proc instance of its own. Through the host's /proc, every
-// netns that ever looked up /proc/sys/net/ipv6 leaves a dentry under the
-// one /proc/sys/net that a lookup from a new netns compares itself with:
-// the open grows with the number of containers (bench/HISTORY.md). A
-// fresh instance holds only this netns's; a file opened through it
-// belongs to the opener's netns whatever the instance. The instance is
-// never mounted anywhere and goes with the last descriptor on it. Where
-// the new mount API or mounting proc is refused, the host's /proc does it.
+// openNetSysctls opens /proc/sys/net of the calling thread's netns: what
+// a file opened through it shows is the opener's netns.
 func openNetSysctls() (netSysctls, error) {
-	if mnt, err := privateProc(); err == nil {
-		dir, err := unix.Openat(mnt, "sys/net", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		unix.Close(mnt) // dir holds the instance
-		if err == nil {
-			return netSysctls(dir), nil
-		}
-	}
 	dir, err := unix.Open("/proc/sys/net", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, &os.PathError{Op: "open", Path: "/proc/sys/net", Err: err}
@@ -348,9 +334,7 @@ func openNetSysctls() (netSysctls, error) {
 	return netSysctls(dir), nil
 }
 
-// Close lets the descriptor go, and with it the proc instance. In line:
-// closing it on a goroutine, which one P runs in the hook's next gap, was
-// the slower of the two (bench/HISTORY.md).
+// Close closes the directory.
 func (d netSysctls) Close() { unix.Close(int(d)) }
 
 // read returns the value of sysctl net.NAME (a path under /proc/sys/net).
@@ -385,20 +369,6 @@ func (d netSysctls) write(name string, value []byte) error {
 func (d netSysctls) loopback6() bool {
 	v, err := d.read("ipv6/conf/lo/disable_ipv6")
 	return err == nil && v == "0"
-}
-
-// privateProc makes a proc instance, detached, and returns its descriptor
-// (nothing on it to exec, to open as a device or to setuid).
-func privateProc() (int, error) {
-	fs, err := unix.Fsopen("proc", unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		return -1, err
-	}
-	defer unix.Close(fs)
-	if err := unix.FsconfigCreate(fs); err != nil {
-		return -1, err
-	}
-	return unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 }
 
 // Loopback6 reports whether lo has IPv6 (::1) in netns ns, as
